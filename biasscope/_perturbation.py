@@ -1,0 +1,185 @@
+"""Gaussian perturbation of modality representations: the per-feature scale over the data,
+and the K-sample divergences f(z) with their gradient quadratic forms, run as one expanded
+batch chunked to ``max_rows`` rows. Shared by the audit and the regularizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._batch import Batch, OutputSpec, call_model
+from .errors import DataLoadError, ModalityError, ModelOutputError
+from .estimators import DIVERGENCES, quadratic_form
+from .modality import Modality, intervene
+
+__all__ = [
+    "representation_std",
+    "perturbation_samples",
+    "draw_noise",
+    "capture",
+    "check_finite",
+]
+
+
+def check_finite(logits: Tensor) -> Tensor:
+    if not torch.isfinite(logits).all():
+        raise ModelOutputError(
+            "The model produced non-finite logits (nan or inf). Check the model's weights and "
+            "that the inputs are scaled as in training (e.g. normalised images)."
+        )
+    return logits
+
+
+def capture(
+    model: nn.Module, batch: Batch, modalities: Sequence[Modality], output: OutputSpec
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One clean forward pass: the logits and each modality's representation."""
+    seen: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def fn(h: Tensor) -> Tensor:
+            seen[name] = h
+            return h
+
+        return fn
+
+    with intervene(model, batch, {m: keep(m.name) for m in modalities}) as b:
+        logits = call_model(model, b, output)
+    for m in modalities:
+        h = seen[m.name]
+        if not h.is_floating_point():
+            raise ModalityError(
+                f"Modality {m.name!r}: {m.site} holds {h.dtype} values, which cannot take "
+                "Gaussian noise; choose a layer whose output is floating point."
+            )
+        if h.dim() == 0 or h.shape[0] != batch.size:
+            raise ModalityError(
+                f"Modality {m.name!r}: {m.site} has shape {tuple(h.shape)}, whose first "
+                f"dimension is not the batch ({batch.size}); choose a batch-first representation."
+            )
+    return check_finite(logits), seen
+
+
+@torch.no_grad()
+def representation_std(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    modalities: Sequence[Modality],
+    output: OutputSpec = OutputSpec(),
+) -> dict[str, Tensor]:
+    """Per-feature standard deviation of each modality's representation over the data.
+
+    Features are all dims after the batch; when their shape varies between batches (e.g.
+    sequence length), the std is taken per channel (last dim) instead.
+    """
+    full: dict[str, list] = {}  # name -> [sum, sumsq, n] over the batch dim
+    last: dict[str, list] = {}  # name -> [sum, sumsq, n] over all dims but the last
+    varying: set[str] = set()
+    for batch in batches:
+        _, reps = capture(model, batch, modalities, output)
+        for name, h in reps.items():
+            h = h.detach().double()
+            _accumulate(last, name, h.reshape(-1, h.shape[-1]) if h.dim() > 1 else h[:, None])
+            if name in full and full[name][0].shape != h.shape[1:]:
+                varying.add(name)
+            if name not in varying:
+                _accumulate(full, name, h)
+    stds = {}
+    for m in modalities:
+        stats = last[m.name] if m.name in varying else full[m.name]
+        s, ss, n = stats
+        if n < 2:
+            raise DataLoadError(
+                "The per-feature noise scale needs at least 2 examples; give more data."
+            )
+        var = (ss / n - (s / n).square()).clamp_min(0.0)
+        stds[m.name] = var.sqrt().float()
+    return stds
+
+
+def _accumulate(store: dict[str, list], name: str, h: Tensor) -> None:
+    s, ss, n = h.sum(0), h.square().sum(0), h.shape[0]
+    if name in store:
+        store[name][0] += s
+        store[name][1] += ss
+        store[name][2] += n
+    else:
+        store[name] = [s, ss, n]
+
+
+def draw_noise(h: Tensor, sigma: Tensor, *, scale: float, generator: torch.Generator) -> Tensor:
+    """z ~ N(0, diag(s^2 sigma^2)) shaped like ``h`` (drawn on the generator's device)."""
+    eps = torch.randn(h.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return (scale * sigma.to(h.device) * eps.to(h.device)).to(h.dtype)
+
+
+def perturbation_samples(
+    model: nn.Module,
+    batch: Batch,
+    sigmas: Mapping[Modality, Tensor],
+    *,
+    samples: int,
+    scale: float = 1.0,
+    generator: torch.Generator,
+    divergence: str = "kl",
+    output: OutputSpec = OutputSpec(),
+    max_rows: int = 4096,
+    gradients: bool = True,
+    create_graph: bool = False,
+    offsets: Mapping[Modality, Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Perturb the given modalities jointly, ``h_m + z_m`` with z_m ~ N(0, diag(s^2 sigma_m^2)).
+
+    ``offsets`` adds a fixed (B, *feat) noise to other modalities in every sample (to
+    evaluate f with those coordinates frozen, for the tensorization check).
+
+    Returns ``f`` of shape (K, B), f = D(p_clean, p_perturbed), and per modality ``q`` of
+    shape (K, B), q = <Sigma grad_z f, grad_z f> (empty when ``gradients`` is False).
+    """
+    if divergence not in DIVERGENCES:
+        raise ModalityError(
+            f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}."
+        )
+    div = DIVERGENCES[divergence]
+    modalities = list(sigmas)
+    per_chunk = max(1, max_rows // batch.size)
+    fs: list[Tensor] = []
+    qs: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
+    done = 0
+    while done < samples:
+        k = min(per_chunk, samples - done)
+        done += k
+        rows = batch.repeat(k)
+        # the clean reference is run at the same expanded size, so an ignored modality
+        # gives bit-identical logits and f == 0 exactly
+        with torch.no_grad():
+            clean, reps = capture(model, rows, modalities, output)
+        noises: dict[str, Tensor] = {}
+        for m in modalities:
+            h = reps[m.name]
+            z = draw_noise(h, sigmas[m], scale=scale, generator=generator)
+            noises[m.name] = z.requires_grad_(gradients)
+        transforms = {m: (lambda h, _z=noises[m.name]: h + _z) for m in modalities}
+        for m, offset in (offsets or {}).items():
+            transforms[m] = lambda h, _o=offset.repeat(k, *([1] * (offset.dim() - 1))): h + _o
+        with torch.set_grad_enabled(gradients):
+            with intervene(model, rows, transforms) as b:
+                logits = check_finite(call_model(model, b, output))
+            f = div(clean, logits.float())
+            fs.append(f.view(k, batch.size))
+            if not gradients:
+                continue
+            zs = [noises[m.name] for m in modalities]
+            if f.requires_grad:
+                grads = torch.autograd.grad(f.sum(), zs, create_graph=create_graph, allow_unused=True)
+            else:
+                grads = [None] * len(zs)
+            for m, z, g in zip(modalities, zs, grads):
+                g = torch.zeros_like(z) if g is None else g
+                sigma2 = (scale * sigmas[m].to(g.device)).square()
+                qs[m.name].append(quadratic_form(g.float(), sigma2).view(k, batch.size))
+    f_all = torch.cat(fs, dim=0)
+    q_all = {name: torch.cat(v, dim=0) for name, v in qs.items() if v}
+    return f_all, q_all

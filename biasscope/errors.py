@@ -1,0 +1,37 @@
+"""The error family: every user mistake raises a subclass with a message that says what
+was wrong and how to fix it. The CLI prints the message (no traceback) and exits 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BiasscopeError",
+    "ModalityError",
+    "ModelLoadError",
+    "DataLoadError",
+    "ModelOutputError",
+    "ConfigError",
+]
+
+
+class BiasscopeError(Exception):
+    """Base class of every error biasscope raises on purpose."""
+
+
+class ModalityError(BiasscopeError):
+    """A modality spec does not match the model or the data."""
+
+
+class ModelLoadError(BiasscopeError):
+    """A model file is missing, corrupt, unsupported, or its factory failed."""
+
+
+class DataLoadError(BiasscopeError):
+    """A data file or data factory is missing, corrupt, unsupported or empty."""
+
+
+class ModelOutputError(BiasscopeError):
+    """The model's forward pass failed or its output holds no usable logits."""
+
+
+class ConfigError(BiasscopeError):
+    """A biasscope.toml file or a command-line option is invalid."""

@@ -1,0 +1,264 @@
+"""Result types of an audit and their JSON form (with a schema version)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import DataLoadError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MEASURES",
+    "Estimate",
+    "PermutationScore",
+    "ShapleyValues",
+    "ModalityResult",
+    "JointCheck",
+    "AuditResult",
+    "write_atomic",
+]
+
+SCHEMA_VERSION = 1
+MEASURES = ("functional_entropy", "fisher_bound", "variance", "poincare_bound")
+VERDICTS = ("ignored", "weak", "ok", "dominant")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% confidence interval."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci_low > 0.0 or self.ci_high < 0.0
+
+
+@dataclass(frozen=True)
+class PermutationScore:
+    """Performance lost when a modality is permuted across the audit set (R repeats)."""
+
+    accuracy_drop: Estimate
+    relative_accuracy_drop: Estimate  # accuracy_drop / clean accuracy
+    loss_increase: Estimate  # cross-entropy increase (nats)
+    repeats: int
+
+
+@dataclass(frozen=True)
+class ShapleyValues:
+    """Modality Shapley values of one performance metric (absent modalities permuted)."""
+
+    metric: str  # "accuracy" or "log_likelihood"
+    values: dict[str, float]
+    full: float  # v(all modalities)
+    empty: float  # v(no modality)
+    interaction: float  # v(all) - v(none) - sum_m [v({m}) - v(none)]
+    exact: bool
+
+
+@dataclass
+class ModalityResult:
+    """Everything measured for one modality."""
+
+    name: str
+    site: str
+    functional_entropy: Estimate
+    fisher_bound: Estimate
+    variance: Estimate
+    poincare_bound: Estimate
+    share: float  # of the summed mean functional entropy
+    per_class: dict[str, list[float]]  # measure -> mean per class (order of AuditResult.classes)
+    per_example: dict[str, list[float]]  # measure -> value per example
+    permutation: PermutationScore | None = None
+    verdict: str = "ok"
+
+    def measure(self, name: str) -> Estimate:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class JointCheck:
+    """Joint perturbation of all modalities versus the tensorization sums
+    (Ent(f) <= sum_m E[Ent_m(f)], Var(f) <= sum_m E[Var_m(f)] (Efron-Stein), where the m-th
+    term perturbs modality m with the others' noise drawn and frozen). A ratio <= 1 (up to
+    Monte-Carlo error) is what the mathematics promises."""
+
+    functional_entropy: Estimate
+    variance: Estimate
+    sum_functional_entropy: float
+    sum_variance: float
+
+    @property
+    def entropy_ratio(self) -> float:
+        return _ratio(self.functional_entropy.mean, self.sum_functional_entropy)
+
+    @property
+    def variance_ratio(self) -> float:
+        return _ratio(self.variance.mean, self.sum_variance)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else (0.0 if a == 0 else math.inf)
+
+
+@dataclass
+class AuditResult:
+    """The outcome of :func:`biasscope.audit`: per-modality measures, shares, verdicts."""
+
+    modalities: list[ModalityResult]
+    joint: JointCheck | None
+    classes: list[int]
+    class_source: str  # "label" or "prediction"
+    n_examples: int
+    accuracy: float | None
+    settings: dict[str, Any]
+    shapley: list[ShapleyValues] = field(default_factory=list)
+    sentence: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __getitem__(self, name: str) -> ModalityResult:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(f"no modality {name!r}; have {[m.name for m in self.modalities]}")
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    @property
+    def ignored(self) -> list[str]:
+        return [m.name for m in self.modalities if m.verdict == "ignored"]
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {m.name: m.share for m in self.modalities}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data = {"schema_version": self.schema_version, "ignored": self.ignored, **data}
+        data["verdicts"] = {m.name: m.verdict for m in self.modalities}
+        if self.joint is not None:
+            data["joint"]["entropy_ratio"] = self.joint.entropy_ratio
+            data["joint"]["variance_ratio"] = self.joint.variance_ratio
+        return _finite(data)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically (temp file, then rename)."""
+        return write_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditResult:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataLoadError(
+                f"This audit JSON has schema version {version!r}; this biasscope reads "
+                f"version {SCHEMA_VERSION}. Re-run `biasscope audit` with this version."
+            )
+        mods = [_modality_from_dict(m) for m in data["modalities"]]
+        joint = data.get("joint")
+        return cls(
+            modalities=mods,
+            joint=None
+            if joint is None
+            else JointCheck(
+                functional_entropy=_est(joint["functional_entropy"]),
+                variance=_est(joint["variance"]),
+                sum_functional_entropy=_num(joint["sum_functional_entropy"]),
+                sum_variance=_num(joint["sum_variance"]),
+            ),
+            classes=list(data["classes"]),
+            class_source=data["class_source"],
+            n_examples=int(data["n_examples"]),
+            accuracy=data.get("accuracy"),
+            settings=dict(data.get("settings", {})),
+            shapley=[ShapleyValues(**s) for s in data.get("shapley", [])],
+            sentence=data.get("sentence", ""),
+            provenance=dict(data.get("provenance", {})),
+            schema_version=version,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AuditResult:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataLoadError(f"No audit JSON at {path}; run `biasscope audit` first.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataLoadError(f"{path} is not valid JSON ({exc}); give an audit.json.") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as exc:
+            raise DataLoadError(
+                f"{path} is not a biasscope audit result (missing {exc}); give an audit.json "
+                "written by `biasscope audit`."
+            ) from None
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _est(d: dict[str, Any]) -> Estimate:
+    return Estimate(_num(d["mean"]), _num(d["ci_low"]), _num(d["ci_high"]))
+
+
+def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
+    perm = d.get("permutation")
+    return ModalityResult(
+        name=d["name"],
+        site=d["site"],
+        share=_num(d["share"]),
+        per_class={k: [_num(x) for x in v] for k, v in d.get("per_class", {}).items()},
+        per_example={k: [_num(x) for x in v] for k, v in d.get("per_example", {}).items()},
+        permutation=None
+        if perm is None
+        else PermutationScore(
+            accuracy_drop=_est(perm["accuracy_drop"]),
+            relative_accuracy_drop=_est(perm["relative_accuracy_drop"]),
+            loss_increase=_est(perm["loss_increase"]),
+            repeats=int(perm["repeats"]),
+        ),
+        verdict=d.get("verdict", "ok"),
+        **{m: _est(d[m]) for m in MEASURES},
+    )
+
+
+def _finite(x: Any) -> Any:
+    """Replace nan/inf by None so the JSON is standard."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_atomic(path: Path, content: str | bytes) -> Path:
+    """Write ``content`` to ``path`` through a temp file in the same folder and a rename,
+    so an interrupted run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(content, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
+            fh.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

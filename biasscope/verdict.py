@@ -1,0 +1,101 @@
+"""The verdict: each modality is ``ignored``, ``weak``, ``ok`` or ``dominant``.
+
+Rule (documented in the report's "how to read this" section). With M modalities, a
+modality's *relative share* is M x its share, so 1.0 is a uniform share:
+
+- sensitivity: r = M x (its share of the summed functional entropy);
+- reliance (when labels exist): q = M x (its share of the summed permutation loss increase).
+
+A modality counts as *used* only if its functional-entropy interval excludes zero and,
+with labels, its permutation loss-increase interval excludes zero too. Its level is
+``min(r, q)`` (``r`` without labels): noise can move the output of a model that never
+relies on a modality, so sensitivity alone does not clear it.
+
+- ``ignored``: not used, or level < ``ignored`` (default 0.1);
+- ``weak``: level < ``weak`` (default 0.5);
+- ``dominant``: M > 1 and level > ``dominant`` (default 1.6, i.e. a share of 0.8 for M = 2);
+- ``ok`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .results import ModalityResult
+
+__all__ = ["Thresholds", "relative_levels", "modality_verdicts", "verdict_sentence"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Verdict thresholds on the relative share (1.0 = a uniform share of 1/M)."""
+
+    ignored: float = 0.1
+    weak: float = 0.5
+    dominant: float = 1.6
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ignored <= self.weak <= self.dominant:
+            raise ConfigError(
+                "Verdict thresholds must satisfy 0 <= ignored <= weak <= dominant; got "
+                f"ignored={self.ignored}, weak={self.weak}, dominant={self.dominant}."
+            )
+
+
+def relative_levels(modalities: Sequence[ModalityResult]) -> dict[str, float]:
+    """Each modality's level: min of its sensitivity and reliance relative shares."""
+    n = len(modalities)
+    levels = {m.name: n * m.share for m in modalities}
+    if all(m.permutation is not None for m in modalities):
+        drops = {m.name: max(m.permutation.loss_increase.mean, 0.0) for m in modalities}
+        total = sum(drops.values())
+        for name, d in drops.items():
+            levels[name] = min(levels[name], n * d / total if total > 0 else 0.0)
+    return levels
+
+
+def _used(m: ModalityResult) -> bool:
+    if not m.functional_entropy.ci_low > 0:
+        return False
+    return m.permutation is None or m.permutation.loss_increase.ci_low > 0
+
+
+def modality_verdicts(
+    modalities: Sequence[ModalityResult], thresholds: Thresholds = Thresholds()
+) -> dict[str, str]:
+    """The verdict of each modality under the rule in this module's docstring."""
+    levels = relative_levels(modalities)
+    out = {}
+    for m in modalities:
+        level = levels[m.name]
+        if not _used(m) or level < thresholds.ignored:
+            out[m.name] = "ignored"
+        elif level < thresholds.weak:
+            out[m.name] = "weak"
+        elif len(modalities) > 1 and level > thresholds.dominant:
+            out[m.name] = "dominant"
+        else:
+            out[m.name] = "ok"
+    return out
+
+
+def _names(names: list[str]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def verdict_sentence(verdicts: dict[str, str]) -> str:
+    """One sentence that leads the report, e.g. "The model ignores `text`."."""
+    by = {v: [n for n, x in verdicts.items() if x == v] for v in ("ignored", "weak", "dominant")}
+    if by["ignored"]:
+        verb = "ignores" if len(by["ignored"]) < len(verdicts) else "ignores every modality:"
+        sentence = f"The model {verb} {_names(by['ignored'])}"
+    elif by["weak"]:
+        sentence = f"No modality is ignored, but the model barely uses {_names(by['weak'])}"
+    else:
+        sentence = f"The model uses all {len(verdicts)} modalities"
+    if by["dominant"]:
+        sentence += f"; it leans on {_names(by['dominant'])}"
+    return sentence + "."
