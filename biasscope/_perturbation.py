@@ -17,6 +17,7 @@ from .modality import Modality, intervene
 __all__ = [
     "representation_std",
     "perturbation_samples",
+    "CleanPass",
     "draw_noise",
     "capture",
     "check_finite",
@@ -109,6 +110,24 @@ def _accumulate(store: dict[str, list], name: str, h: Tensor) -> None:
         store[name] = [s, ss, n]
 
 
+class CleanPass:
+    """The clean logits and representations of ``batch`` repeated k times, computed once
+    per k. The reference is run at the same expanded size as the perturbed pass, so an
+    ignored modality gives bit-identical logits and f == 0 exactly."""
+
+    def __init__(
+        self, model: nn.Module, batch: Batch, modalities: Sequence[Modality], output: OutputSpec
+    ) -> None:
+        self.model, self.batch, self.modalities, self.output = model, batch, modalities, output
+        self._cache: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
+
+    def __call__(self, k: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if k not in self._cache:
+            with torch.no_grad():
+                self._cache[k] = capture(self.model, self.batch.repeat(k), self.modalities, self.output)
+        return self._cache[k]
+
+
 def draw_noise(h: Tensor, sigma: Tensor, *, scale: float, generator: torch.Generator) -> Tensor:
     """z ~ N(0, diag(s^2 sigma^2)) shaped like ``h`` (drawn on the generator's device)."""
     eps = torch.randn(h.shape, generator=generator, device=generator.device, dtype=torch.float32)
@@ -129,11 +148,13 @@ def perturbation_samples(
     gradients: bool = True,
     create_graph: bool = False,
     offsets: Mapping[Modality, Tensor] | None = None,
+    clean: CleanPass | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Perturb the given modalities jointly, ``h_m + z_m`` with z_m ~ N(0, diag(s^2 sigma_m^2)).
 
     ``offsets`` adds a fixed (B, *feat) noise to other modalities in every sample (to
-    evaluate f with those coordinates frozen, for the tensorization check).
+    evaluate f with those coordinates frozen, for the tensorization check). ``clean``
+    shares the clean expanded passes between calls on the same batch.
 
     Returns ``f`` of shape (K, B), f = D(p_clean, p_perturbed), and per modality ``q`` of
     shape (K, B), q = <Sigma grad_z f, grad_z f> (empty when ``gradients`` is False).
@@ -144,6 +165,7 @@ def perturbation_samples(
         )
     div = DIVERGENCES[divergence]
     modalities = list(sigmas)
+    clean = clean or CleanPass(model, batch, [*modalities, *(offsets or {})], output)
     per_chunk = max(1, max_rows // batch.size)
     fs: list[Tensor] = []
     qs: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
@@ -152,10 +174,7 @@ def perturbation_samples(
         k = min(per_chunk, samples - done)
         done += k
         rows = batch.repeat(k)
-        # the clean reference is run at the same expanded size, so an ignored modality
-        # gives bit-identical logits and f == 0 exactly
-        with torch.no_grad():
-            clean, reps = capture(model, rows, modalities, output)
+        clean_logits, reps = clean(k)
         noises: dict[str, Tensor] = {}
         for m in modalities:
             h = reps[m.name]
@@ -167,7 +186,7 @@ def perturbation_samples(
         with torch.set_grad_enabled(gradients):
             with intervene(model, rows, transforms) as b:
                 logits = check_finite(call_model(model, b, output))
-            f = div(clean, logits.float())
+            f = div(clean_logits, logits.float())
             fs.append(f.view(k, batch.size))
             if not gradients:
                 continue

@@ -16,7 +16,7 @@ from torch import nn
 from . import __version__
 from ._batch import Batch, OutputSpec, split_batch
 from ._device import on_device, resolve_device
-from ._perturbation import capture, draw_noise, perturbation_samples, representation_std
+from ._perturbation import CleanPass, capture, draw_noise, perturbation_samples, representation_std
 from .errors import DataLoadError, ModalityError
 from .estimators import fisher_bound, functional_entropy, poincare_bound, variance
 from .modality import Modality, validate_modalities
@@ -73,10 +73,10 @@ def _usable_labels(batches: Sequence[Batch]) -> bool:
     )
 
 
-def _tensorization(model, batch, sigmas, reps, options, *, draws: int = 2):
+def _tensorization(model, batch, sigmas, reps, options, *, draws: int = 1):
     """Per example: Ent and Var of f under the joint perturbation, and the tensorization
     sums sum_m E_{-m}[Ent_m f], sum_m E_{-m}[Var_m f] (the other modalities' noise frozen at
-    ``draws`` random values, the expectation over them taken by averaging)."""
+    ``draws`` random values per example: unbiased for the mean over examples)."""
     f, _ = perturbation_samples(model, batch, sigmas, gradients=False, **options)
     f = f.double()
     ent_sum = torch.zeros(batch.size, dtype=torch.float64, device=f.device)
@@ -155,12 +155,12 @@ def audit(
         cond_ent: list[torch.Tensor] = []
         cond_var: list[torch.Tensor] = []
         preds, labels = [], []
-        options = dict(
-            samples=samples, scale=scale, generator=generator, divergence=divergence,
-            output=output, max_rows=max_rows,
-        )
         for i, batch in enumerate(batches):
             b = batch.to(dev)
+            options = dict(
+                samples=samples, scale=scale, generator=generator, divergence=divergence,
+                output=output, max_rows=max_rows, clean=CleanPass(model, b, modalities, output),
+            )
             with torch.no_grad():
                 logits, reps = capture(model, b, modalities, output)
             preds.append(logits.argmax(dim=1).cpu())

@@ -1,0 +1,1155 @@
+"""Model and data loaders: TorchScript, ``torch.export`` programs, state dicts with a
+factory, pickled modules (opt-in), Hugging Face directories; data from ``.pt``/``.npz``/
+``.safetensors`` files or a factory. Every failure raises a :mod:`biasscope.errors`
+subclass whose message names the problem and the fix; files on disk are never modified."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import BiasscopeError, ConfigError, DataLoadError, ModelLoadError
+
+__all__ = ["LoadedModel", "load_model", "save_model", "load_data", "fingerprint", "MODEL_KINDS"]
+
+MODEL_KINDS = ("torchscript", "export", "state_dict", "pickle", "hf")
+
+_SUPPORTED_MODELS = (
+    "TorchScript (torch.jit.save), a torch.export program (.pt2, torch.export.save), "
+    "a state dict or checkpoint (.pt/.pth/.ckpt/.safetensors) with --factory, a pickled "
+    "module (torch.save(model)) with --trust-pickle, or a Hugging Face save_pretrained directory"
+)
+_DATA_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
+# keys under which checkpoints commonly keep the model's state dict (Lightning: "state_dict")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory as the sorted (relative name, bytes) pairs: each
+    file contributes ``name \\0 len(bytes) as 8 little-endian bytes, bytes``."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(
+            (p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()
+        )
+        for rel, p in files:
+            h.update(rel.encode("utf-8") + b"\0" + p.stat().st_size.to_bytes(8, "little"))
+            _hash_file_into(h, p)
+    else:
+        _hash_file_into(h, path)
+    return h.hexdigest()
+
+
+def _hash_file_into(h: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def fingerprint(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file or a directory (same digest as :attr:`LoadedModel.sha256`)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataLoadError(
+            f"Cannot fingerprint {str(p)!r}: no such file or directory. Check the path."
+        )
+    return _sha256(p)
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def _split_spec(spec: str) -> tuple[str, str] | None:
+    """``("target", "attr.path")`` for a ``"target:attr"`` string, else None."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        return None
+    if not all(part.isidentifier() for part in attr.split(".")):
+        return None
+    return target, attr
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def _import_callable(
+    spec: str, *, error: type[BiasscopeError], what: str, option: str
+) -> Callable[..., Any]:
+    """Import ``"package.module:function"`` or ``"path/to/file.py:function"``.
+
+    Args:
+        spec: the factory string.
+        error: the error class to raise (ModelLoadError or DataLoadError).
+        what: what the factory builds, for messages ("model", "data").
+        option: the command-line option that took the string, for messages.
+    """
+    form = (
+        f"Write it as 'package.module:function' (an importable module) or "
+        f"'path/to/file.py:function'; the function takes no arguments and returns the {what}."
+    )
+    if not isinstance(spec, str):
+        raise error(f"The {what} factory must be a string, got {type(spec).__name__}. {form}")
+    parts = _split_spec(spec)
+    if parts is None:
+        raise error(f"The {what} factory {spec!r} ({option}) is malformed. {form}")
+    target, attr = parts
+    if _is_file_target(target):
+        module = _import_file(target, spec=spec, error=error, what=what, option=option)
+    else:
+        if not all(p.isidentifier() for p in target.split(".")):
+            raise error(f"The {what} factory {spec!r} ({option}) is malformed: {target!r} is not a "
+                        f"module name. {form}")
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and target.startswith(exc.name) and (
+                exc.name == target or target.startswith(exc.name + ".")
+            ):
+                raise error(
+                    f"The {what} factory {spec!r} ({option}) names module {target!r}, which cannot "
+                    f"be imported ({exc}). Install the package or run from the directory that "
+                    f"holds it (it must be on PYTHONPATH), or give a file path instead: "
+                    f"'path/to/file.py:{attr}'."
+                ) from exc
+            raise error(
+                f"Importing module {target!r} for the {what} factory {spec!r} failed: {exc}. "
+                f"Install the missing dependency {exc.name!r} or fix the import in {target!r}."
+            ) from exc
+        except Exception as exc:
+            raise error(
+                f"Importing module {target!r} for the {what} factory {spec!r} raised "
+                f"{type(exc).__name__}: {exc}. Fix the error in that module and try again."
+            ) from exc
+    obj: Any = module
+    for name in attr.split("."):
+        if not hasattr(obj, name):
+            available = sorted(
+                n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+            )
+            raise error(
+                f"The {what} factory {spec!r} ({option}): {target!r} has no attribute {attr!r}. "
+                f"Callables it defines: {', '.join(available) or 'none'}. Fix the name after ':'."
+            )
+        obj = getattr(obj, name)
+    if not callable(obj):
+        raise error(
+            f"The {what} factory {spec!r} ({option}) names {attr!r}, a {type(obj).__name__}, "
+            f"which is not callable. Point it at a function that takes no arguments and returns "
+            f"the {what}."
+        )
+    return obj
+
+
+def _import_file(
+    target: str, *, spec: str, error: type[BiasscopeError], what: str, option: str
+) -> Any:
+    path = Path(target)
+    if not path.is_file():
+        raise error(
+            f"The {what} factory {spec!r} ({option}) points at {target!r}, which is not a file. "
+            f"Check the path (relative paths start from the current directory: {os.getcwd()})."
+        )
+    resolved = path.resolve()
+    name = "_biasscope_factory_" + hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    if module_spec is None or module_spec.loader is None:
+        raise error(
+            f"The {what} factory file {target!r} cannot be imported as Python. Give a .py file."
+        )
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    # the file's own directory is importable while it runs, so `from model import Net` works
+    parent = str(resolved.parent)
+    sys.path.insert(0, parent)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise error(
+            f"Running the {what} factory file {target!r} raised {type(exc).__name__}: {exc}. "
+            "Fix the error in that file (or a module it imports) and try again."
+        ) from exc
+    finally:
+        try:
+            sys.path.remove(parent)
+        except ValueError:
+            pass
+    return module
+
+
+def _call_factory(spec: str, *, error: type[BiasscopeError], what: str, option: str) -> Any:
+    fn = _import_callable(spec, error=error, what=what, option=option)
+    try:
+        return fn()
+    except BiasscopeError:
+        raise
+    except Exception as exc:
+        raise error(
+            f"The {what} factory {spec!r} ({option}) raised {type(exc).__name__}: {exc}. "
+            f"It is called with no arguments and must return the {what}; fix the function "
+            "(or wrap it in one that supplies its arguments)."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model (in eval mode) and what is needed to save a fine-tuned copy back.
+
+    Attributes:
+        module: the model.
+        kind: one of :data:`MODEL_KINDS`.
+        path: the file or directory it came from.
+        sha256: :func:`fingerprint` of ``path``.
+        factory: the factory string (state dicts only).
+        hf_class: the transformers class used (Hugging Face directories only).
+        wrapper_key: the checkpoint key holding the state dict (None: the file is the state dict).
+        key_prefix: the prefix stripped from the checkpoint's keys (e.g. ``"model."``).
+        container: ``"torch"`` or ``"safetensors"`` (state dicts only).
+
+    An exported program's graph keeps the train/eval behaviour (dropout, batch norm) it was
+    exported with; its ``.train()``/``.eval()`` only set the flags.
+    """
+
+    module: nn.Module
+    kind: str
+    path: Path
+    sha256: str
+    factory: str | None = None
+    hf_class: str | None = None
+    wrapper_key: str | None = None
+    key_prefix: str = ""
+    container: str | None = None
+    # the checkpoint minus the model's own tensors, original key order, export sample inputs
+    checkpoint: Any = field(default=None, repr=False, compare=False)
+    key_order: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    example_inputs: Any = field(default=None, repr=False, compare=False)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    factory: str | None = None,
+    kind: str | None = None,
+    trust_pickle: bool = False,
+    hf_class: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load a model file or directory; the kind is detected from its contents.
+
+    Args:
+        path: TorchScript, ``.pt2``, state dict / checkpoint, pickled module, or a Hugging Face
+            ``save_pretrained`` directory.
+        factory: ``"package.module:function"`` or ``"file.py:function"`` building the module a
+            state dict is loaded into (required for state dicts).
+        kind: force one of :data:`MODEL_KINDS` instead of detecting it.
+        trust_pickle: allow unpickling a fully pickled module (runs code from the file).
+        hf_class: transformers class name for a Hugging Face directory
+            (default: ``architectures[0]`` of config.json).
+        map_location: device the weights are loaded onto.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(
+            f"Model file {str(p)!r} does not exist. Check the path (relative paths start from "
+            f"{os.getcwd()})."
+        )
+    if kind is not None and kind not in MODEL_KINDS:
+        raise ModelLoadError(
+            f"Unknown model kind {kind!r}. Use one of {', '.join(MODEL_KINDS)}, or leave it out "
+            "to detect the kind from the file."
+        )
+    detected = kind or _detect_kind(p)
+    digest = _sha256(p)
+    if detected == "hf":
+        loaded = _load_hf(p, hf_class=hf_class, map_location=map_location, digest=digest)
+    elif p.is_dir():
+        raise ModelLoadError(
+            f"{str(p)!r} is a directory without a config.json, so it is not a Hugging Face "
+            f"model. Supported: {_SUPPORTED_MODELS}."
+        )
+    elif detected == "torchscript":
+        loaded = _load_torchscript(p, map_location=map_location, digest=digest)
+    elif detected == "export":
+        loaded = _load_export(p, map_location=map_location, digest=digest)
+    else:
+        loaded = _load_torch_file(
+            p, factory=factory, kind=kind, trust_pickle=trust_pickle,
+            map_location=map_location, digest=digest,
+        )
+    _set_eval(loaded.module)
+    return loaded
+
+
+def _set_eval(module: nn.Module) -> None:
+    # exported GraphModules override .eval() to raise; the flag on each submodule is all we set
+    nn.Module.train(module, False)
+
+
+def _detect_kind(p: Path) -> str:
+    if p.is_dir():
+        return "hf" if (p / "config.json").is_file() else "unknown"
+    if p.suffix == ".safetensors":
+        return "state_dict"
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "unknown"
+        tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if "archive_format" in tails or "models/model.json" in tails or any(
+            t.startswith("models/") for t in tails
+        ):
+            return "export"
+        if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
+            return "torchscript"
+    return "torch"  # torch.save output (zip or legacy) or something corrupt: torch.load decides
+
+
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*TorchScript.*", category=DeprecationWarning)
+        yield
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's warnings (a failure becomes our own error message instead)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports from transformers (the CLI shows its own progress)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _corrupt(p: Path, what: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"Cannot read {str(p)!r} as {what} ({type(exc).__name__}: {_first_line(exc)}). The file "
+        f"may be corrupt, truncated or of another format. Supported: {_SUPPORTED_MODELS}; "
+        "pass --kind to force one."
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _load_torchscript(p: Path, *, map_location: Any, digest: str) -> LoadedModel:
+    try:
+        with _quiet_jit():
+            module = torch.jit.load(str(p), map_location=map_location)
+    except Exception as exc:
+        raise _corrupt(p, "TorchScript", exc) from exc
+    return LoadedModel(module=module, kind="torchscript", path=p, sha256=digest)
+
+
+def _load_export(p: Path, *, map_location: Any, digest: str) -> LoadedModel:
+    try:
+        with open(p, "rb") as f, _quiet_logger("torch.export"):
+            # a file object: torch.export.load wants a name ending in .pt2 otherwise
+            program = torch.export.load(f)
+        module = program.module()
+    except Exception as exc:
+        raise _corrupt(p, "a torch.export program", exc) from exc
+    # .module() makes .train()/.eval() raise; biasscope calls them, so restore nn.Module's
+    # (they set the flags only: the graph keeps the behaviour it was exported with)
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
+    if str(map_location) != "cpu":
+        module = module.to(map_location)
+    return LoadedModel(
+        module=module, kind="export", path=p, sha256=digest,
+        example_inputs=getattr(program, "example_inputs", None),
+    )
+
+
+def _load_torch_file(
+    p: Path, *, factory: str | None, kind: str | None, trust_pickle: bool,
+    map_location: Any, digest: str,
+) -> LoadedModel:
+    if kind == "pickle" and not trust_pickle:
+        raise _pickle_refused(p, None)
+    container = "torch"
+    if p.suffix == ".safetensors":
+        container = "safetensors"
+        obj = _read_safetensors_model(p, map_location)
+    else:
+        obj = _torch_load_weights(p, map_location=map_location, trust_pickle=trust_pickle)
+    if isinstance(obj, nn.Module):
+        if kind == "state_dict":
+            raise ModelLoadError(
+                f"{str(p)!r} holds a pickled module, not a state dict. Drop --kind state_dict "
+                "(with --trust-pickle the module is used as is)."
+            )
+        return LoadedModel(module=obj.to(map_location), kind="pickle", path=p, sha256=digest)
+    found = _find_state_dict(obj)
+    if found is None:
+        raise ModelLoadError(
+            f"{str(p)!r} holds {_describe_obj(obj)}, which is neither a state dict (a dict of "
+            f"tensors) nor a checkpoint with one under {', '.join(map(repr, _WRAPPER_KEYS))}. "
+            f"Supported: {_SUPPORTED_MODELS}."
+        )
+    wrapper_key, state = found
+    if factory is None:
+        where = f"under {wrapper_key!r} " if wrapper_key else ""
+        raise ModelLoadError(
+            f"{str(p)!r} is a state dict {where}({len(state)} tensors), which holds weights but "
+            "not the model's code. Pass --factory 'package.module:function' or "
+            "'path/to/model.py:function' (factory='...'), a function with no arguments that "
+            "builds the untrained model; or save the model as TorchScript or torch.export."
+        )
+    module = _call_factory(factory, error=ModelLoadError, what="model", option="--factory")
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"The model factory {factory!r} returned {_describe_obj(module)}, not a "
+            "torch.nn.Module. Make it return the (untrained) model instance."
+        )
+    prefix = _load_into(module, state, p)
+    module.to(map_location)
+    model_keys = {prefix + k for k in module.state_dict()}
+    rest = {k: v for k, v in state.items() if k not in model_keys}
+    if wrapper_key is None:
+        checkpoint: Any = rest
+    else:
+        checkpoint = {**obj, wrapper_key: rest}
+    return LoadedModel(
+        module=module, kind="state_dict", path=p, sha256=digest, factory=factory,
+        wrapper_key=wrapper_key, key_prefix=prefix, container=container,
+        checkpoint=checkpoint, key_order=tuple(state),
+    )
+
+
+def _read_safetensors_model(p: Path, map_location: Any) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(p), device=str(map_location))
+    except Exception as exc:
+        raise _corrupt(p, "a safetensors state dict", exc) from exc
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _torch_load_weights(p: Path, *, map_location: Any, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        message = str(exc)
+        if "Unsupported global" not in message:
+            raise _corrupt(p, "a torch.save file", exc) from exc
+        match = _GLOBAL_RE.search(message)
+        global_name = match.group(1) if match else None
+        if not trust_pickle:
+            raise _pickle_refused(p, global_name) from None
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Unpickling {str(p)!r} failed ({type(exc).__name__}: {_first_line(exc)}). A pickled "
+            "module needs its class importable under the same module name as when it was saved: "
+            "run from the project that defines it (or add it to PYTHONPATH); better, save a state "
+            "dict and pass --factory, or save TorchScript / torch.export."
+        ) from exc
+
+
+def _pickle_refused(p: Path, global_name: str | None) -> ModelLoadError:
+    ref = f" (it references {global_name})" if global_name else ""
+    return ModelLoadError(
+        f"{str(p)!r} holds pickled Python objects{ref}, not only tensors. Unpickling runs "
+        "arbitrary code stored in the file, so biasscope refuses by default. If you trust the "
+        "file, pass --trust-pickle (trust_pickle=True). Better: save a state dict "
+        "(torch.save(model.state_dict(), path)) and pass --factory, or save the model with "
+        "torch.jit.save or torch.export.save."
+    )
+
+
+def _is_state_dict(obj: Any) -> bool:
+    if not isinstance(obj, Mapping) or not obj:
+        return False
+    if not all(isinstance(k, str) for k in obj):
+        return False
+    return any(isinstance(v, Tensor) for v in obj.values()) and all(
+        isinstance(v, Tensor) or k.endswith("_extra_state") for k, v in obj.items()
+    )
+
+
+def _find_state_dict(obj: Any) -> tuple[str | None, dict[str, Any]] | None:
+    if _is_state_dict(obj):
+        return None, dict(obj)
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in obj and _is_state_dict(obj[key]):
+                return key, dict(obj[key])
+    return None
+
+
+def _describe_obj(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = list(obj)[:8]
+        more = ", ..." if len(obj) > 8 else ""
+        return f"a dict with keys [{', '.join(map(repr, keys))}{more}]"
+    if isinstance(obj, Tensor):
+        return f"a tensor of shape {tuple(obj.shape)}"
+    return f"a {type(obj).__name__}"
+
+
+def _candidate_prefixes(keys: Iterable[str]) -> list[str]:
+    found: set[str] = set()
+    for k in keys:
+        parts = k.split(".")
+        for i in range(1, len(parts)):
+            found.add(".".join(parts[:i]) + ".")
+    return sorted(found, key=len)
+
+
+def _shapes_match(stripped: Mapping[str, Any], reference: Mapping[str, Any]) -> bool:
+    return all(
+        not (isinstance(v, Tensor) and isinstance(reference[k], Tensor))
+        or v.shape == reference[k].shape
+        for k, v in stripped.items()
+    )
+
+
+def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _choose_prefix(state: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[str, str]:
+    """The key prefix to strip so the checkpoint's keys become the model's, and a verdict:
+    ``"ok"``, ``"shapes"`` (keys match, shapes do not) or ``"keys"`` (no prefix matches).
+
+    Prefixes shared by every key (Lightning's ``model.``, DataParallel's ``module.``) are
+    tried first; then prefixes of a subset of the keys (a LightningModule that also holds a
+    loss or a teacher), whose tensors must match the model's shapes too; the shortest wins.
+    For a failure, the returned prefix is the all-keys prefix with the largest key overlap.
+    """
+    target = set(reference)
+    keys = list(state)
+    full = [""] + [c for c in _candidate_prefixes(keys) if all(k.startswith(c) for k in keys)]
+    shape_fail: str | None = None
+    for prefix in full:
+        stripped = _strip(state, prefix)
+        if set(stripped) == target:
+            if _shapes_match(stripped, reference):
+                return prefix, "ok"
+            shape_fail = prefix if shape_fail is None else shape_fail
+    if shape_fail is not None:
+        return shape_fail, "shapes"
+    for prefix in _candidate_prefixes(keys):
+        if prefix in full:
+            continue
+        stripped = _strip(state, prefix)
+        if set(stripped) == target and _shapes_match(stripped, reference):
+            return prefix, "ok"
+    best = max(full, key=lambda c: (len(target & set(_strip(state, c))), -len(c)))
+    return best, "keys"
+
+
+def _list(keys: Iterable[str], limit: int = 10) -> str:
+    items = sorted(keys)
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _load_into(module: nn.Module, state: dict[str, Any], p: Path) -> str:
+    reference = module.state_dict()
+    target = set(reference)
+    prefix, verdict = _choose_prefix(state, reference)
+    stripped = _strip(state, prefix)
+    strip_note = f" after stripping the prefix {prefix!r}" if prefix else ""
+    if verdict == "keys":
+        missing = target - set(stripped)
+        unexpected = set(stripped) - target
+        raise ModelLoadError(
+            f"The state dict in {str(p)!r} does not match the factory's model{strip_note}. "
+            f"Missing in the file ({len(missing)}): {_list(missing) or 'none'}. Unexpected in the "
+            f"file ({len(unexpected)}): {_list(unexpected) or 'none'}. Check that --factory builds "
+            "the same architecture (and configuration) the weights were trained with."
+        )
+    if verdict == "shapes":
+        mismatched = [
+            f"{k}: file {tuple(v.shape)} vs model {tuple(reference[k].shape)}"
+            for k, v in stripped.items()
+            if isinstance(v, Tensor) and isinstance(reference[k], Tensor)
+            and v.shape != reference[k].shape
+        ]
+        raise ModelLoadError(
+            f"The state dict in {str(p)!r} has the model's keys{strip_note} but different shapes: "
+            f"{'; '.join(mismatched[:10])}. Check that --factory builds the model with the same "
+            "sizes (hidden width, number of classes, vocabulary) as the trained one."
+        )
+    try:
+        module.load_state_dict(stripped, strict=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Loading the state dict from {str(p)!r} into the factory's model failed: "
+            f"{_first_line(exc)}. Check that --factory builds the same architecture."
+        ) from exc
+    return prefix
+
+
+def _load_hf(p: Path, *, hf_class: str | None, map_location: Any, digest: str) -> LoadedModel:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{str(p)!r} is a Hugging Face model directory, but the optional dependency "
+            "'transformers' is not installed. Run: pip install biasscope[hf]"
+        ) from exc
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise ModelLoadError(
+            f"{str(p)!r} is not a Hugging Face save_pretrained directory (it needs a "
+            "config.json beside the weights). Save the model with model.save_pretrained(dir)."
+        )
+    try:
+        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{str(p / 'config.json')!r} is not valid JSON ({exc}). Re-save the model with "
+            "save_pretrained."
+        ) from exc
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    name = hf_class or (archs[0] if isinstance(archs, list) and archs else None)
+    name = name or "AutoModelForSequenceClassification"
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        source = "--hf-class" if hf_class else "config.json 'architectures'"
+        raise ModelLoadError(
+            f"transformers {transformers.__version__} has no model class {name!r} (from "
+            f"{source}). Pass --hf-class with a class transformers provides, e.g. "
+            "'AutoModelForSequenceClassification' or 'ViltForQuestionAnswering' (custom code "
+            "models are not loaded: biasscope never sets trust_remote_code)."
+        )
+    try:
+        with _quiet_transformers():
+            module, info = cls.from_pretrained(
+                str(p), local_files_only=True, output_loading_info=True
+            )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"transformers could not load {str(p)!r} with {name} ({type(exc).__name__}: "
+            f"{_first_line(exc)}). Check that the directory holds the config and weights written "
+            "by save_pretrained, or choose the class with --hf-class."
+        ) from exc
+    # weights the class needs but the directory lacks would be random: auditing them is moot
+    missing = set(info.get("missing_keys") or ()) | {
+        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()
+    }
+    if missing:
+        raise ModelLoadError(
+            f"{str(p)!r} lacks weights that {name} needs ({_list(missing)}); transformers would "
+            "initialise them at random. Choose the class the model was saved from with --hf-class "
+            "(config.json 'architectures' names it), or fine-tune and save the full model first."
+        )
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"{name}.from_pretrained returned a {type(module).__name__}, not a PyTorch module. "
+            "Choose a PyTorch class with --hf-class (not a TF/Flax one)."
+        )
+    module.to(map_location)
+    return LoadedModel(module=module, kind="hf", path=p, sha256=digest, hf_class=name)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_model(
+    loaded: LoadedModel,
+    module: nn.Module,
+    dest: str | os.PathLike[str],
+    *,
+    example_inputs: tuple[Any, ...] | None = None,
+    example_kwargs: dict[str, Any] | None = None,
+    dynamic_shapes: Any = None,
+) -> Path:
+    """Write ``module`` (e.g. fine-tuned) to ``dest`` in the format ``loaded`` came in.
+
+    TorchScript: ``torch.jit.save``. Export: re-exported with ``torch.export.export(module,
+    example_inputs, example_kwargs, dynamic_shapes=...)`` in eval mode; without example inputs
+    the sample inputs stored in the original ``.pt2`` are used (an error when it has none).
+    State dict: the input's checkpoint structure (wrapper dict, key prefix, other entries) with
+    the module's weights on CPU. Pickle: ``torch.save(module)``. HF: a ``save_pretrained``
+    directory. The write is atomic; ``dest`` may not be (or contain, or lie in) the input.
+    """
+    out = Path(dest)
+    src = loaded.path.resolve()
+    target = out.resolve()
+    if target == src or src in target.parents or target in src.parents:
+        raise ModelLoadError(
+            f"Refusing to write the model to {str(out)!r}: it is (or overlaps) the input "
+            f"{str(loaded.path)!r}, and biasscope never modifies its input. Choose another "
+            "output path, e.g. with --output."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if loaded.kind == "hf":
+        if not hasattr(module, "save_pretrained"):
+            raise ModelLoadError(
+                f"The model to save is a {type(module).__name__} without save_pretrained; a "
+                "Hugging Face input is saved back as a save_pretrained directory."
+            )
+        if out.exists() and not out.is_dir():
+            raise ModelLoadError(
+                f"{str(out)!r} is a file, but a Hugging Face model is saved as a directory. "
+                "Choose a directory path."
+            )
+        def write_pretrained(tmp: Path) -> None:
+            with _quiet_transformers():
+                module.save_pretrained(str(tmp))
+
+        _atomic_dir(out, write_pretrained)
+        return out
+    if out.is_dir():
+        raise ModelLoadError(f"{str(out)!r} is a directory; give a file path for the model.")
+    if loaded.kind == "torchscript":
+        script = module
+        if not isinstance(module, torch.jit.ScriptModule):
+            try:
+                with _quiet_jit():
+                    script = torch.jit.script(module)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"The input was TorchScript, but the model to save is a "
+                    f"{type(module).__name__} that torch.jit.script cannot compile "
+                    f"({_first_line(exc)}). Pass the loaded ScriptModule (it is trainable)."
+                ) from exc
+
+        def write_script(tmp: Path) -> None:
+            with _quiet_jit():
+                torch.jit.save(script, str(tmp))
+
+        _atomic_file(out, write_script)
+    elif loaded.kind == "export":
+        program = _export(loaded, module, example_inputs, example_kwargs, dynamic_shapes)
+        _atomic_file(out, lambda tmp: torch.export.save(program, str(tmp)), suffix=".pt2")
+    elif loaded.kind == "state_dict":
+        payload = _checkpoint_payload(loaded, module)
+        if loaded.container == "safetensors":
+            from safetensors.torch import save_file
+
+            flat = {k: v.contiguous().clone() for k, v in payload.items()}
+            _atomic_file(out, lambda tmp: save_file(flat, str(tmp)))
+        else:
+            _atomic_file(out, lambda tmp: torch.save(payload, tmp))
+    elif loaded.kind == "pickle":
+        _atomic_file(out, lambda tmp: torch.save(module, tmp))
+    else:  # pragma: no cover - LoadedModel.kind is always one of MODEL_KINDS
+        raise ModelLoadError(f"Unknown model kind {loaded.kind!r}; use one of {MODEL_KINDS}.")
+    return out
+
+
+def _export(
+    loaded: LoadedModel, module: nn.Module, example_inputs: tuple[Any, ...] | None,
+    example_kwargs: dict[str, Any] | None, dynamic_shapes: Any,
+) -> Any:
+    if example_inputs is None and example_kwargs is None:
+        if loaded.example_inputs is None:
+            raise ModelLoadError(
+                "Saving a torch.export model re-exports it, which needs example inputs, and the "
+                f"input {str(loaded.path)!r} stored none. Pass example_inputs=(...) (one batch of "
+                "the model's inputs) to save_model."
+            )
+        example_inputs, example_kwargs = loaded.example_inputs
+    modes = {m: m.training for m in module.modules()}
+    _set_eval(module)
+    try:
+        return torch.export.export(
+            module, tuple(example_inputs or ()), dict(example_kwargs or {}),
+            dynamic_shapes=dynamic_shapes,
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"torch.export could not export the model ({type(exc).__name__}: {_first_line(exc)}). "
+            "Check that example_inputs match the model's forward, or save a state dict instead."
+        ) from exc
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _checkpoint_payload(loaded: LoadedModel, module: nn.Module) -> Any:
+    module = getattr(module, "_orig_mod", module)  # torch.compile wrapper: save the model itself
+    weights = {
+        loaded.key_prefix + k: v.detach().cpu() if isinstance(v, Tensor) else v
+        for k, v in module.state_dict().items()
+    }
+    previous = loaded.checkpoint if isinstance(loaded.checkpoint, Mapping) else {}
+    rest = previous if loaded.wrapper_key is None else previous.get(loaded.wrapper_key, {})
+    merged = {**rest, **weights}
+    order = [k for k in loaded.key_order if k in merged]
+    seen = set(order)
+    state = {k: merged[k] for k in [*order, *(k for k in merged if k not in seen)]}
+    if loaded.wrapper_key is None:
+        return state
+    return {**previous, loaded.wrapper_key: state}
+
+
+def _temp_name(out: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp" + suffix, dir=out.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _atomic_file(out: Path, write: Callable[[Path], None], *, suffix: str = "") -> None:
+    tmp = _temp_name(out, suffix or out.suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, BiasscopeError) or not isinstance(exc, Exception):
+            raise
+        raise ModelLoadError(
+            f"Writing the model to {str(out)!r} failed ({type(exc).__name__}: {_first_line(exc)}). "
+            "Nothing was written; check the path and free disk space."
+        ) from exc
+
+
+def _atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old: Path | None = None
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        if old is not None and not out.exists():
+            os.replace(old, out)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, BiasscopeError) or not isinstance(exc, Exception):
+            raise
+        raise ModelLoadError(
+            f"Writing the model directory {str(out)!r} failed ({type(exc).__name__}: "
+            f"{_first_line(exc)}). Nothing was replaced; check the path and free disk space."
+        ) from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_data(
+    source: str | os.PathLike[str],
+    *,
+    label_key: str | None = "label",
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> list[Any]:
+    """Load a dataset as a list of batches for :func:`biasscope._batch.split_batch`.
+
+    Args:
+        source: a ``.pt``/``.pth`` file (dict of tensors, or tuple/list of tensors with the label
+            last), ``.npz``, ``.safetensors``, or a ``"package.module:function"`` /
+            ``"file.py:function"`` factory returning a Dataset, a DataLoader, an iterable of
+            batches, or a dict / tuple of whole-dataset tensors.
+        label_key: the label's key in dict sources (None: no label).
+        batch_size: batch size for files, dict/tuple columns and Datasets (DataLoaders and
+            iterables keep their own batches).
+        limit: at most this many examples (the last batch is truncated).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}.")
+    text = os.fspath(source)
+    path = Path(text)
+    if not path.exists() and isinstance(source, str) and _split_spec(text) is not None:
+        result = _call_factory(text, error=DataLoadError, what="data", option="--data")
+        batches = _from_factory_result(
+            result, text, label_key=label_key, batch_size=batch_size, limit=limit
+        )
+    else:
+        columns = _read_data_file(path)
+        batches = _batches_from_columns(
+            columns, str(path), label_key=label_key, batch_size=batch_size, limit=limit
+        )
+    if not batches:
+        raise DataLoadError(
+            f"The data {text!r} holds no examples. Point --data at a non-empty dataset."
+        )
+    return batches
+
+
+def _read_data_file(path: Path) -> dict[str, Tensor] | tuple[Tensor, ...]:
+    if not path.exists():
+        raise DataLoadError(
+            f"Data file {str(path)!r} does not exist. Check the path (relative paths start from "
+            f"{os.getcwd()}), or give a factory as 'package.module:function' or "
+            "'path/to/file.py:function'."
+        )
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix not in _DATA_SUFFIXES:
+        raise DataLoadError(
+            f"Unsupported data file {str(path)!r}. Supported: {', '.join(_DATA_SUFFIXES)} (a dict "
+            "of tensors, or for .pt a tuple of tensors with the label last), or a factory "
+            "'package.module:function' / 'path/to/file.py:function' returning a Dataset, "
+            "DataLoader or iterable of batches."
+        )
+    try:
+        if suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        elif suffix == ".npz":
+            obj = _read_npz(path)
+        else:
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+    except DataLoadError:
+        raise
+    except Exception as exc:
+        hint = ""
+        if "Unsupported global" in str(exc):
+            hint = (" It holds pickled Python objects, which biasscope does not unpickle for "
+                    "data: save only tensors (a dict of tensors or a tuple of tensors).")
+        raise DataLoadError(
+            f"Cannot read data file {str(path)!r} ({type(exc).__name__}: {_first_line(exc)}). "
+            f"The file may be corrupt or not a {suffix} file.{hint} Re-save it as a dict of "
+            "tensors (torch.save / numpy.savez / safetensors)."
+        ) from exc
+    if isinstance(obj, Mapping):
+        return _tensor_dict(obj, str(path))
+    if isinstance(obj, (tuple, list)):
+        return _tensor_tuple(obj, str(path))
+    raise DataLoadError(
+        f"Data file {str(path)!r} holds {_describe_obj(obj)}. Save a dict of tensors (label under "
+        "'label') or a tuple of tensors (label last), all with the same first dimension."
+    )
+
+
+def _read_npz(path: Path) -> dict[str, Tensor]:
+    import numpy as np
+
+    out: dict[str, Tensor] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        for key in npz.files:
+            arr = npz[key]
+            if arr.dtype.kind in "iu":
+                out[key] = torch.from_numpy(arr.astype(np.int64))
+            elif arr.dtype.kind == "f":
+                out[key] = torch.from_numpy(arr.astype(np.float32))
+            elif arr.dtype.kind == "b":
+                out[key] = torch.from_numpy(arr.copy())
+            else:
+                raise DataLoadError(
+                    f"Array {key!r} in {str(path)!r} has dtype {arr.dtype}, which is not numeric. "
+                    "Store numbers only (encode text as token ids, categories as integers)."
+                )
+    return out
+
+
+def _tensor_dict(obj: Mapping[Any, Any], where: str) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            raise DataLoadError(
+                f"Entry {key!r} in {where} is {_describe_obj(value)}, not a tensor. A dict data "
+                "source holds only tensors with the examples along the first dimension."
+            )
+        out[str(key)] = value
+    return out
+
+
+def _tensor_tuple(obj: Iterable[Any], where: str) -> tuple[Tensor, ...]:
+    items = tuple(obj)
+    for i, value in enumerate(items):
+        if not isinstance(value, Tensor):
+            raise DataLoadError(
+                f"Element {i} in {where} is {_describe_obj(value)}, not a tensor. A tuple data "
+                "source holds only tensors (label last) with the examples along the first "
+                "dimension."
+            )
+    if not items:
+        raise DataLoadError(f"{where} holds an empty tuple; it needs the inputs and the label.")
+    return items
+
+
+def _batches_from_columns(
+    columns: dict[str, Tensor] | tuple[Tensor, ...], where: str, *,
+    label_key: str | None, batch_size: int, limit: int | None,
+) -> list[Any]:
+    named = list(columns.items()) if isinstance(columns, dict) else list(enumerate(columns))
+    if isinstance(columns, dict):
+        if not columns:
+            raise DataLoadError(f"{where} holds an empty dict; it needs the inputs and the label.")
+        if label_key is not None and label_key not in columns:
+            raise DataLoadError(
+                f"{where} has no label under {label_key!r}; its keys are "
+                f"{', '.join(map(repr, columns))}. Pass --label-key with the key that holds the "
+                "labels."
+            )
+    lengths: dict[str, int] = {}
+    for key, t in named:
+        if t.dim() == 0:
+            raise DataLoadError(
+                f"Entry {key!r} in {where} is a scalar; every tensor needs the examples along its "
+                "first dimension."
+            )
+        lengths[str(key)] = int(t.shape[0])
+    if len(set(lengths.values())) > 1:
+        raise DataLoadError(
+            f"The tensors in {where} have different lengths ("
+            + ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            + "). Every tensor must hold one row per example; fix the file."
+        )
+    n = next(iter(lengths.values()))
+    if limit is not None:
+        n = min(n, limit)
+    batches: list[Any] = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        if isinstance(columns, dict):
+            batches.append({k: v[start:stop] for k, v in columns.items()})
+        else:
+            batches.append(tuple(v[start:stop] for v in columns))
+    return batches
+
+
+def _from_factory_result(
+    result: Any, spec: str, *, label_key: str | None, batch_size: int, limit: int | None
+) -> list[Any]:
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    where = f"the data from factory {spec!r}"
+    if isinstance(result, Mapping):
+        columns: Any = _tensor_dict(result, where)
+        return _batches_from_columns(
+            columns, where, label_key=label_key, batch_size=batch_size, limit=limit
+        )
+    if isinstance(result, tuple) and result and all(isinstance(t, Tensor) for t in result):
+        return _batches_from_columns(
+            result, where, label_key=label_key, batch_size=batch_size, limit=limit
+        )
+    if isinstance(result, (Dataset, IterableDataset)) and not isinstance(result, DataLoader):
+        result = DataLoader(result, batch_size=batch_size, shuffle=False)
+    if not isinstance(result, Iterable) or isinstance(result, (str, bytes, Tensor)):
+        raise DataLoadError(
+            f"The data factory {spec!r} returned {_describe_obj(result)}. Return a torch Dataset, "
+            "a DataLoader, or an iterable of batches (dicts of tensors, or tuples with the label "
+            "last)."
+        )
+    batches: list[Any] = []
+    seen = 0
+    iterator = iter(result)
+    while limit is None or seen < limit:
+        try:
+            raw = next(iterator)
+        except StopIteration:
+            break
+        except Exception as exc:
+            raise DataLoadError(
+                f"Iterating {where} raised {type(exc).__name__}: {_first_line(exc)}. Fix the "
+                "dataset (its __getitem__ / __iter__ or collate function)."
+            ) from exc
+        batch = _normalise_batch(raw, where, label_key=label_key, first=not batches)
+        size = _batch_len(batch, where)
+        if limit is not None and seen + size > limit:
+            batch = _truncate(batch, size, limit - seen)
+            size = limit - seen
+        if size > 0:
+            batches.append(batch)
+        seen += size
+    return batches
+
+
+def _normalise_batch(raw: Any, where: str, *, label_key: str | None, first: bool) -> Any:
+    import numpy as np
+
+    def conv(v: Any) -> Any:
+        return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+
+    if isinstance(raw, Mapping):
+        batch = {k: conv(v) for k, v in raw.items()}
+        if first and label_key is not None and label_key not in batch:
+            raise DataLoadError(
+                f"The batches of {where} have no label under {label_key!r}; their keys are "
+                f"{', '.join(map(repr, batch))}. Pass --label-key with the key that holds the "
+                "labels."
+            )
+        return batch
+    if isinstance(raw, (tuple, list)):
+        return tuple(conv(v) for v in raw)
+    raise DataLoadError(
+        f"A batch of {where} is {_describe_obj(raw)}. Batches must be dicts of tensors "
+        "(label under --label-key) or tuples of tensors (label last)."
+    )
+
+
+def _batch_len(batch: Any, where: str) -> int:
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    for v in values:
+        if isinstance(v, Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    raise DataLoadError(
+        f"A batch of {where} holds no tensor with a batch dimension. Each batch must hold "
+        "tensors whose first dimension is the batch."
+    )
+
+
+def _truncate(batch: Any, size: int, keep: int) -> Any:
+    def cut(v: Any) -> Any:
+        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size:
+            return v[:keep]
+        if isinstance(v, list) and len(v) == size:
+            return v[:keep]
+        return v
+
+    if isinstance(batch, Mapping):
+        return {k: cut(v) for k, v in batch.items()}
+    return tuple(cut(v) for v in batch)
