@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._files import atomic_path
 from .errors import BiasscopeError, ConfigError, DataLoadError, ModelLoadError
 
 __all__ = ["LoadedModel", "load_model", "save_model", "load_data", "fingerprint", "MODEL_KINDS"]
@@ -409,10 +410,76 @@ def _load_export(p: Path, *, map_location: Any, digest: str) -> LoadedModel:
         module.__dict__.pop(name, None)
     if str(map_location) != "cpu":
         module = module.to(map_location)
+    batch = _static_batch_size(program)
+    if batch is not None:
+        module = FixedBatchModule(module, batch)
     return LoadedModel(
         module=module, kind="export", path=p, sha256=digest,
         example_inputs=getattr(program, "example_inputs", None),
     )
+
+
+def _static_batch_size(program: Any) -> int | None:
+    """The batch size an exported program was traced with, when its batch dim is static."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" and node.name in names else None
+        if isinstance(val, Tensor) and val.dim() > 0:
+            return val.shape[0] if isinstance(val.shape[0], int) else None
+    return None
+
+
+class FixedBatchModule(nn.Module):
+    """Runs a module exported with a static batch size on batches of any size: in slices
+    of that size, the last one padded with copies of its final row and trimmed after."""
+
+    def __init__(self, module: nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.module = module
+        self.batch_size = batch_size
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim() > 0]
+        n = int(tensors[0].shape[0]) if tensors else self.batch_size
+        if n == self.batch_size:
+            return self.module(*args, **kwargs)
+        outs, size = [], self.batch_size
+
+        def piece(v: Any, start: int) -> Any:
+            if not (isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n):
+                return v
+            part = v[start : start + size]
+            if part.shape[0] < size:
+                part = torch.cat([part, part[-1:].expand(size - part.shape[0], *part.shape[1:])])
+            return part
+
+        for start in range(0, n, size):
+            out = self.module(
+                *(piece(a, start) for a in args), **{k: piece(v, start) for k, v in kwargs.items()}
+            )
+            outs.append(_map_tensors(out, lambda t, keep=min(size, n - start): t[:keep]))
+        return _concat_outputs(outs)
+
+
+def _map_tensors(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(out, Tensor):
+        return fn(out) if out.dim() > 0 else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_map_tensors(o, fn) for o in out)
+    if isinstance(out, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in out.items()}
+    return out
+
+
+def _concat_outputs(outs: list[Any]) -> Any:
+    first = outs[0]
+    if isinstance(first, Tensor):
+        return torch.cat(outs) if first.dim() > 0 else first
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat_outputs([o[i] for o in outs]) for i in range(len(first)))
+    if isinstance(first, Mapping):
+        return {k: _concat_outputs([o[k] for o in outs]) for k in first}
+    return first
 
 
 def _load_torch_file(
@@ -802,6 +869,8 @@ def _export(
                 "the model's inputs) to save_model."
             )
         example_inputs, example_kwargs = loaded.example_inputs
+    if isinstance(module, FixedBatchModule):
+        module = module.module
     modes = {m: m.training for m in module.modules()}
     _set_eval(module)
     try:
@@ -836,20 +905,12 @@ def _checkpoint_payload(loaded: LoadedModel, module: nn.Module) -> Any:
     return {**previous, loaded.wrapper_key: state}
 
 
-def _temp_name(out: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp" + suffix, dir=out.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def _atomic_file(out: Path, write: Callable[[Path], None], *, suffix: str = "") -> None:
-    tmp = _temp_name(out, suffix or out.suffix)
     try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, BiasscopeError) or not isinstance(exc, Exception):
+        with atomic_path(out, suffix=".tmp" + (suffix or out.suffix)) as tmp:
+            write(tmp)
+    except Exception as exc:
+        if isinstance(exc, BiasscopeError):
             raise
         raise ModelLoadError(
             f"Writing the model to {str(out)!r} failed ({type(exc).__name__}: {_first_line(exc)}). "

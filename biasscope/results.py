@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ._files import write_atomic
 from .errors import DataLoadError
 
 __all__ = [
@@ -50,6 +50,7 @@ class PermutationScore:
     relative_accuracy_drop: Estimate  # accuracy_drop / clean accuracy
     loss_increase: Estimate  # cross-entropy increase (nats)
     repeats: int
+    scope: str = "global"  # or "within_batch": representation shapes varied between batches
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
             relative_accuracy_drop=_est(perm["relative_accuracy_drop"]),
             loss_increase=_est(perm["loss_increase"]),
             repeats=int(perm["repeats"]),
+            scope=perm.get("scope", "global"),
         ),
         verdict=d.get("verdict", "ok"),
         **{m: _est(d[m]) for m in MEASURES},
@@ -246,19 +248,3 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
-
-
-def write_atomic(path: Path, content: str | bytes) -> Path:
-    """Write ``content`` to ``path`` through a temp file in the same folder and a rename,
-    so an interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(content, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
-            fh.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -588,3 +588,25 @@ def test_data_factory_errors() -> None:
         load_data("_loading_factories:make_net")
     with pytest.raises(DataLoadError, match="--label-key"):
         load_data("_loading_factories:make_loader", label_key="target")
+
+
+def test_export_with_static_batch_runs_any_batch_size(tmp_path):
+    """torch.export traces a fixed batch size; the audit repeats batches K times, so the
+    loaded program runs in slices of its traced size and gives the module's own numbers."""
+    import biasscope as bs
+    from biasscope.loading import FixedBatchModule
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x = torch.randn(6, 4)
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(module, (x,)), path)
+    loaded = load_model(path)
+    assert isinstance(loaded.module, FixedBatchModule) and loaded.module.batch_size == 6
+    big = torch.randn(17, 4)
+    assert torch.allclose(loaded.module(big), module(big), atol=1e-6)
+    data = [(x, module(x).argmax(1))]
+    mods = [bs.Modality("x", input=0)]
+    a = bs.audit(loaded.module, data, mods, samples=8, shapley=False, permutation_repeats=2)
+    b = bs.audit(module, data, mods, samples=8, shapley=False, permutation_repeats=2)
+    assert a["x"].functional_entropy.mean == pytest.approx(b["x"].functional_entropy.mean, rel=1e-5)

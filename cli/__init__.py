@@ -1,0 +1,1 @@
+"""The ``biasscope`` command line (installed as ``biasscope.cli``)."""

@@ -1,0 +1,44 @@
+"""``biasscope layers``: the module tree with output shapes, to choose modality layers."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from biasscope.layers import layer_table
+
+from . import _options as o
+from ._common import console, guarded, load_inputs, pick, read_config, read_data
+from .main import app
+
+
+@app.command("layers")
+def layers_command(
+    model: Optional[str] = o.Model,
+    data: Optional[str] = o.Data,
+    factory: Optional[str] = o.Factory,
+    kind: Optional[str] = o.Kind,
+    trust_pickle: bool = o.TrustPickle,
+    hf_class: Optional[str] = o.HfClass,
+    label_key: Optional[str] = o.LabelKey,
+    config: Optional[Path] = o.Config,
+    debug: bool = o.Debug,
+) -> None:
+    """List MODEL's submodules with their output shapes on one batch of DATA; name one with
+    --modality NAME=layer:PATH."""
+    with guarded(debug):
+        cfg = read_config(config)
+        inputs = load_inputs(
+            model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
+            hf_class=hf_class, modality=None, preset=None, label_key=label_key,
+            output_key=None, output_index=None,
+        )
+        batches, _ = read_data(pick(data, cfg, "data"), label_key=inputs.label_key, batch_size=8, limit=8)
+        table = Table(title="modules (name one with --modality NAME=layer:PATH)")
+        for col in ("path", "type", "output shape", "dtype", "params"):
+            table.add_column(col)
+        for info in layer_table(inputs.loaded.module, batches[0], label_key=inputs.label_key):
+            shape = "did not run" if info.output_shape is None else str(tuple(info.output_shape))
+            table.add_row(info.path, info.type, shape, info.dtype or "", f"{info.n_params:,}")
+        console.print(table)
