@@ -1,0 +1,151 @@
+"""Terminal renderers (rich): tables and a summary the CLI prints. Nothing here prints."""
+
+from __future__ import annotations
+
+import re
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..results import AuditResult, Estimate, ModalityResult
+from ._common import DASH, VERDICT_STYLES, fmt, fmt_ci, fmt_pct, has_permutation
+
+__all__ = ["audit_table", "audit_summary", "compare_table", "sentence_text"]
+
+
+def sentence_text(sentence: str, style: str = "") -> Text:
+    """A verdict sentence with its `names` in bold (no rich markup is interpreted)."""
+    text = Text(style=style)
+    for i, part in enumerate(re.split(r"`([^`]*)`", sentence)):
+        text.append(part, style="bold" if i % 2 else None)
+    return text
+
+
+def _verdict(v: str) -> Text:
+    return Text(v, style=VERDICT_STYLES.get(v, "bold"))
+
+
+def _est(e: Estimate) -> Text:
+    """The mean, and its interval dimmed on a second line."""
+    text = Text(fmt(e.mean))
+    ci = fmt_ci(e)
+    if ci != DASH:
+        text.append(f"\n{ci}", style="dim")
+    return text
+
+
+def audit_table(result: AuditResult) -> Table:
+    """One row per modality: site, verdict, share, the four measures (and the permutation
+    accuracy drop when the result has it)."""
+    perm = has_permutation(result)
+    table = Table(
+        title="Modality dependence", title_justify="left", header_style="bold",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("modality", no_wrap=True)
+    table.add_column("site", style="dim")
+    table.add_column("verdict")
+    table.add_column("share", justify="right")
+    table.add_column("FE [95% CI]", justify="right")
+    table.add_column("Fisher", justify="right")
+    table.add_column("Var", justify="right")
+    table.add_column("Poincaré", justify="right")
+    if perm:
+        table.add_column("perm. acc. drop", justify="right")
+    for m in result.modalities:
+        row: list[RenderableType] = [
+            Text(m.name, style="bold"),
+            Text(m.site),
+            _verdict(m.verdict),
+            Text(fmt_pct(m.share)),
+            _est(m.functional_entropy),
+            Text(fmt(m.fisher_bound.mean)),
+            Text(fmt(m.variance.mean)),
+            Text(fmt(m.poincare_bound.mean)),
+        ]
+        if perm:
+            row.append(_est(m.permutation.accuracy_drop))
+        table.add_row(*row)
+    return table
+
+
+def audit_summary(result: AuditResult) -> RenderableType:
+    """The verdict sentence as a headline panel, the table, and accuracy / n."""
+    facts = Text(f"{result.n_examples} examples", style="dim")
+    if result.accuracy is not None:
+        facts.append(f" · accuracy {fmt_pct(result.accuracy)}", style="dim")
+    by = "label" if result.class_source == "label" else "prediction"
+    facts.append(f" · {len(result.classes)} classes (by {by})", style="dim")
+    headline = Panel(
+        sentence_text(result.sentence or "No verdict.", style="bold"),
+        title="biasscope verdict",
+        title_align="left",
+        border_style=_panel_style(result),
+        expand=False,
+    )
+    return Group(headline, audit_table(result), facts)
+
+
+def _panel_style(result: AuditResult) -> str:
+    verdicts = {m.verdict for m in result.modalities}
+    for v in ("ignored", "weak", "dominant"):
+        if v in verdicts:
+            return VERDICT_STYLES[v].replace("bold ", "")
+    return "green"
+
+
+def _pair(before: str, after: str) -> Text:
+    return Text(f"{before} → {after}")
+
+
+def compare_table(before: AuditResult, after: AuditResult) -> Table:
+    """Per modality: verdict, share and functional entropy before -> after (and the
+    permutation accuracy drop when both results have it); then accuracy."""
+    perm = has_permutation(before) and has_permutation(after)
+    b = {m.name: m for m in before.modalities}
+    a = {m.name: m for m in after.modalities}
+    names = list(b) + [n for n in a if n not in b]
+    table = Table(
+        title="Before → after", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD
+    )
+    for col, justify in (("modality", "left"), ("verdict", "left"), ("share", "right"),
+                         ("functional entropy", "right")):
+        table.add_column(col, justify=justify, no_wrap=col == "modality")
+    if perm:
+        table.add_column("perm. acc. drop", justify="right")
+
+    def verdict(m: ModalityResult | None) -> Text:
+        return _verdict(m.verdict) if m else Text("absent", style="dim")
+
+    for n in names:
+        mb, ma = b.get(n), a.get(n)
+        row: list[RenderableType] = [
+            Text(n, style="bold"),
+            Text.assemble(verdict(mb), " → ", verdict(ma)),
+            _pair(fmt_pct(mb.share) if mb else DASH, fmt_pct(ma.share) if ma else DASH),
+            _pair(
+                fmt(mb.functional_entropy.mean) if mb else DASH,
+                fmt(ma.functional_entropy.mean) if ma else DASH,
+            ),
+        ]
+        if perm:
+            row.append(
+                _pair(
+                    fmt(mb.permutation.accuracy_drop.mean) if mb else DASH,
+                    fmt(ma.permutation.accuracy_drop.mean) if ma else DASH,
+                )
+            )
+        table.add_row(*row)
+    if before.accuracy is not None or after.accuracy is not None:
+        table.add_section()
+        cells: list[RenderableType] = [
+            Text("accuracy", style="bold"), Text(""),
+            _pair(fmt_pct(before.accuracy), fmt_pct(after.accuracy)), Text(""),
+        ]
+        if perm:
+            cells.append(Text(""))
+        table.add_row(*cells)
+    return table
