@@ -3,7 +3,14 @@ from scikit-learn's UCI handwritten digits), small late-fusion models and a plai
 
 from __future__ import annotations
 
-from .colored_digits import COLOR_MODES, GRAY, PALETTE, SPLITS, colored_digits, three_modality_digits
+from .colored_digits import (
+    COLOR_MODES,
+    GRAY,
+    PALETTE,
+    SPLITS,
+    colored_digits,
+    three_modality_digits,
+)
 from .models import ThreeModalityNet, TwoModalityNet, accuracy, train_plain
 
 __all__ = [

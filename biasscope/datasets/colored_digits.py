@@ -19,26 +19,35 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-__all__ = ["PALETTE", "GRAY", "SPLITS", "COLOR_MODES", "colored_digits", "three_modality_digits"]
+__all__ = [
+    "PALETTE",
+    "GRAY",
+    "SPLITS",
+    "COLOR_MODES",
+    "colored_digits",
+    "three_modality_digits",
+    "split_indices",
+]
 
-#: One RGB colour per class (rows 0..9), pairwise far apart (minimum distance > 0.45).
+#: One RGB colour per class (rows 0..9): the eight corners of the RGB cube plus two edge
+#: midpoints, pairwise at least 0.5 apart (colour jitter is 0.05 per channel).
 PALETTE = torch.tensor(
     [
-        [0.90, 0.10, 0.10],  # 0 red
-        [0.10, 0.75, 0.10],  # 1 green
-        [0.10, 0.20, 0.90],  # 2 blue
-        [0.95, 0.85, 0.10],  # 3 yellow
-        [0.85, 0.10, 0.85],  # 4 magenta
-        [0.10, 0.85, 0.85],  # 5 cyan
-        [0.95, 0.50, 0.05],  # 6 orange
-        [0.50, 0.10, 0.75],  # 7 purple
-        [0.05, 0.05, 0.05],  # 8 black
-        [0.95, 0.95, 0.95],  # 9 white
+        [1.0, 0.0, 0.0],  # 0 red
+        [0.0, 1.0, 0.0],  # 1 green
+        [0.0, 0.0, 1.0],  # 2 blue
+        [1.0, 1.0, 0.0],  # 3 yellow
+        [1.0, 0.0, 1.0],  # 4 magenta
+        [0.0, 1.0, 1.0],  # 5 cyan
+        [1.0, 0.5, 0.0],  # 6 orange
+        [0.5, 0.0, 1.0],  # 7 violet
+        [0.0, 0.0, 0.0],  # 8 black
+        [1.0, 1.0, 1.0],  # 9 white
     ],
     dtype=torch.float32,
 )
 
-#: The neutral colour of ``colors="gray"``.
+#: The neutral colour of ``colors="gray"``: the centre of the cube, far from every palette entry.
 GRAY = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float32)
 
 SPLITS = ("train", "val", "test")
@@ -73,7 +82,11 @@ def split_indices(split: str) -> Tensor:
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(_SPLIT_SEED))
     n_train = round(_SPLIT_FRACTIONS[0] * total)
     n_val = round(_SPLIT_FRACTIONS[1] * total)
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, total)}
+    bounds = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, total),
+    }
     lo, hi = bounds[split]
     return perm[lo:hi].sort().values
 
@@ -103,22 +116,23 @@ def _render(
 ) -> Tensor:
     """Re-render 8x8 digits at ``image_size`` with a random affine jitter plus pixel noise."""
     n = base.shape[0]
-    u = torch.rand(n, 5, generator=generator) * 2 - 1  # uniform in [-1, 1]
+    u = torch.rand(n, 4, generator=generator) * 2 - 1  # uniform in [-1, 1]
     angle = u[:, 0] * rotation * torch.pi / 180
     zoom = 1 + u[:, 1] * scale  # > 1 makes the digit larger
     tx, ty = u[:, 2] * shift, u[:, 3] * shift  # in units of the half-width
-    shear = u[:, 4] * 0.1
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # theta maps output coordinates to input coordinates (the inverse transform)
     theta = torch.stack(
         [
-            torch.stack([cos, -sin + shear, tx], dim=1),
+            torch.stack([cos, -sin, tx], dim=1),
             torch.stack([sin, cos, ty], dim=1),
         ],
         dim=1,
     )
     grid = F.affine_grid(theta, [n, 1, image_size, image_size], align_corners=False)
-    out = F.grid_sample(base.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        base.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     if pixel_noise > 0:
         out = out + pixel_noise * torch.randn(out.shape, generator=generator)
     return out.contiguous()
@@ -149,11 +163,15 @@ def _colors(
     return rgb.contiguous()
 
 
-def _check_options(split: str, n: int | None, colors: str | None, color_correlation: float) -> tuple[int, str]:
+def _check_options(
+    split: str, n: int | None, colors: str | None, color_correlation: float
+) -> tuple[int, str]:
     _check_split(split)
     colors = _DEFAULT_COLORS[split] if colors is None else colors
     if colors not in COLOR_MODES:
-        raise ConfigError(f"colors={colors!r} is not a colour mode; choose one of {', '.join(COLOR_MODES)}.")
+        raise ConfigError(
+            f"colors={colors!r} is not a colour mode; choose one of {', '.join(COLOR_MODES)}."
+        )
     if not 0.0 <= color_correlation <= 1.0:
         raise ConfigError(f"color_correlation={color_correlation} must lie in [0, 1].")
     n = _DEFAULT_N[split] if n is None else int(n)
@@ -173,7 +191,7 @@ def colored_digits(
     rotation: float = 15.0,
     shift: float = 0.15,
     scale: float = 0.15,
-    pixel_noise: float = 0.5,
+    pixel_noise: float = 0.2,
     color_noise: float = 0.05,
 ) -> dict[str, Tensor]:
     """Two-modality digits with a colour shortcut: ``{"image", "color", "label"}``.
@@ -210,7 +228,9 @@ def colored_digits(
     g_order = _generator(seed, split, 0)
     # cycle through the split's images, each pass in a fresh seeded order
     passes = -(-n // pool.numel())
-    order = torch.cat([pool[torch.randperm(pool.numel(), generator=g_order)] for _ in range(passes)])[:n]
+    order = torch.cat(
+        [pool[torch.randperm(pool.numel(), generator=g_order)] for _ in range(passes)]
+    )[:n]
     label = labels[order].clone()
     image = _render(
         images[order],
@@ -243,7 +263,7 @@ def three_modality_digits(
     rotation: float = 15.0,
     shift: float = 0.15,
     scale: float = 0.15,
-    pixel_noise: float = 0.5,
+    pixel_noise: float = 0.2,
     color_noise: float = 0.05,
 ) -> dict[str, Tensor]:
     """Three-modality digits: ``{"image", "color", "noise", "label"}``.
