@@ -32,6 +32,8 @@ def main(
 
 from . import audit as _audit  # noqa: E402  (the commands register themselves on ``app``)
 from . import compare as _compare  # noqa: E402
+from . import demo as _demo  # noqa: E402
+from . import fix as _fix  # noqa: E402
 from . import layers as _layers  # noqa: E402
 
 __all__ = ["app"]

@@ -1,0 +1,52 @@
+"""``biasscope demo``: the colored-digits loop (biased model, audit, fix, audit, compare)."""
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from biasscope.compare import evaluate_gates
+from biasscope.demo import run_demo
+from biasscope.render import compare_table, write_compare_html, write_html
+from biasscope.results import write_atomic
+
+from . import _options as o
+from ._common import ProgressDisplay, console, guarded
+from .main import app
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("biasscope-demo"), "--out", "-o", help="Output folder (the gallery is reports/demo)."),
+    fast: bool = typer.Option(False, "--fast", help="A few-second version: fewer examples and steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data, the models and every draw."),
+    quiet: bool = o.Quiet,
+    debug: bool = o.Debug,
+) -> None:
+    """Train a colour-shortcut model on the bundled colored digits, audit it, fix it with the
+    `biasscope fix` defaults, audit again, and compare with an unbiased reference."""
+    with guarded(debug):
+        ProgressDisplay.LABELS["baseline"] = "training baseline + reference"
+        with ProgressDisplay(quiet) as progress:
+            result = run_demo(fast=fast, seed=seed, progress=progress)
+        for name, audited in (("before", result.before), ("after", result.after), ("reference", result.reference)):
+            audited.save(out / name / "audit.json")
+            write_html(audited, out / name / "report.html", title=f"colored digits: {name}")
+        gates = evaluate_gates(result.before, result.after, fail_if_ignored=True)
+        write_compare_html(result.before, result.after, out / "compare.html", gates=gates)
+        write_atomic(out / "summary.json", json.dumps({
+            "accuracy": result.accuracy, "lambda": result.lambda_value, "fix_steps": result.fix_steps,
+            "shares": {k: r.shares for k, r in (("baseline", result.before), ("fixed", result.after), ("reference", result.reference))},
+            "settings": result.settings,
+        }, indent=2, default=str))
+
+        console.print(compare_table(result.before, result.after))
+        table = Table(title="Accuracy (colour agrees with the digit 99% in train/val; random or gray at test)")
+        for col in ("model", "train", "val", "test (random colour)", "test (gray)"):
+            table.add_column(col, justify="right" if col != "model" else "left")
+        for name, acc in result.accuracy.items():
+            table.add_row(name, *(f"{acc[s]:.3f}" for s in ("train", "val", "test_random", "test_gray")))
+        console.print(table)
+        console.print(f"[bold]before:[/] {result.before.sentence}\n[bold]after:[/]  {result.after.sentence}", highlight=False)
+        console.print(f"lambda (auto) = {result.lambda_value:.4g} · reports in {out}/ (before, after, reference, compare.html)", highlight=False)
