@@ -106,15 +106,16 @@ def pick(flag: Any, config: ProjectConfig, key: str, default: Any = None, table:
 
 
 def resolve_modalities(flags: list[str], config: ProjectConfig, preset: Optional[str], module: Any) -> list[Modality]:
+    from biasscope.presets import preset_modalities
+
     if flags:
         return [Modality.parse(spec) for spec in flags]
+    if preset:  # a --preset flag beats the config file, as every flag does
+        return preset_modalities(preset, module)
     if config.modalities:
         return list(config.modalities)
-    preset = preset or config.get("preset")
-    if preset:
-        from biasscope.presets import preset_modalities
-
-        return preset_modalities(preset, module)
+    if config.get("preset"):
+        return preset_modalities(config.get("preset"), module)
     raise ConfigError(
         "No modalities given: pass --modality NAME=input:KEY_OR_INDEX or NAME=layer:dotted.path "
         "(repeat it for each modality), a --preset, or a [modalities] table in biasscope.toml. "

@@ -5,13 +5,15 @@ from typing import List, Optional
 
 import typer
 
+from biasscope.presets import PRESETS
+
 Model = typer.Argument(None, help="Model file or Hugging Face directory (default: model in biasscope.toml).", show_default=False)
 Factory = typer.Option(None, "--factory", help="package.module:function or path/file.py:function that builds the module (state dicts, .ckpt).")
 Kind = typer.Option(None, "--kind", help="Force the model format: torchscript, export, state_dict, pickle, hf.")
 TrustPickle = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled module (runs code from the file).")
 HfClass = typer.Option(None, "--hf-class", help="transformers class for a Hugging Face directory, e.g. ViltForQuestionAnswering.")
 Modalities = typer.Option([], "--modality", "-m", help="NAME=input:KEY_OR_INDEX or NAME=layer:dotted.path (repeat per modality).")
-Preset = typer.Option(None, "--preset", help="Fill the modality layers for a known architecture (see `biasscope layers --help`).")
+Preset = typer.Option(None, "--preset", help=f"Fill the modality layers for a known architecture: {', '.join(PRESETS)} (instead of --modality).")
 Data = typer.Option(None, "--data", "-d", help=".pt / .npz / .safetensors file, or package.module:function / file.py:function.")
 LabelKey = typer.Option(None, "--label-key", help="Key of the label in dict batches [default: label]; 'none' for unlabelled data.")
 BatchSize = typer.Option(None, "--batch-size", help="Batch size [default: 64].")

@@ -21,6 +21,7 @@ def demo_command(
     out: Path = typer.Option(Path("biasscope-demo"), "--out", "-o", help="Output folder (the gallery is reports/demo)."),
     fast: bool = typer.Option(False, "--fast", help="A few-second version: fewer examples and steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the models and every draw."),
+    plotlyjs: str = typer.Option("inline", "--plotlyjs", help="inline (works offline) or cdn (small files, as in reports/)."),
     quiet: bool = o.Quiet,
     debug: bool = o.Debug,
 ) -> None:
@@ -32,9 +33,9 @@ def demo_command(
             result = run_demo(fast=fast, seed=seed, progress=progress)
         for name, audited in (("before", result.before), ("after", result.after), ("reference", result.reference)):
             audited.save(out / name / "audit.json")
-            write_html(audited, out / name / "report.html", title=f"colored digits: {name}")
+            write_html(audited, out / name / "report.html", title=f"colored digits: {name}", plotlyjs=plotlyjs)
         gates = evaluate_gates(result.before, result.after, fail_if_ignored=True)
-        write_compare_html(result.before, result.after, out / "compare.html", gates=gates)
+        write_compare_html(result.before, result.after, out / "compare.html", gates=gates, plotlyjs=plotlyjs)
         write_atomic(out / "summary.json", json.dumps({
             "accuracy": result.accuracy, "lambda": result.lambda_value, "fix_steps": result.fix_steps,
             "shares": {k: r.shares for k, r in (("baseline", result.before), ("fixed", result.after), ("reference", result.reference))},

@@ -36,7 +36,8 @@ def layers_command(
         )
         batches, _ = read_data(pick(data, cfg, "data"), label_key=inputs.label_key, batch_size=8, limit=8)
         table = Table(title="modules (name one with --modality NAME=layer:PATH)")
-        for col in ("path", "type", "output shape", "dtype", "params"):
+        table.add_column("path", overflow="fold")  # never cut: it is what --modality takes
+        for col in ("type", "output shape", "dtype", "params"):
             table.add_column(col)
         for info in layer_table(inputs.loaded.module, batches[0], label_key=inputs.label_key):
             shape = "did not run" if info.output_shape is None else str(tuple(info.output_shape))
