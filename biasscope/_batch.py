@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .errors import BiasscopeError, DataLoadError, ModelOutputError
 
-__all__ = ["Batch", "OutputSpec", "split_batch", "call_model", "logits_from_output"]
+__all__ = ["Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output"]
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,15 @@ def split_batch(batch: Any, *, label_key: str | None = "label") -> Batch:
 
 
 def _as_label(label: Any) -> Tensor | None:
+    """Class indices where the label is one: (N, 1) is squeezed, one-hot rows become their
+    argmax, integral floats become int64; anything else is returned as is."""
     if label is None:
         return None
     label = torch.as_tensor(label)
+    if label.dim() == 2 and label.shape[1] == 1:
+        label = label[:, 0]
+    elif label.dim() == 2 and label.numel() and ((label == 0) | (label == 1)).all() and (label.sum(1) == 1).all():
+        label = label.argmax(dim=1)
     if label.is_floating_point() and label.dim() == 1 and torch.all(label == label.round()):
         label = label.long()
     return label
@@ -191,11 +197,10 @@ def _describe(output: Any) -> str:
     return f"a {type(output).__name__}"
 
 
-def call_model(model: nn.Module, batch: Batch, spec: OutputSpec = OutputSpec()) -> Tensor:
-    """Run ``model(*args, **kwargs)`` and return its (N, C) logits, with a clear error when the
-    model rejects the inputs."""
+def run_model(model: nn.Module, batch: Batch) -> Any:
+    """``model(*args, **kwargs)``, with a clear error when the model rejects the inputs."""
     try:
-        output = model(*batch.args, **batch.kwargs)
+        return model(*batch.args, **batch.kwargs)
     except BiasscopeError:
         raise
     except Exception as exc:  # any failure inside a user's forward is a user-input problem
@@ -208,4 +213,8 @@ def call_model(model: nn.Module, batch: Batch, spec: OutputSpec = OutputSpec()) 
             f"[{shapes}]. Check that the data matches the model (dict batches call model(**batch) "
             "without the label; tuple batches call model(*batch[:-1]))."
         ) from exc
-    return logits_from_output(output, spec)
+
+
+def call_model(model: nn.Module, batch: Batch, spec: OutputSpec = OutputSpec()) -> Tensor:
+    """Run the model on the batch and return its (N, C) logits."""
+    return logits_from_output(run_model(model, batch), spec)

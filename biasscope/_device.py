@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device", "on_device"]
+__all__ = ["resolve_device", "model_device", "on_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -28,7 +28,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     for t in (*model.parameters(), *model.buffers()):
         return t.device
     return torch.device("cpu")
@@ -38,7 +38,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def on_device(model: nn.Module, device: torch.device, *, train: bool = False) -> Iterator[nn.Module]:
     """Within the context the model is on ``device`` in eval (or train) mode; on exit it goes
     back to where it was, in the mode it was in."""
-    home, was_training = _model_device(model), model.training
+    home, was_training = model_device(model), model.training
     model.to(device)
     model.train(train)
     try:

@@ -186,7 +186,7 @@ def perturbation_samples(
         with torch.set_grad_enabled(gradients):
             with intervene(model, rows, transforms) as b:
                 logits = check_finite(call_model(model, b, output))
-            f = div(clean_logits, logits.float())
+            f = div(clean_logits.float(), logits.float())
             fs.append(f.view(k, batch.size))
             if not gradients:
                 continue

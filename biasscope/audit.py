@@ -10,36 +10,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from . import __version__
 from ._batch import Batch, OutputSpec, split_batch
 from ._device import on_device, resolve_device
+from ._stats import mean_interval
 from ._perturbation import CleanPass, capture, draw_noise, perturbation_samples, representation_std
-from .errors import DataLoadError, ModalityError
-from .estimators import fisher_bound, functional_entropy, poincare_bound, variance
+from .errors import ConfigError, DataLoadError
+from .estimators import DIVERGENCES, fisher_bound, functional_entropy, poincare_bound, variance
 from .modality import Modality, validate_modalities
+from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import MEASURES, AuditResult, Estimate, JointCheck, ModalityResult
 from .verdict import Thresholds, modality_verdicts, verdict_sentence
 
-__all__ = ["audit", "mean_interval", "collect_batches"]
+__all__ = ["audit", "collect_batches"]
 
 Progress = Callable[[str, int, int], None]
-
-
-def mean_interval(values: np.ndarray, confidence: float = 0.95) -> Estimate:
-    """Mean of ``values`` with a Student-t confidence interval (nan bounds for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    n = values.size
-    if n < 2:
-        return Estimate(mean, float("nan"), float("nan"))
-    sem = float(values.std(ddof=1)) / np.sqrt(n)
-    if sem == 0.0:
-        return Estimate(mean, mean, mean)
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
-    return Estimate(mean, float(low), float(high))
 
 
 def collect_batches(
@@ -67,16 +54,24 @@ def collect_batches(
 
 
 def _usable_labels(batches: Sequence[Batch]) -> bool:
-    return all(
-        b.label is not None and b.label.dim() == 1 and not b.label.is_floating_point()
-        for b in batches
-    )
+    """True when every batch has class-index labels, False when none has a label."""
+    if all(b.label is None for b in batches):
+        return False
+    for b in batches:
+        if b.label is None or b.label.dim() != 1 or b.label.is_floating_point():
+            shape = None if b.label is None else (tuple(b.label.shape), str(b.label.dtype))
+            raise DataLoadError(
+                f"The labels are not class indices (found {shape or 'a batch without a label'}). "
+                "biasscope needs one integer class per example (one-hot and (N, 1) labels are "
+                "converted); for unlabelled data pass --label-key none (label_key=None)."
+            )
+    return True
 
 
 def _tensorization(model, batch, sigmas, reps, options, *, draws: int = 1):
     """Per example: Ent and Var of f under the joint perturbation, and the tensorization
     sums sum_m E_{-m}[Ent_m f], sum_m E_{-m}[Var_m f] (the other modalities' noise frozen at
-    ``draws`` random values per example: unbiased for the mean over examples)."""
+    ``draws`` random values per example, the expectation over them taken over examples)."""
     f, _ = perturbation_samples(model, batch, sigmas, gradients=False, **options)
     f = f.double()
     ent_sum = torch.zeros(batch.size, dtype=torch.float64, device=f.device)
@@ -94,6 +89,24 @@ def _tensorization(model, batch, sigmas, reps, options, *, draws: int = 1):
             ent_sum += functional_entropy(fm.double()) / draws
             var_sum += variance(fm.double()) / draws
     return functional_entropy(f).cpu(), variance(f).cpu(), ent_sum.cpu(), var_sum.cpu()
+
+
+def _check_options(*, samples, scale, max_rows, divergence, permutation_repeats) -> None:
+    problems = []
+    if not isinstance(samples, int) or samples < 2:
+        problems.append(f"samples must be an integer >= 2 (got {samples!r}; default 32)")
+    if not isinstance(scale, (int, float)) or not scale > 0:
+        problems.append(f"scale must be a number > 0 (got {scale!r}; default 1.0)")
+    if not isinstance(max_rows, int) or max_rows < 1:
+        problems.append(f"max_rows must be a positive integer (got {max_rows!r}; default 4096)")
+    if divergence not in DIVERGENCES:
+        problems.append(f"divergence must be one of {', '.join(DIVERGENCES)} (got {divergence!r})")
+    if not isinstance(permutation_repeats, int) or permutation_repeats == 1 or permutation_repeats < 0:
+        problems.append(
+            f"permutation_repeats must be 0 (skip) or >= 2 for an interval (got {permutation_repeats!r})"
+        )
+    if problems:
+        raise ConfigError("Invalid audit options: " + "; ".join(problems) + ".")
 
 
 def audit(
@@ -130,8 +143,8 @@ def audit(
         shapley: also compute exact modality Shapley values (needs labels).
         progress: optional callback ``(stage, done, total)`` for a progress display.
     """
-    if samples < 2:
-        raise ModalityError(f"samples must be at least 2 (got {samples}); the default is 32.")
+    _check_options(samples=samples, scale=scale, max_rows=max_rows, divergence=divergence,
+                   permutation_repeats=permutation_repeats)
     modalities = list(modalities)
     output = output or OutputSpec()
     thresholds = thresholds or Thresholds()
@@ -185,18 +198,15 @@ def audit(
         pred = torch.cat(preds)
         label = torch.cat(labels) if labelled else None
         permutation, shapley_values = {}, []
-        if labelled:
-            from .perception import modality_shapley, permutation_scores
-
-            permutation = permutation_scores(
-                model, batches, modalities, repeats=permutation_repeats, seed=seed,
-                device=dev, output=output, progress=report,
-            )
-            if shapley:
-                shapley_values = modality_shapley(
-                    model, batches, modalities, seed=seed, device=dev, output=output,
-                    progress=report,
+        if labelled and (permutation_repeats or shapley):
+            shared = dict(seed=seed, device=dev, output=output, progress=report,
+                          data=AuditSet(model, batches, modalities, dev, output))
+            if permutation_repeats:
+                permutation = permutation_scores(
+                    model, batches, modalities, repeats=permutation_repeats, **shared
                 )
+            if shapley:
+                shapley_values = modality_shapley(model, batches, modalities, **shared)
 
     classes_of = label if label is not None else pred
     classes = sorted(int(c) for c in torch.unique(classes_of))
@@ -214,7 +224,7 @@ def audit(
                 },
                 per_example={k: v.tolist() for k, v in per.items()},
                 permutation=permutation.get(m.name),
-                **{k: mean_interval(v) for k, v in per.items()},
+                **{k: mean_interval(v, method="bootstrap", seed=seed) for k, v in per.items()},
             )
         )
     total = sum(r.functional_entropy.mean for r in results)
@@ -226,11 +236,13 @@ def audit(
 
     joint = None
     if joint_ent:
+        ent, var = torch.cat(joint_ent).numpy(), torch.cat(joint_var).numpy()
+        ent_sum, var_sum = torch.cat(cond_ent).numpy(), torch.cat(cond_var).numpy()
+        interval = lambda v: mean_interval(v, method="bootstrap", seed=seed)  # noqa: E731
         joint = JointCheck(
-            functional_entropy=mean_interval(torch.cat(joint_ent).numpy()),
-            variance=mean_interval(torch.cat(joint_var).numpy()),
-            sum_functional_entropy=float(torch.cat(cond_ent).mean()),
-            sum_variance=float(torch.cat(cond_var).mean()),
+            functional_entropy=interval(ent), variance=interval(var),
+            sum_functional_entropy=interval(ent_sum), sum_variance=interval(var_sum),
+            entropy_gap=interval(ent_sum - ent), variance_gap=interval(var_sum - var),
         )
     return AuditResult(
         modalities=results,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .results import AuditResult
 
-__all__ = ["Gate", "evaluate_gates", "parse_min_share"]
+__all__ = ["Gate", "check_comparable", "evaluate_gates", "parse_min_share"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,25 @@ def parse_min_share(specs: list[str]) -> dict[str, float]:
     return out
 
 
+_SETTINGS = ("samples", "scale", "divergence")
+
+
+def check_comparable(before: AuditResult, after: AuditResult) -> list[str]:
+    """Refuse audits of different modalities; return warnings for settings that differ
+    (their numbers are then not directly comparable)."""
+    if sorted(before.names) != sorted(after.names):
+        raise ConfigError(
+            f"The audits have different modalities ({', '.join(before.names)} vs "
+            f"{', '.join(after.names)}); compare audits of the same modalities."
+        )
+    return [
+        f"{key} differs ({before.settings.get(key)!r} vs {after.settings.get(key)!r}): "
+        "the entropy measures are not directly comparable"
+        for key in _SETTINGS
+        if before.settings.get(key) != after.settings.get(key)
+    ]
+
+
 def evaluate_gates(
     before: AuditResult,
     after: AuditResult,
@@ -43,6 +62,7 @@ def evaluate_gates(
     min_share: Mapping[str, float] | None = None,
 ) -> list[Gate]:
     """The gates asked for, each evaluated on ``after`` (and ``before`` for accuracy)."""
+    check_comparable(before, after)
     gates: list[Gate] = []
     if fail_if_ignored:
         ignored = after.ignored

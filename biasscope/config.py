@@ -24,20 +24,41 @@ __all__ = ["CONFIG_NAME", "ProjectConfig", "find_config", "load_config"]
 
 CONFIG_NAME = "biasscope.toml"
 
-_TOP = {
-    "model", "factory", "kind", "trust_pickle", "hf_class", "preset", "data", "label_key",
-    "batch_size", "limit", "output_key", "output_index", "modalities", "audit", "thresholds", "fix",
+_NUMBER = (int, float)
+_TABLES = ("modalities", "audit", "thresholds", "fix")
+_TOP: dict[str, Any] = {
+    "model": str, "factory": str, "kind": str, "trust_pickle": bool, "hf_class": str,
+    "preset": str, "data": str, "label_key": str, "batch_size": int, "limit": int,
+    "output_key": str, "output_index": int, **{t: dict for t in _TABLES},
 }
 _PATHS = {"model", "data", "factory"}
-_AUDIT = {
-    "samples", "scale", "seed", "device", "divergence", "max_rows", "permutation_repeats",
-    "shapley", "out", "fail_on", "plotlyjs",
+_AUDIT: dict[str, Any] = {
+    "samples": int, "scale": _NUMBER, "seed": int, "device": str, "divergence": str,
+    "max_rows": int, "permutation_repeats": int, "shapley": bool, "out": str, "fail_on": str,
+    "plotlyjs": str,
 }
-_FIX = {
-    "data", "val", "epochs", "steps", "lr", "optimizer", "lambda", "estimator", "form", "samples",
-    "scale", "seed", "device", "amp", "patience", "checkpoint_every", "out", "batch_size",
-    "modality_dropout",
+_FIX: dict[str, Any] = {
+    "data": str, "val": str, "epochs": int, "steps": int, "lr": _NUMBER, "optimizer": str,
+    "lambda": (str, *_NUMBER), "estimator": str, "form": str, "samples": int, "scale": _NUMBER,
+    "seed": int, "device": str, "amp": bool, "patience": int, "checkpoint_every": int,
+    "out": str, "batch_size": int,
 }
+_THRESHOLDS: dict[str, Any] = {"ignored": _NUMBER, "weak": _NUMBER, "dominant": _NUMBER}
+
+
+def _check_table(where: str, table: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Unknown keys and values of the wrong type are errors that name the key."""
+    extra = sorted(set(table) - set(schema))
+    if extra:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(extra)}. Allowed: {', '.join(sorted(schema))}."
+        )
+    for key, value in table.items():
+        kinds = schema[key] if isinstance(schema[key], tuple) else (schema[key],)
+        bad_bool = isinstance(value, bool) and bool not in kinds
+        if bad_bool or not isinstance(value, kinds):
+            names = " or ".join(k.__name__.replace("str", "string").replace("dict", "table") for k in kinds)
+            raise ConfigError(f"{where}: {key} must be a {names}, got {value!r}.")
 
 
 @dataclass
@@ -67,14 +88,6 @@ def find_config(explicit: str | Path | None = None, *, cwd: Path | None = None) 
     return candidate if candidate.is_file() else None
 
 
-def _unknown(where: str, keys: set[str], allowed: set[str]) -> None:
-    extra = sorted(keys - allowed)
-    if extra:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(extra)}. Allowed: {', '.join(sorted(allowed))}."
-        )
-
-
 def load_config(path: str | Path) -> ProjectConfig:
     """Read and validate a ``biasscope.toml``."""
     path = Path(path)
@@ -84,21 +97,18 @@ def load_config(path: str | Path) -> ProjectConfig:
         raise ConfigError(f"Cannot read the config {str(path)!r} ({exc}).") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax.") from None
-    _unknown(str(path), set(raw), _TOP)
+    _check_table(str(path), raw, _TOP)
     base = path.parent
-    options = {k: v for k, v in raw.items() if k not in {"modalities", "audit", "thresholds", "fix"}}
+    options = {k: v for k, v in raw.items() if k not in _TABLES}
     for key in _PATHS & set(options):
         options[key] = _resolve(base, options[key])
     mods_raw = raw.get("modalities", {})
-    if not isinstance(mods_raw, dict):
-        raise ConfigError(
-            f"{path}: [modalities] must be a table of NAME = \"input:KEY\" or \"layer:path\"."
-        )
+    _check_table(f"{path} [modalities]", mods_raw, {name: str for name in mods_raw})
     modalities = [Modality.parse(f"{name}={site}") for name, site in mods_raw.items()]
     audit = dict(raw.get("audit", {}))
-    _unknown(f"{path} [audit]", set(audit), _AUDIT)
+    _check_table(f"{path} [audit]", audit, _AUDIT)
     fix = dict(raw.get("fix", {}))
-    _unknown(f"{path} [fix]", set(fix), _FIX)
+    _check_table(f"{path} [fix]", fix, _FIX)
     for table in (audit, fix):
         if "out" in table:
             table["out"] = _resolve(base, table["out"])
@@ -106,11 +116,8 @@ def load_config(path: str | Path) -> ProjectConfig:
         if key in fix:
             fix[key] = _resolve(base, fix[key])
     thresholds_raw = raw.get("thresholds", {})
-    _unknown(f"{path} [thresholds]", set(thresholds_raw), {"ignored", "weak", "dominant"})
-    try:
-        thresholds = Thresholds(**{k: float(v) for k, v in thresholds_raw.items()})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path} [thresholds]: {exc}") from None
+    _check_table(f"{path} [thresholds]", thresholds_raw, _THRESHOLDS)
+    thresholds = Thresholds(**{k: float(v) for k, v in thresholds_raw.items()})
     return ProjectConfig(path, options, modalities, audit, fix, thresholds)
 
 

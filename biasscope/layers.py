@@ -3,15 +3,14 @@ a user can choose the submodules whose outputs are the modality representations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ._batch import split_batch
-from .errors import BiasscopeError, ModelOutputError
+from ._batch import run_model, split_batch
+from .modality import tensor_elements
 
 __all__ = ["LayerInfo", "layer_table"]
 
@@ -26,23 +25,7 @@ class LayerInfo:
     output_shape: tuple[int, ...] | None
     dtype: str | None
     n_params: int
-
-
-def _first_tensor(output: Any) -> Tensor | None:
-    """The first tensor in a tensor / tuple / list / dict / ModelOutput (depth first)."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping) or (hasattr(output, "keys") and hasattr(output, "values")):
-        values = output.values()
-    elif isinstance(output, (tuple, list)):
-        values = output
-    else:
-        return None
-    for v in values:
-        found = _first_tensor(v)
-        if found is not None:
-            return found
-    return None
+    elements: tuple[tuple[int | str, tuple[int, ...]], ...] = ()  # when it returns several tensors
 
 
 def _type_name(module: nn.Module) -> str:
@@ -71,13 +54,13 @@ def layer_table(
     """
     b = split_batch(batch, label_key=label_key)
     modules = list(model.named_modules())
-    outputs: dict[int, Tensor | None] = {}
+    outputs: dict[int, list] = {}
     handles = []
 
     def make_hook(i: int):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if i not in outputs:  # a module called twice reports its first call
-                outputs[i] = _first_tensor(output)
+                outputs[i] = tensor_elements(output)
 
         return hook
 
@@ -89,32 +72,17 @@ def layer_table(
                 handles.append(module.register_forward_hook(make_hook(i)))
             except Exception:  # TorchScript submodules do not take Python hooks
                 pass
-        try:
-            with torch.no_grad():
-                result = model(*b.args, **b.kwargs)
-        except BiasscopeError:
-            raise
-        except Exception as exc:
-            shapes = ", ".join(
-                f"{k}: {tuple(v.shape)} {v.dtype}"
-                if isinstance(v, Tensor)
-                else f"{k}: {type(v).__name__}"
-                for k, v in [*enumerate(b.args), *b.kwargs.items()]
-            )
-            raise ModelOutputError(
-                f"The model rejected its inputs while listing its layers ({type(exc).__name__}: "
-                f"{exc}). It was called with [{shapes}]. Check that the data matches the model "
-                "(dict batches call model(**batch) without the label; tuple batches call "
-                "model(*batch[:-1]))."
-            ) from exc
-        outputs[0] = _first_tensor(result)
+        with torch.no_grad():
+            result = run_model(model, b)
+        outputs[0] = tensor_elements(result)
     finally:
         for h in handles:
             h.remove()
 
     table = []
     for i, (path, module) in enumerate(modules):
-        out = outputs.get(i)
+        found = outputs.get(i) or []
+        out = found[0][1] if found else None
         table.append(
             LayerInfo(
                 path=path,
@@ -122,6 +90,8 @@ def layer_table(
                 output_shape=tuple(int(d) for d in out.shape) if out is not None else None,
                 dtype=str(out.dtype).removeprefix("torch.") if out is not None else None,
                 n_params=_n_params(module),
+                elements=tuple((k, tuple(int(d) for d in t.shape)) for k, t in found)
+                if len(found) > 1 else (),
             )
         )
     return table

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ._batch import Batch
 from .errors import ModalityError
 
-__all__ = ["Modality", "intervene", "validate_modalities"]
+__all__ = ["Modality", "intervene", "tensor_elements", "validate_modalities"]
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -25,12 +25,15 @@ class Modality:
 
     ``input`` names a model input (a keyword of a dict batch, or a positional index of a
     tuple batch); ``layer`` names a submodule (dotted path, as in ``model.get_submodule``)
-    whose output is perturbed. Exactly one of the two is given.
+    whose output is perturbed. Exactly one of the two is given. When the layer returns
+    several tensors (a tuple, a dict, a ModelOutput), ``element`` picks one (an index or a
+    key, e.g. ``Modality("text", layer="rnn", element=0)``).
     """
 
     name: str
     input: str | int | None = None
     layer: str | None = None
+    element: int | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -40,27 +43,37 @@ class Modality:
                 f"Modality {self.name!r} needs exactly one of input=... (an input name or "
                 "index) or layer=... (a submodule path), e.g. Modality('text', layer='encoders.text')."
             )
+        if self.element is not None and self.layer is None:
+            raise ModalityError(f"Modality {self.name!r}: element= applies to layer modalities only.")
 
     @property
     def site(self) -> str:
         """Where the modality is perturbed, as written on the command line."""
-        return f"input:{self.input}" if self.input is not None else f"layer:{self.layer}"
+        if self.input is not None:
+            return f"input:{self.input}"
+        return f"layer:{self.layer}" + (f"#{self.element}" if self.element is not None else "")
 
     @classmethod
     def parse(cls, spec: str) -> Modality:
-        """Parse ``NAME=input:KEY_OR_INDEX`` or ``NAME=layer:dotted.path``."""
+        """Parse ``NAME=input:KEY_OR_INDEX`` or ``NAME=layer:dotted.path[#ELEMENT]``."""
         name, sep, where = spec.partition("=")
         kind, sep2, target = where.partition(":")
         if not sep or not sep2 or not name or not target or kind not in ("input", "layer"):
             raise ModalityError(
                 f"Cannot read the modality {spec!r}: write NAME=input:KEY_OR_INDEX "
-                "(e.g. image=input:0 or text=input:input_ids... for float inputs) or "
-                "NAME=layer:dotted.path (e.g. text=layer:encoders.text)."
+                "(e.g. image=input:0 or image=input:pixel_values) or NAME=layer:dotted.path, "
+                "with #ELEMENT for a layer that returns several tensors "
+                "(e.g. text=layer:encoders.text or text=layer:rnn#0)."
             )
         if kind == "layer":
-            return cls(name.strip(), layer=target.strip())
+            path, _, element = target.strip().partition("#")
+            return cls(name.strip(), layer=path, element=_key(element) if element else None)
         target = target.strip()
-        return cls(name.strip(), input=int(target) if target.lstrip("-").isdigit() else target)
+        return cls(name.strip(), input=_key(target))
+
+
+def _key(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _resolve_layer(model: nn.Module, path: str, name: str) -> nn.Module:
@@ -75,26 +88,42 @@ def _resolve_layer(model: nn.Module, path: str, name: str) -> nn.Module:
     return model.get_submodule(path)
 
 
-def _replace_first_tensor(output: Any, fn: Transform) -> Any:
+def tensor_elements(output: Any) -> list[tuple[int | str | None, Tensor]]:
+    """The tensors a module returned: ``[(None, t)]`` for a tensor, ``[(index, t), ...]`` for
+    a tuple or list, ``[(key, t), ...]`` for a dict or ModelOutput."""
     if isinstance(output, Tensor):
-        return fn(output)
-    if isinstance(output, tuple) and not hasattr(output, "_fields"):
-        items = list(output)
-        for i, item in enumerate(items):
-            if isinstance(item, Tensor):
-                items[i] = fn(item)
-                return type(output)(items)
-    if isinstance(output, list):
-        return _replace_first_tensor(tuple(output), fn)
+        return [(None, output)]
+    if isinstance(output, (tuple, list)):
+        return [(i, v) for i, v in enumerate(output) if isinstance(v, Tensor)]
     if isinstance(output, Mapping) or hasattr(output, "keys"):
-        for key in output.keys():
-            if isinstance(output[key], Tensor):
-                output[key] = fn(output[key])
-                return output
-    raise ModalityError(
-        f"A layer returned {type(output).__name__}, which holds no tensor to perturb; "
-        "name a submodule that returns a tensor."
-    )
+        return [(k, output[k]) for k in output.keys() if isinstance(output[k], Tensor)]
+    return []
+
+
+def _replace_element(output: Any, fn: Transform, modality: Modality) -> Any:
+    elements = tensor_elements(output)
+    if len(elements) == 1 and elements[0][0] is None:
+        return fn(output)
+    keys = [k for k, _ in elements]
+    listing = ", ".join(f"#{k} {tuple(t.shape)}" for k, t in elements) or "no tensor"
+    if modality.element is None and len(elements) == 1:
+        key = keys[0]
+    elif modality.element in keys:
+        key = modality.element
+    else:
+        what = "several tensors" if modality.element is None else f"no element {modality.element!r}"
+        raise ModalityError(
+            f"Modality {modality.name!r}: layer {modality.layer!r} returns {type(output).__name__} "
+            f"with {what} ({listing}). Pick the one the model reads: "
+            f"--modality {modality.name}=layer:{modality.layer}#ELEMENT, or "
+            f"Modality({modality.name!r}, layer={modality.layer!r}, element=...)."
+        )
+    if isinstance(output, (tuple, list)):
+        items = list(output)
+        items[key] = fn(items[key])
+        return type(output)(items) if not hasattr(output, "_fields") else type(output)(*items)
+    output[key] = fn(output[key])
+    return output
 
 
 @contextmanager
@@ -120,7 +149,7 @@ def intervene(
                         f"Modality {_m.name!r}: layer {_m.layer!r} runs more than once per "
                         "forward pass (a shared module); name a submodule that runs once."
                     )
-                return _replace_first_tensor(output, _fn)
+                return _replace_element(output, _fn, _m)
 
             try:
                 handles.append(module.register_forward_hook(hook))

@@ -29,12 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model
+from ._device import model_device
 from ._perturbation import capture, check_finite
+from ._stats import mean_interval
 from .errors import ConfigError, DataLoadError, ModalityError
 from .modality import Modality, Transform, intervene
 from .results import PermutationScore, ShapleyValues
 
-__all__ = ["METRICS", "permutation_scores", "modality_shapley"]
+__all__ = ["METRICS", "AuditSet", "permutation_scores", "modality_shapley"]
 
 METRICS = ("accuracy", "log_likelihood")
 
@@ -51,11 +53,12 @@ class _Performance:
         return getattr(self, name)
 
 
-class _AuditSet:
+class AuditSet:
     """The audit set with what a permutation draws from: per modality the representation
     of every example (concatenated over batches) or ``None`` when its shape varies between
     batches, in which case the modality is permuted within each batch."""
 
+    @torch.no_grad()
     def __init__(
         self,
         model: nn.Module,
@@ -175,12 +178,6 @@ def _validate(batches: Sequence[Batch], modalities: Sequence[Modality]) -> None:
                 )
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def permutation_scores(
     model: nn.Module,
@@ -192,6 +189,7 @@ def permutation_scores(
     device: torch.device | str | None = None,
     output: OutputSpec = OutputSpec(),
     progress: Progress | None = None,
+    data: AuditSet | None = None,
 ) -> dict[str, PermutationScore]:
     """Accuracy drop and cross-entropy increase when each modality is permuted across the
     whole audit set (perceptual score), with a 95% interval over ``repeats`` permutations.
@@ -204,19 +202,19 @@ def permutation_scores(
     Args:
         batches: labelled :class:`Batch` es (integer class labels), on any device.
         device: where the model is (default: the device of its parameters).
+        data: an :class:`AuditSet` of these batches and modalities, to share its clean pass
+            with :func:`modality_shapley`.
     Returns:
         modality name -> :class:`PermutationScore`.
     """
-    from .audit import mean_interval  # audit imports this module lazily; import it likewise
-
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1 (got {repeats}); the default is 10.")
     _validate(batches, modalities)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     report = progress or (lambda stage, done, total: None)
     total = len(modalities) * repeats
     report("permutation", 0, total)
-    data = _AuditSet(model, batches, modalities, dev, output)
+    data = data or AuditSet(model, batches, modalities, dev, output)
     generator = torch.Generator().manual_seed(seed)
     perms = [torch.randperm(data.n, generator=generator) for _ in range(repeats)]
     clean = data.clean
@@ -253,6 +251,7 @@ def modality_shapley(
     exact_max: int = 10,
     samples: int = 200,
     progress: Progress | None = None,
+    data: AuditSet | None = None,
 ) -> list[ShapleyValues]:
     """Shapley values of the modalities for each metric, v(S) = the metric with every
     modality outside S permuted across the audit set.
@@ -268,6 +267,7 @@ def modality_shapley(
 
     Args:
         metrics: any of ``"accuracy"`` and ``"log_likelihood"`` (mean log p(label)).
+        data: an :class:`AuditSet` of these batches and modalities (see above).
     Returns:
         One :class:`ShapleyValues` per metric, in the order of ``metrics``.
     """
@@ -282,7 +282,7 @@ def modality_shapley(
             f"exact_max must be >= 0 and samples >= 1 (got {exact_max} and {samples})."
         )
     _validate(batches, modalities)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     report = progress or (lambda stage, done, total: None)
     mods = list(modalities)
     count = len(mods)
@@ -290,7 +290,7 @@ def modality_shapley(
     exact = count <= exact_max
     total = full if exact else samples
     report("shapley", 0, total)
-    data = _AuditSet(model, batches, mods, dev, output)
+    data = data or AuditSet(model, batches, mods, dev, output)
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(data.n, generator=generator)
     cache: dict[int, _Performance] = {full: data.clean}

@@ -21,7 +21,6 @@ __all__ = [
     "ModalityResult",
     "JointCheck",
     "AuditResult",
-    "write_atomic",
 ]
 
 SCHEMA_VERSION = 1
@@ -89,21 +88,28 @@ class ModalityResult:
 class JointCheck:
     """Joint perturbation of all modalities versus the tensorization sums
     (Ent(f) <= sum_m E[Ent_m(f)], Var(f) <= sum_m E[Var_m(f)] (Efron-Stein), where the m-th
-    term perturbs modality m with the others' noise drawn and frozen). A ratio <= 1 (up to
-    Monte-Carlo error) is what the mathematics promises."""
+    term perturbs modality m with the others' noise drawn and frozen). The gaps are the
+    paired per-example differences sum - joint; the inequality holds unless a gap's whole
+    interval lies below zero."""
 
     functional_entropy: Estimate
     variance: Estimate
-    sum_functional_entropy: float
-    sum_variance: float
+    sum_functional_entropy: Estimate
+    sum_variance: Estimate
+    entropy_gap: Estimate
+    variance_gap: Estimate
 
     @property
     def entropy_ratio(self) -> float:
-        return _ratio(self.functional_entropy.mean, self.sum_functional_entropy)
+        return _ratio(self.functional_entropy.mean, self.sum_functional_entropy.mean)
 
     @property
     def variance_ratio(self) -> float:
-        return _ratio(self.variance.mean, self.sum_variance)
+        return _ratio(self.variance.mean, self.sum_variance.mean)
+
+    @property
+    def holds(self) -> bool:
+        return not (self.entropy_gap.ci_high < 0 or self.variance_gap.ci_high < 0)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -151,6 +157,7 @@ class AuditResult:
         if self.joint is not None:
             data["joint"]["entropy_ratio"] = self.joint.entropy_ratio
             data["joint"]["variance_ratio"] = self.joint.variance_ratio
+            data["joint"]["holds"] = self.joint.holds
         return _finite(data)
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -174,12 +181,7 @@ class AuditResult:
             modalities=mods,
             joint=None
             if joint is None
-            else JointCheck(
-                functional_entropy=_est(joint["functional_entropy"]),
-                variance=_est(joint["variance"]),
-                sum_functional_entropy=_num(joint["sum_functional_entropy"]),
-                sum_variance=_num(joint["sum_variance"]),
-            ),
+            else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],
             n_examples=int(data["n_examples"]),
@@ -207,6 +209,12 @@ class AuditResult:
                 f"{path} is not a biasscope audit result (missing {exc}); give an audit.json "
                 "written by `biasscope audit`."
             ) from None
+
+
+_JOINT_FIELDS = (
+    "functional_entropy", "variance", "sum_functional_entropy", "sum_variance",
+    "entropy_gap", "variance_gap",
+)
 
 
 def _num(x: Any) -> float:

@@ -19,6 +19,7 @@ relies on a modality, so sensitivity alone does not clear it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,7 +60,9 @@ def relative_levels(modalities: Sequence[ModalityResult]) -> dict[str, float]:
 def _used(m: ModalityResult) -> bool:
     if not m.functional_entropy.ci_low > 0:
         return False
-    return m.permutation is None or m.permutation.loss_increase.ci_low > 0
+    if m.permutation is None or math.isnan(m.permutation.loss_increase.ci_low):
+        return True  # no reliance evidence either way
+    return m.permutation.loss_increase.ci_low > 0
 
 
 def modality_verdicts(

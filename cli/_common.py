@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from biasscope import BiasscopeError, Modality, OutputSpec
@@ -32,11 +33,23 @@ def guarded(debug: bool) -> Iterator[None]:
     except BiasscopeError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # not foreseen: still a message, not a traceback
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]error:[/] an unexpected {type(exc).__name__}: {escape(str(exc))}\n"
+            "biasscope did not foresee this input. Rerun with --debug for the traceback, and "
+            "please report it with the model's and data's shapes.",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 class ProgressDisplay:
@@ -44,6 +57,7 @@ class ProgressDisplay:
     silent when ``quiet`` or when stderr is not a terminal."""
 
     LABELS = {
+        "baseline": "training baseline + reference",
         "scale": "noise scale",
         "entropy": "functional entropy",
         "permutation": "permutation score",

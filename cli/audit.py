@@ -7,7 +7,10 @@ import typer
 
 from biasscope import Thresholds, audit
 from biasscope.errors import ConfigError
-from biasscope.render import audit_summary, write_html
+from rich.markup import escape
+
+from biasscope._files import write_atomic
+from biasscope.render import audit_summary, render_html
 
 from . import _options as o
 from ._common import EXIT_GATE, ProgressDisplay, console, guarded, load_inputs, pick, read_config, read_data
@@ -88,9 +91,10 @@ def audit_command(
             )
         result.provenance.update(inputs.provenance, data=data_info)
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
+        html = render_html(result, plotlyjs=plotlyjs)  # render both before writing either
         json_path = result.save(out_dir / "audit.json")
-        html_path = write_html(result, out_dir / "report.html", plotlyjs=plotlyjs)
-        console.print(audit_summary(result))
-        console.print(f"report: [link=file://{html_path.resolve()}]{html_path}[/]  json: {json_path}", highlight=False)
+        html_path = write_atomic(out_dir / "report.html", html)
+        console.print(audit_summary(result, width=console.width))
+        console.print(f"report: {escape(str(html_path))}  json: {escape(str(json_path))}", highlight=False)
         if fail_on is not None and any(m.verdict in FAIL_ON[fail_on] for m in result.modalities):
             raise typer.Exit(EXIT_GATE)

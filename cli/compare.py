@@ -4,13 +4,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
-from biasscope.compare import evaluate_gates, parse_min_share
+from biasscope.compare import check_comparable, evaluate_gates, parse_min_share
 from biasscope.render import compare_table, write_compare_html
 from biasscope.results import AuditResult
 
 from . import _options as o
-from ._common import EXIT_GATE, console, guarded
+from ._common import EXIT_GATE, console, err_console, guarded
 from .main import app
 
 
@@ -34,12 +35,14 @@ def compare_command(
             max_drop_accuracy=max_drop_accuracy,
             min_share=parse_min_share(min_share),
         )
+        for warning in check_comparable(a, b):
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         console.print(compare_table(a, b))
         for gate in gates:
             mark = "[green]PASS[/]" if gate.passed else "[bold red]FAIL[/]"
-            console.print(f"{mark} {gate.name}: {gate.detail}", highlight=False)
+            console.print(f"{mark} {escape(gate.name)}: {escape(gate.detail)}", highlight=False)
         if out is not None:
             write_compare_html(a, b, out, plotlyjs=plotlyjs, gates=gates)
-            console.print(f"comparison: {out}", highlight=False)
+            console.print(f"comparison: {escape(str(out))}", highlight=False)
         if not all(g.passed for g in gates):
             raise typer.Exit(EXIT_GATE)

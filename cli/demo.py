@@ -4,12 +4,13 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from biasscope.compare import evaluate_gates
 from biasscope.demo import run_demo
 from biasscope.render import compare_table, write_compare_html, write_html
-from biasscope.results import write_atomic
+from biasscope._files import write_atomic
 
 from . import _options as o
 from ._common import ProgressDisplay, console, guarded
@@ -28,7 +29,6 @@ def demo_command(
     """Train a colour-shortcut model on the bundled colored digits, audit it, fix it with the
     `biasscope fix` defaults, audit again, and compare with an unbiased reference."""
     with guarded(debug):
-        ProgressDisplay.LABELS["baseline"] = "training baseline + reference"
         with ProgressDisplay(quiet) as progress:
             result = run_demo(fast=fast, seed=seed, progress=progress)
         for name, audited in (("before", result.before), ("after", result.after), ("reference", result.reference)):
@@ -49,5 +49,5 @@ def demo_command(
         for name, acc in result.accuracy.items():
             table.add_row(name, *(f"{acc[s]:.3f}" for s in ("train", "val", "test_random", "test_gray")))
         console.print(table)
-        console.print(f"[bold]before:[/] {result.before.sentence}\n[bold]after:[/]  {result.after.sentence}", highlight=False)
+        console.print(f"[bold]before:[/] {escape(result.before.sentence)}\n[bold]after:[/]  {escape(result.after.sentence)}", highlight=False)
         console.print(f"lambda (auto) = {result.lambda_value:.4g} · reports in {out}/ (before, after, reference, compare.html)", highlight=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from biasscope import audit
@@ -14,7 +15,7 @@ from biasscope.errors import ConfigError
 from biasscope.fix import FixInterrupted, fix
 from biasscope.loading import save_model
 from biasscope.render import compare_table, write_compare_html, write_html
-from biasscope.results import write_atomic
+from biasscope._files import write_atomic
 
 from . import _options as o
 from ._common import ProgressDisplay, console, err_console, guarded, load_inputs, pick, read_config, read_data
@@ -171,5 +172,5 @@ def fix_command(
         write_compare_html(before, after, out_dir / "compare.html")
         console.print(f"lambda = {result.lambda_value:.4g} ({'auto' if lam == 'auto' else 'given'}), {result.steps} steps on {result.device}")
         console.print(compare_table(before, after))
-        console.print(f"[bold]before:[/] {before.sentence}\n[bold]after:[/]  {after.sentence}", highlight=False)
+        console.print(f"[bold]before:[/] {escape(before.sentence)}\n[bold]after:[/]  {escape(after.sentence)}", highlight=False)
         console.print(f"model: {model_path}  log: {out_dir / 'training_log.csv'}  comparison: {out_dir / 'compare.html'}", highlight=False)

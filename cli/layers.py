@@ -35,11 +35,13 @@ def layers_command(
             output_key=None, output_index=None,
         )
         batches, _ = read_data(pick(data, cfg, "data"), label_key=inputs.label_key, batch_size=8, limit=8)
-        table = Table(title="modules (name one with --modality NAME=layer:PATH)")
+        table = Table(title="modules (name one with --modality NAME=layer:PATH, or layer:PATH#ELEMENT for one of several outputs)")
         table.add_column("path", overflow="fold")  # never cut: it is what --modality takes
         for col in ("type", "output shape", "dtype", "params"):
             table.add_column(col)
         for info in layer_table(inputs.loaded.module, batches[0], label_key=inputs.label_key):
             shape = "did not run" if info.output_shape is None else str(tuple(info.output_shape))
+            if info.elements:  # several tensors: name one with layer:PATH#ELEMENT
+                shape = "  ".join(f"#{k} {s}" for k, s in info.elements)
             table.add_row(info.path, info.type, shape, info.dtype or "", f"{info.n_params:,}")
         console.print(table)

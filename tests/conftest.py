@@ -35,7 +35,7 @@ def _perception_by_hand(result, model, a, b, label, repeats: int = 10, seed: int
     """Fill the permutation and Shapley fields when ``biasscope.perception`` is absent."""
     import numpy as np
 
-    from biasscope.audit import mean_interval
+    from biasscope._stats import mean_interval
     from biasscope.results import PermutationScore, ShapleyValues
     from biasscope.verdict import Thresholds, modality_verdicts, verdict_sentence
 

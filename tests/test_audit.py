@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import biasscope as bs
-from biasscope.audit import collect_batches, mean_interval
-from biasscope.results import MEASURES
+from biasscope._stats import mean_interval
+from biasscope.audit import collect_batches
+from biasscope.results import MEASURES, Estimate
 
 from planted import Branches, DictBranches, dict_data, labelled_by, tuple_data
 
@@ -55,8 +56,9 @@ def test_tensorization_check_holds():
     model = Branches((5, 3, 4), seed=3)
     result = bs.audit(model, tuple_data((5, 3, 4)), _mods(3), samples=32, permutation_repeats=2, shapley=False)
     j = result.joint
-    assert j.functional_entropy.mean <= j.sum_functional_entropy * 1.05
-    assert j.variance.mean <= j.sum_variance * 1.05
+    assert j.holds
+    assert j.functional_entropy.mean <= j.sum_functional_entropy.mean * 1.05
+    assert j.variance.mean <= j.sum_variance.mean * 1.05
     assert 0 < j.entropy_ratio <= 1.05
 
 
@@ -182,3 +184,54 @@ def test_mean_interval_matches_t_distribution():
     assert est.mean == 2.5
     assert est.ci_high - 2.5 == pytest.approx(3.182446 * 0.645497, rel=1e-5)
     assert math.isnan(mean_interval([3.0]).ci_low)
+
+
+def test_bootstrap_interval_of_nonnegative_heavy_tails_stays_nonnegative():
+    import numpy as np
+
+    values = np.r_[np.full(49, 0.001), 100.0]  # one example carries the mean
+    t, boot = mean_interval(values), mean_interval(values, method="bootstrap")
+    assert t.ci_low < 0 < boot.ci_low <= boot.mean <= boot.ci_high
+    assert mean_interval(np.zeros(10), method="bootstrap") == Estimate(0.0, 0.0, 0.0)
+
+
+def test_tensorization_with_an_ignored_modality_is_an_equality_within_its_interval():
+    # joint = the used modality's own term: the paired gap's interval must contain 0
+    model = Branches((5, 3), ignore={1})
+    result = bs.audit(model, labelled_by(model, tuple_data((5, 3))), _mods(2), samples=8, permutation_repeats=2, shapley=False)
+    gap = result.joint.entropy_gap
+    assert gap.ci_low <= 0 <= gap.ci_high and result.joint.holds
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (dict(samples=1), "samples"),
+        (dict(scale=0.0), "scale"),
+        (dict(max_rows=0), "max_rows"),
+        (dict(divergence="js"), "divergence"),
+        (dict(permutation_repeats=1), "permutation_repeats"),
+    ],
+)
+def test_invalid_options_fail_before_any_work(options, needle):
+    with pytest.raises(bs.ConfigError, match=needle):
+        bs.audit(Branches((5, 3)), tuple_data((5, 3)), _mods(2), **options)
+
+
+def test_labels_one_hot_and_column_are_converted_and_others_refused():
+    model = Branches((5, 3))
+    data = labelled_by(model, tuple_data((5, 3)))
+    plain = bs.audit(model, data, _mods(2), **FAST)
+    column = bs.audit(model, [(*b[:-1], b[-1][:, None]) for b in data], _mods(2), **FAST)
+    onehot = bs.audit(model, [(*b[:-1], torch.nn.functional.one_hot(b[-1], 4).float()) for b in data], _mods(2), **FAST)
+    assert plain.accuracy == column.accuracy == onehot.accuracy == 1.0
+    assert column.to_dict() == plain.to_dict() == onehot.to_dict()
+    with pytest.raises(bs.DataLoadError, match="class indices"):
+        bs.audit(model, [(*b[:-1], torch.rand(b[-1].shape[0], 3)) for b in data], _mods(2), **FAST)
+
+
+def test_half_precision_model_gives_exact_zero_for_an_ignored_modality():
+    model = Branches((5, 3), ignore={1}).to(torch.bfloat16)
+    data = [tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in b) for b in labelled_by(Branches((5, 3), ignore={1}), tuple_data((5, 3)))]
+    result = bs.audit(model, data, _mods(2, layer=True), **FAST)
+    assert result["m1"].functional_entropy.mean == 0.0 and result["m0"].functional_entropy.mean > 0

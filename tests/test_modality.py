@@ -100,3 +100,31 @@ def test_intervene_removes_hooks_after_errors():
         with intervene(model, batch, {bs.Modality("b", layer="encoders.1"): lambda h: h}) as b:
             raise RuntimeError("boom")
     assert not model.encoders[1]._forward_hooks
+
+
+class Recurrent(nn.Module):
+    """Reads the GRU's output sequence; the GRU returns (output, h_n)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(3, 8, batch_first=True)
+        self.image = nn.Linear(5, 8)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, image, text):
+        out, _ = self.rnn(text)
+        return self.head(torch.cat([self.image(image), out[:, -1]], 1))
+
+
+def test_layer_with_several_outputs_needs_an_element():
+    torch.manual_seed(0)
+    model = Recurrent()
+    x, t = torch.randn(16, 5), torch.randn(16, 4, 3)
+    data = [(x, t, model(x, t).argmax(1).detach())]
+    with pytest.raises(bs.ModalityError, match=r"#0 \(16, 4, 8\), #1 \(1, 16, 8\)"):
+        bs.audit(model, data, [bs.Modality("image", input=0), bs.Modality.parse("text=layer:rnn")], samples=4)
+    with pytest.raises(bs.ModalityError, match="not the batch"):
+        bs.audit(model, data, [bs.Modality.parse("text=layer:rnn#1")], samples=4)
+    result = bs.audit(model, data, [bs.Modality("image", input=0), bs.Modality.parse("text=layer:rnn#0")], samples=4, permutation_repeats=2)
+    assert result["text"].site == "layer:rnn#0" and result["text"].functional_entropy.mean > 0
+    assert bs.Modality.parse("v=layer:vision#pooler_output") == bs.Modality("v", layer="vision", element="pooler_output")

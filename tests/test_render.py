@@ -232,15 +232,17 @@ def test_tensorization_table_and_its_verdict(page, audit_result):
     section = _section(page, "tensorization")
     rows = [_text(r) for r in re.findall(r"<tr>(.*?)</tr>", section, re.S)[1:]]
     assert rows[0].startswith(f"Functional entropy {j.functional_entropy.mean:.3g}")
-    assert f"{j.sum_functional_entropy:.3g} {j.entropy_ratio:.3g}" in rows[0]
-    assert f"{j.sum_variance:.3g} {j.variance_ratio:.3g}" in rows[1]
+    assert f"{j.sum_functional_entropy.mean:.3g}" in rows[0] and f"{j.entropy_ratio:.3g}" in rows[0]
+    assert f"{j.entropy_gap.mean:.3g}" in rows[0] and f"{j.variance_gap.mean:.3g}" in rows[1]
     assert rows[0].endswith("holds") and rows[1].endswith("holds")
     broken = copy.deepcopy(audit_result)
     broken.joint = JointCheck(
         functional_entropy=Estimate(3.0, 2.5, 3.5),
         variance=j.variance,
-        sum_functional_entropy=1.0,
+        sum_functional_entropy=Estimate(1.0, 0.9, 1.1),
         sum_variance=j.sum_variance,
+        entropy_gap=Estimate(-2.0, -2.6, -1.4),
+        variance_gap=j.variance_gap,
     )
     out = render_html(broken, plotlyjs="cdn")
     section = _section(out, "tensorization")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import biasscope as bs
-from biasscope.results import SCHEMA_VERSION, write_atomic
+from biasscope._files import write_atomic
+from biasscope.results import SCHEMA_VERSION
 
 from planted import Branches, labelled_by, tuple_data
 

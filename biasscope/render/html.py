@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,8 @@ from markupsafe import Markup, escape
 from .. import __version__
 from .. import verdict as _verdict
 from ..errors import ConfigError
-from ..results import MEASURES, AuditResult, Estimate, write_atomic
+from .._files import write_atomic
+from ..results import MEASURES, AuditResult
 from . import figures as _figures
 from ._common import (
     DASH,
@@ -200,20 +200,14 @@ def _joint_rows(result: AuditResult) -> list[dict[str, Any]]:
     j = result.joint
     if j is None:
         return []
-    rows = []
-    for label, est, total in (
-        ("Functional entropy", j.functional_entropy, j.sum_functional_entropy),
-        ("Variance", j.variance, j.sum_variance),
-    ):
-        ratio = est.mean / total if total > 0 else (0.0 if est.mean == 0 else math.inf)
-        low = est.ci_low / total if total > 0 and math.isfinite(est.ci_low) else math.nan
-        high = est.ci_high / total if total > 0 and math.isfinite(est.ci_high) else math.nan
-        ratio_est = Estimate(ratio, low, high)
-        lowest = low if math.isfinite(low) else ratio
-        rows.append(
-            {"label": label, "joint": est, "sum": total, "ratio": ratio_est, "holds": lowest <= 1.0}
+    return [
+        {"label": label, "joint": joint, "sum": total, "gap": gap, "ratio": ratio,
+         "holds": not gap.ci_high < 0}
+        for label, joint, total, gap, ratio in (
+            ("Functional entropy", j.functional_entropy, j.sum_functional_entropy, j.entropy_gap, j.entropy_ratio),
+            ("Variance", j.variance, j.sum_variance, j.variance_gap, j.variance_ratio),
         )
-    return rows
+    ]
 
 
 def _provenance(result: AuditResult) -> dict[str, Any]:

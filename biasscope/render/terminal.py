@@ -28,52 +28,54 @@ def _verdict(v: str) -> Text:
     return Text(v, style=VERDICT_STYLES.get(v, "bold"))
 
 
-def _est(e: Estimate) -> Text:
+def _est(e: Estimate, *, interval: bool = True) -> Text:
     """The mean, and its interval dimmed on a second line."""
     text = Text(fmt(e.mean))
     ci = fmt_ci(e)
-    if ci != DASH:
+    if interval and ci != DASH:
         text.append(f"\n{ci}", style="dim")
     return text
 
 
-def audit_table(result: AuditResult) -> Table:
+def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
     """One row per modality: site, verdict, share, the four measures (and the permutation
-    accuracy drop when the result has it)."""
+    accuracy drop when the result has it). ``compact`` (for terminals narrower than about
+    120 columns) keeps the verdict, share, functional entropy and permutation drop."""
     perm = has_permutation(result)
     table = Table(
         title="Modality dependence", title_justify="left", header_style="bold",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("modality", no_wrap=True)
-    table.add_column("site", style="dim")
-    table.add_column("verdict")
-    table.add_column("share", justify="right")
-    table.add_column("FE [95% CI]", justify="right")
-    table.add_column("Fisher", justify="right")
-    table.add_column("Var", justify="right")
-    table.add_column("Poincaré", justify="right")
+    if not compact:
+        table.add_column("site", style="dim")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    table.add_column("FE" if compact else "FE [95% CI]", justify="right", no_wrap=compact)
+    if not compact:
+        for col in ("Fisher", "Var", "Poincaré"):
+            table.add_column(col, justify="right")
     if perm:
-        table.add_column("perm. acc. drop", justify="right")
+        table.add_column("perm. drop" if compact else "perm. acc. drop", justify="right", no_wrap=compact)
     for m in result.modalities:
         row: list[RenderableType] = [
             Text(m.name, style="bold"),
-            Text(m.site),
+            *([] if compact else [Text(m.site)]),
             _verdict(m.verdict),
             Text(fmt_pct(m.share)),
-            _est(m.functional_entropy),
-            Text(fmt(m.fisher_bound.mean)),
-            Text(fmt(m.variance.mean)),
-            Text(fmt(m.poincare_bound.mean)),
+            _est(m.functional_entropy, interval=not compact),
         ]
+        if not compact:
+            row += [Text(fmt(m.measure(k).mean)) for k in ("fisher_bound", "variance", "poincare_bound")]
         if perm:
-            row.append(_est(m.permutation.accuracy_drop))
+            row.append(_est(m.permutation.accuracy_drop, interval=not compact))
         table.add_row(*row)
     return table
 
 
-def audit_summary(result: AuditResult) -> RenderableType:
-    """The verdict sentence as a headline panel, the table, and accuracy / n."""
+def audit_summary(result: AuditResult, *, width: int | None = None) -> RenderableType:
+    """The verdict sentence as a headline panel, the table, and accuracy / n; below 120
+    columns of ``width`` the table is compact."""
     facts = Text(f"{result.n_examples} examples", style="dim")
     if result.accuracy is not None:
         facts.append(f" · accuracy {fmt_pct(result.accuracy)}", style="dim")
@@ -86,7 +88,10 @@ def audit_summary(result: AuditResult) -> RenderableType:
         border_style=_panel_style(result),
         expand=False,
     )
-    return Group(headline, audit_table(result), facts)
+    compact = width is not None and width < 120
+    if compact:
+        facts.append(" · all measures with intervals: report.html or a wider terminal", style="dim")
+    return Group(headline, audit_table(result, compact=compact), facts)
 
 
 def _panel_style(result: AuditResult) -> str:
