@@ -4,7 +4,7 @@ noise samples, move it between devices, and read logits out of whatever the mode
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch

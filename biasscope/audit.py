@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +20,7 @@ from .errors import ConfigError, DataLoadError
 from .estimators import DIVERGENCES, fisher_bound, functional_entropy, poincare_bound, variance
 from .modality import Modality, validate_modalities
 from .perception import AuditSet, modality_shapley, permutation_scores
-from .results import MEASURES, AuditResult, Estimate, JointCheck, ModalityResult
+from .results import MEASURES, AuditResult, JointCheck, ModalityResult
 from .verdict import Thresholds, modality_verdicts, verdict_sentence
 
 __all__ = ["audit", "collect_batches"]

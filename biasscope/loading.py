@@ -1,19 +1,15 @@
-"""Model and data loaders: TorchScript, ``torch.export`` programs, state dicts with a
-factory, pickled modules (opt-in), Hugging Face directories; data from ``.pt``/``.npz``/
-``.safetensors`` files or a factory. Every failure raises a :mod:`biasscope.errors`
-subclass whose message names the problem and the fix; files on disk are never modified."""
+"""Model loaders and savers: TorchScript, ``torch.export`` programs, state dicts with a
+factory, pickled modules (opt-in), Hugging Face directories. Every failure raises a
+:class:`~biasscope.errors.ModelLoadError` whose message names the problem and the fix; the
+input file is never modified, and a fine-tuned model is saved back in the input's format."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -27,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from ._files import atomic_path
-from .errors import BiasscopeError, ConfigError, DataLoadError, ModelLoadError
+from ._sources import call_factory, describe_obj, fingerprint, first_line
+from .errors import BiasscopeError, ModelLoadError
 
-__all__ = ["LoadedModel", "load_model", "save_model", "load_data", "fingerprint", "MODEL_KINDS"]
+__all__ = ["LoadedModel", "load_model", "save_model", "FixedBatchModule", "MODEL_KINDS"]
 
 MODEL_KINDS = ("torchscript", "export", "state_dict", "pickle", "hf")
 
@@ -38,182 +35,8 @@ _SUPPORTED_MODELS = (
     "a state dict or checkpoint (.pt/.pth/.ckpt/.safetensors) with --factory, a pickled "
     "module (torch.save(model)) with --trust-pickle, or a Hugging Face save_pretrained directory"
 )
-_DATA_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
 # keys under which checkpoints commonly keep the model's state dict (Lightning: "state_dict")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory as the sorted (relative name, bytes) pairs: each
-    file contributes ``name \\0 len(bytes) as 8 little-endian bytes, bytes``."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        files = sorted(
-            (p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()
-        )
-        for rel, p in files:
-            h.update(rel.encode("utf-8") + b"\0" + p.stat().st_size.to_bytes(8, "little"))
-            _hash_file_into(h, p)
-    else:
-        _hash_file_into(h, path)
-    return h.hexdigest()
-
-
-def _hash_file_into(h: Any, path: Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
-def fingerprint(path: str | os.PathLike[str]) -> str:
-    """The sha256 of a file or a directory (same digest as :attr:`LoadedModel.sha256`)."""
-    p = Path(path)
-    if not p.exists():
-        raise DataLoadError(
-            f"Cannot fingerprint {str(p)!r}: no such file or directory. Check the path."
-        )
-    return _sha256(p)
-
-
-# --------------------------------------------------------------------------- factories
-
-
-def _split_spec(spec: str) -> tuple[str, str] | None:
-    """``("target", "attr.path")`` for a ``"target:attr"`` string, else None."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        return None
-    if not all(part.isidentifier() for part in attr.split(".")):
-        return None
-    return target, attr
-
-
-def _is_file_target(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or "\\" in target
-
-
-def _import_callable(
-    spec: str, *, error: type[BiasscopeError], what: str, option: str
-) -> Callable[..., Any]:
-    """Import ``"package.module:function"`` or ``"path/to/file.py:function"``.
-
-    Args:
-        spec: the factory string.
-        error: the error class to raise (ModelLoadError or DataLoadError).
-        what: what the factory builds, for messages ("model", "data").
-        option: the command-line option that took the string, for messages.
-    """
-    form = (
-        f"Write it as 'package.module:function' (an importable module) or "
-        f"'path/to/file.py:function'; the function takes no arguments and returns the {what}."
-    )
-    if not isinstance(spec, str):
-        raise error(f"The {what} factory must be a string, got {type(spec).__name__}. {form}")
-    parts = _split_spec(spec)
-    if parts is None:
-        raise error(f"The {what} factory {spec!r} ({option}) is malformed. {form}")
-    target, attr = parts
-    if _is_file_target(target):
-        module = _import_file(target, spec=spec, error=error, what=what, option=option)
-    else:
-        if not all(p.isidentifier() for p in target.split(".")):
-            raise error(f"The {what} factory {spec!r} ({option}) is malformed: {target!r} is not a "
-                        f"module name. {form}")
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and target.startswith(exc.name) and (
-                exc.name == target or target.startswith(exc.name + ".")
-            ):
-                raise error(
-                    f"The {what} factory {spec!r} ({option}) names module {target!r}, which cannot "
-                    f"be imported ({exc}). Install the package or run from the directory that "
-                    f"holds it (it must be on PYTHONPATH), or give a file path instead: "
-                    f"'path/to/file.py:{attr}'."
-                ) from exc
-            raise error(
-                f"Importing module {target!r} for the {what} factory {spec!r} failed: {exc}. "
-                f"Install the missing dependency {exc.name!r} or fix the import in {target!r}."
-            ) from exc
-        except Exception as exc:
-            raise error(
-                f"Importing module {target!r} for the {what} factory {spec!r} raised "
-                f"{type(exc).__name__}: {exc}. Fix the error in that module and try again."
-            ) from exc
-    obj: Any = module
-    for name in attr.split("."):
-        if not hasattr(obj, name):
-            available = sorted(
-                n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-            )
-            raise error(
-                f"The {what} factory {spec!r} ({option}): {target!r} has no attribute {attr!r}. "
-                f"Callables it defines: {', '.join(available) or 'none'}. Fix the name after ':'."
-            )
-        obj = getattr(obj, name)
-    if not callable(obj):
-        raise error(
-            f"The {what} factory {spec!r} ({option}) names {attr!r}, a {type(obj).__name__}, "
-            f"which is not callable. Point it at a function that takes no arguments and returns "
-            f"the {what}."
-        )
-    return obj
-
-
-def _import_file(
-    target: str, *, spec: str, error: type[BiasscopeError], what: str, option: str
-) -> Any:
-    path = Path(target)
-    if not path.is_file():
-        raise error(
-            f"The {what} factory {spec!r} ({option}) points at {target!r}, which is not a file. "
-            f"Check the path (relative paths start from the current directory: {os.getcwd()})."
-        )
-    resolved = path.resolve()
-    name = "_biasscope_factory_" + hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, resolved)
-    if module_spec is None or module_spec.loader is None:
-        raise error(
-            f"The {what} factory file {target!r} cannot be imported as Python. Give a .py file."
-        )
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    # the file's own directory is importable while it runs, so `from model import Net` works
-    parent = str(resolved.parent)
-    sys.path.insert(0, parent)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise error(
-            f"Running the {what} factory file {target!r} raised {type(exc).__name__}: {exc}. "
-            "Fix the error in that file (or a module it imports) and try again."
-        ) from exc
-    finally:
-        try:
-            sys.path.remove(parent)
-        except ValueError:
-            pass
-    return module
-
-
-def _call_factory(spec: str, *, error: type[BiasscopeError], what: str, option: str) -> Any:
-    fn = _import_callable(spec, error=error, what=what, option=option)
-    try:
-        return fn()
-    except BiasscopeError:
-        raise
-    except Exception as exc:
-        raise error(
-            f"The {what} factory {spec!r} ({option}) raised {type(exc).__name__}: {exc}. "
-            f"It is called with no arguments and must return the {what}; fix the function "
-            "(or wrap it in one that supplies its arguments)."
-        ) from exc
 
 
 # --------------------------------------------------------------------------- models
@@ -287,7 +110,7 @@ def load_model(
             "to detect the kind from the file."
         )
     detected = kind or _detect_kind(p)
-    digest = _sha256(p)
+    digest = fingerprint(p)
     if detected == "hf":
         loaded = _load_hf(p, hf_class=hf_class, map_location=map_location, digest=digest)
     elif p.is_dir():
@@ -376,15 +199,10 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _corrupt(p: Path, what: str, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(
-        f"Cannot read {str(p)!r} as {what} ({type(exc).__name__}: {_first_line(exc)}). The file "
+        f"Cannot read {str(p)!r} as {what} ({type(exc).__name__}: {first_line(exc)}). The file "
         f"may be corrupt, truncated or of another format. Supported: {_SUPPORTED_MODELS}; "
         "pass --kind to force one."
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
 
 
 def _load_torchscript(p: Path, *, map_location: Any, digest: str) -> LoadedModel:
@@ -504,7 +322,7 @@ def _load_torch_file(
     found = _find_state_dict(obj)
     if found is None:
         raise ModelLoadError(
-            f"{str(p)!r} holds {_describe_obj(obj)}, which is neither a state dict (a dict of "
+            f"{str(p)!r} holds {describe_obj(obj)}, which is neither a state dict (a dict of "
             f"tensors) nor a checkpoint with one under {', '.join(map(repr, _WRAPPER_KEYS))}. "
             f"Supported: {_SUPPORTED_MODELS}."
         )
@@ -517,10 +335,10 @@ def _load_torch_file(
             "'path/to/model.py:function' (factory='...'), a function with no arguments that "
             "builds the untrained model; or save the model as TorchScript or torch.export."
         )
-    module = _call_factory(factory, error=ModelLoadError, what="model", option="--factory")
+    module = call_factory(factory, error=ModelLoadError, what="model", option="--factory")
     if not isinstance(module, nn.Module):
         raise ModelLoadError(
-            f"The model factory {factory!r} returned {_describe_obj(module)}, not a "
+            f"The model factory {factory!r} returned {describe_obj(module)}, not a "
             "torch.nn.Module. Make it return the (untrained) model instance."
         )
     prefix = _load_into(module, state, p)
@@ -565,7 +383,7 @@ def _torch_load_weights(p: Path, *, map_location: Any, trust_pickle: bool) -> An
         return torch.load(p, map_location=map_location, weights_only=False)
     except Exception as exc:
         raise ModelLoadError(
-            f"Unpickling {str(p)!r} failed ({type(exc).__name__}: {_first_line(exc)}). A pickled "
+            f"Unpickling {str(p)!r} failed ({type(exc).__name__}: {first_line(exc)}). A pickled "
             "module needs its class importable under the same module name as when it was saved: "
             "run from the project that defines it (or add it to PYTHONPATH); better, save a state "
             "dict and pass --factory, or save TorchScript / torch.export."
@@ -601,16 +419,6 @@ def _find_state_dict(obj: Any) -> tuple[str | None, dict[str, Any]] | None:
             if key in obj and _is_state_dict(obj[key]):
                 return key, dict(obj[key])
     return None
-
-
-def _describe_obj(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        keys = list(obj)[:8]
-        more = ", ..." if len(obj) > 8 else ""
-        return f"a dict with keys [{', '.join(map(repr, keys))}{more}]"
-    if isinstance(obj, Tensor):
-        return f"a tensor of shape {tuple(obj.shape)}"
-    return f"a {type(obj).__name__}"
 
 
 def _candidate_prefixes(keys: Iterable[str]) -> list[str]:
@@ -703,7 +511,7 @@ def _load_into(module: nn.Module, state: dict[str, Any], p: Path) -> str:
     except Exception as exc:
         raise ModelLoadError(
             f"Loading the state dict from {str(p)!r} into the factory's model failed: "
-            f"{_first_line(exc)}. Check that --factory builds the same architecture."
+            f"{first_line(exc)}. Check that --factory builds the same architecture."
         ) from exc
     return prefix
 
@@ -748,7 +556,7 @@ def _load_hf(p: Path, *, hf_class: str | None, map_location: Any, digest: str) -
     except Exception as exc:
         raise ModelLoadError(
             f"transformers could not load {str(p)!r} with {name} ({type(exc).__name__}: "
-            f"{_first_line(exc)}). Check that the directory holds the config and weights written "
+            f"{first_line(exc)}). Check that the directory holds the config and weights written "
             "by save_pretrained, or choose the class with --hf-class."
         ) from exc
     # weights the class needs but the directory lacks would be random: auditing them is moot
@@ -830,7 +638,7 @@ def save_model(
                 raise ModelLoadError(
                     f"The input was TorchScript, but the model to save is a "
                     f"{type(module).__name__} that torch.jit.script cannot compile "
-                    f"({_first_line(exc)}). Pass the loaded ScriptModule (it is trainable)."
+                    f"({first_line(exc)}). Pass the loaded ScriptModule (it is trainable)."
                 ) from exc
 
         def write_script(tmp: Path) -> None:
@@ -880,7 +688,7 @@ def _export(
         )
     except Exception as exc:
         raise ModelLoadError(
-            f"torch.export could not export the model ({type(exc).__name__}: {_first_line(exc)}). "
+            f"torch.export could not export the model ({type(exc).__name__}: {first_line(exc)}). "
             "Check that example_inputs match the model's forward, or save a state dict instead."
         ) from exc
     finally:
@@ -913,7 +721,7 @@ def _atomic_file(out: Path, write: Callable[[Path], None], *, suffix: str = "") 
         if isinstance(exc, BiasscopeError):
             raise
         raise ModelLoadError(
-            f"Writing the model to {str(out)!r} failed ({type(exc).__name__}: {_first_line(exc)}). "
+            f"Writing the model to {str(out)!r} failed ({type(exc).__name__}: {first_line(exc)}). "
             "Nothing was written; check the path and free disk space."
         ) from exc
 
@@ -937,280 +745,7 @@ def _atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
             raise
         raise ModelLoadError(
             f"Writing the model directory {str(out)!r} failed ({type(exc).__name__}: "
-            f"{_first_line(exc)}). Nothing was replaced; check the path and free disk space."
+            f"{first_line(exc)}). Nothing was replaced; check the path and free disk space."
         ) from exc
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def load_data(
-    source: str | os.PathLike[str],
-    *,
-    label_key: str | None = "label",
-    batch_size: int = 64,
-    limit: int | None = None,
-) -> list[Any]:
-    """Load a dataset as a list of batches for :func:`biasscope._batch.split_batch`.
-
-    Args:
-        source: a ``.pt``/``.pth`` file (dict of tensors, or tuple/list of tensors with the label
-            last), ``.npz``, ``.safetensors``, or a ``"package.module:function"`` /
-            ``"file.py:function"`` factory returning a Dataset, a DataLoader, an iterable of
-            batches, or a dict / tuple of whole-dataset tensors.
-        label_key: the label's key in dict sources (None: no label).
-        batch_size: batch size for files, dict/tuple columns and Datasets (DataLoaders and
-            iterables keep their own batches).
-        limit: at most this many examples (the last batch is truncated).
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}.")
-    text = os.fspath(source)
-    path = Path(text)
-    if not path.exists() and isinstance(source, str) and _split_spec(text) is not None:
-        result = _call_factory(text, error=DataLoadError, what="data", option="--data")
-        batches = _from_factory_result(
-            result, text, label_key=label_key, batch_size=batch_size, limit=limit
-        )
-    else:
-        columns = _read_data_file(path)
-        batches = _batches_from_columns(
-            columns, str(path), label_key=label_key, batch_size=batch_size, limit=limit
-        )
-    if not batches:
-        raise DataLoadError(
-            f"The data {text!r} holds no examples. Point --data at a non-empty dataset."
-        )
-    return batches
-
-
-def _read_data_file(path: Path) -> dict[str, Tensor] | tuple[Tensor, ...]:
-    if not path.exists():
-        raise DataLoadError(
-            f"Data file {str(path)!r} does not exist. Check the path (relative paths start from "
-            f"{os.getcwd()}), or give a factory as 'package.module:function' or "
-            "'path/to/file.py:function'."
-        )
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in _DATA_SUFFIXES:
-        raise DataLoadError(
-            f"Unsupported data file {str(path)!r}. Supported: {', '.join(_DATA_SUFFIXES)} (a dict "
-            "of tensors, or for .pt a tuple of tensors with the label last), or a factory "
-            "'package.module:function' / 'path/to/file.py:function' returning a Dataset, "
-            "DataLoader or iterable of batches."
-        )
-    try:
-        if suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        elif suffix == ".npz":
-            obj = _read_npz(path)
-        else:
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path))
-    except DataLoadError:
-        raise
-    except Exception as exc:
-        hint = ""
-        if "Unsupported global" in str(exc):
-            hint = (" It holds pickled Python objects, which biasscope does not unpickle for "
-                    "data: save only tensors (a dict of tensors or a tuple of tensors).")
-        raise DataLoadError(
-            f"Cannot read data file {str(path)!r} ({type(exc).__name__}: {_first_line(exc)}). "
-            f"The file may be corrupt or not a {suffix} file.{hint} Re-save it as a dict of "
-            "tensors (torch.save / numpy.savez / safetensors)."
-        ) from exc
-    if isinstance(obj, Mapping):
-        return _tensor_dict(obj, str(path))
-    if isinstance(obj, (tuple, list)):
-        return _tensor_tuple(obj, str(path))
-    raise DataLoadError(
-        f"Data file {str(path)!r} holds {_describe_obj(obj)}. Save a dict of tensors (label under "
-        "'label') or a tuple of tensors (label last), all with the same first dimension."
-    )
-
-
-def _read_npz(path: Path) -> dict[str, Tensor]:
-    import numpy as np
-
-    out: dict[str, Tensor] = {}
-    with np.load(path, allow_pickle=False) as npz:
-        for key in npz.files:
-            arr = npz[key]
-            if arr.dtype.kind in "iu":
-                out[key] = torch.from_numpy(arr.astype(np.int64))
-            elif arr.dtype.kind == "f":
-                out[key] = torch.from_numpy(arr.astype(np.float32))
-            elif arr.dtype.kind == "b":
-                out[key] = torch.from_numpy(arr.copy())
-            else:
-                raise DataLoadError(
-                    f"Array {key!r} in {str(path)!r} has dtype {arr.dtype}, which is not numeric. "
-                    "Store numbers only (encode text as token ids, categories as integers)."
-                )
-    return out
-
-
-def _tensor_dict(obj: Mapping[Any, Any], where: str) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for key, value in obj.items():
-        if not isinstance(value, Tensor):
-            raise DataLoadError(
-                f"Entry {key!r} in {where} is {_describe_obj(value)}, not a tensor. A dict data "
-                "source holds only tensors with the examples along the first dimension."
-            )
-        out[str(key)] = value
-    return out
-
-
-def _tensor_tuple(obj: Iterable[Any], where: str) -> tuple[Tensor, ...]:
-    items = tuple(obj)
-    for i, value in enumerate(items):
-        if not isinstance(value, Tensor):
-            raise DataLoadError(
-                f"Element {i} in {where} is {_describe_obj(value)}, not a tensor. A tuple data "
-                "source holds only tensors (label last) with the examples along the first "
-                "dimension."
-            )
-    if not items:
-        raise DataLoadError(f"{where} holds an empty tuple; it needs the inputs and the label.")
-    return items
-
-
-def _batches_from_columns(
-    columns: dict[str, Tensor] | tuple[Tensor, ...], where: str, *,
-    label_key: str | None, batch_size: int, limit: int | None,
-) -> list[Any]:
-    named = list(columns.items()) if isinstance(columns, dict) else list(enumerate(columns))
-    if isinstance(columns, dict):
-        if not columns:
-            raise DataLoadError(f"{where} holds an empty dict; it needs the inputs and the label.")
-        if label_key is not None and label_key not in columns:
-            raise DataLoadError(
-                f"{where} has no label under {label_key!r}; its keys are "
-                f"{', '.join(map(repr, columns))}. Pass --label-key with the key that holds the "
-                "labels."
-            )
-    lengths: dict[str, int] = {}
-    for key, t in named:
-        if t.dim() == 0:
-            raise DataLoadError(
-                f"Entry {key!r} in {where} is a scalar; every tensor needs the examples along its "
-                "first dimension."
-            )
-        lengths[str(key)] = int(t.shape[0])
-    if len(set(lengths.values())) > 1:
-        raise DataLoadError(
-            f"The tensors in {where} have different lengths ("
-            + ", ".join(f"{k}: {n}" for k, n in lengths.items())
-            + "). Every tensor must hold one row per example; fix the file."
-        )
-    n = next(iter(lengths.values()))
-    if limit is not None:
-        n = min(n, limit)
-    batches: list[Any] = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        if isinstance(columns, dict):
-            batches.append({k: v[start:stop] for k, v in columns.items()})
-        else:
-            batches.append(tuple(v[start:stop] for v in columns))
-    return batches
-
-
-def _from_factory_result(
-    result: Any, spec: str, *, label_key: str | None, batch_size: int, limit: int | None
-) -> list[Any]:
-    from torch.utils.data import DataLoader, Dataset, IterableDataset
-
-    where = f"the data from factory {spec!r}"
-    if isinstance(result, Mapping):
-        columns: Any = _tensor_dict(result, where)
-        return _batches_from_columns(
-            columns, where, label_key=label_key, batch_size=batch_size, limit=limit
-        )
-    if isinstance(result, tuple) and result and all(isinstance(t, Tensor) for t in result):
-        return _batches_from_columns(
-            result, where, label_key=label_key, batch_size=batch_size, limit=limit
-        )
-    if isinstance(result, (Dataset, IterableDataset)) and not isinstance(result, DataLoader):
-        result = DataLoader(result, batch_size=batch_size, shuffle=False)
-    if not isinstance(result, Iterable) or isinstance(result, (str, bytes, Tensor)):
-        raise DataLoadError(
-            f"The data factory {spec!r} returned {_describe_obj(result)}. Return a torch Dataset, "
-            "a DataLoader, or an iterable of batches (dicts of tensors, or tuples with the label "
-            "last)."
-        )
-    batches: list[Any] = []
-    seen = 0
-    iterator = iter(result)
-    while limit is None or seen < limit:
-        try:
-            raw = next(iterator)
-        except StopIteration:
-            break
-        except Exception as exc:
-            raise DataLoadError(
-                f"Iterating {where} raised {type(exc).__name__}: {_first_line(exc)}. Fix the "
-                "dataset (its __getitem__ / __iter__ or collate function)."
-            ) from exc
-        batch = _normalise_batch(raw, where, label_key=label_key, first=not batches)
-        size = _batch_len(batch, where)
-        if limit is not None and seen + size > limit:
-            batch = _truncate(batch, size, limit - seen)
-            size = limit - seen
-        if size > 0:
-            batches.append(batch)
-        seen += size
-    return batches
-
-
-def _normalise_batch(raw: Any, where: str, *, label_key: str | None, first: bool) -> Any:
-    import numpy as np
-
-    def conv(v: Any) -> Any:
-        return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-
-    if isinstance(raw, Mapping):
-        batch = {k: conv(v) for k, v in raw.items()}
-        if first and label_key is not None and label_key not in batch:
-            raise DataLoadError(
-                f"The batches of {where} have no label under {label_key!r}; their keys are "
-                f"{', '.join(map(repr, batch))}. Pass --label-key with the key that holds the "
-                "labels."
-            )
-        return batch
-    if isinstance(raw, (tuple, list)):
-        return tuple(conv(v) for v in raw)
-    raise DataLoadError(
-        f"A batch of {where} is {_describe_obj(raw)}. Batches must be dicts of tensors "
-        "(label under --label-key) or tuples of tensors (label last)."
-    )
-
-
-def _batch_len(batch: Any, where: str) -> int:
-    values = batch.values() if isinstance(batch, Mapping) else batch
-    for v in values:
-        if isinstance(v, Tensor) and v.dim() > 0:
-            return int(v.shape[0])
-    raise DataLoadError(
-        f"A batch of {where} holds no tensor with a batch dimension. Each batch must hold "
-        "tensors whose first dimension is the batch."
-    )
-
-
-def _truncate(batch: Any, size: int, keep: int) -> Any:
-    def cut(v: Any) -> Any:
-        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size:
-            return v[:keep]
-        if isinstance(v, list) and len(v) == size:
-            return v[:keep]
-        return v
-
-    if isinstance(batch, Mapping):
-        return {k: cut(v) for k, v in batch.items()}
-    return tuple(cut(v) for v in batch)

@@ -16,7 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from biasscope import BiasscopeError, Modality, OutputSpec
 from biasscope.config import ProjectConfig, find_config, load_config
 from biasscope.errors import ConfigError
-from biasscope.loading import LoadedModel, fingerprint, load_data, load_model
+from biasscope._sources import fingerprint
+from biasscope.data import load_data
+from biasscope.loading import LoadedModel, load_model
 
 console = Console()
 err_console = Console(stderr=True)

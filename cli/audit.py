@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from biasscope import Thresholds, audit
+from biasscope import audit
 from biasscope.errors import ConfigError
 from rich.markup import escape
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 from typing import Optional
 
-import typer
 from rich.table import Table
 
 from biasscope.layers import layer_table

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -97,7 +97,7 @@ def test_intervene_removes_hooks_after_errors():
     model = Branches((5, 3))
     batch = split_batch(tuple_data((5, 3))[0])
     with pytest.raises(RuntimeError):
-        with intervene(model, batch, {bs.Modality("b", layer="encoders.1"): lambda h: h}) as b:
+        with intervene(model, batch, {bs.Modality("b", layer="encoders.1"): lambda h: h}):
             raise RuntimeError("boom")
     assert not model.encoders[1]._forward_hooks
 
