@@ -41,7 +41,8 @@ _FIX: dict[str, Any] = {
     "data": str, "val": str, "epochs": int, "steps": int, "lr": _NUMBER, "optimizer": str,
     "lambda": (str, *_NUMBER), "estimator": str, "form": str, "samples": int, "scale": _NUMBER,
     "seed": int, "device": str, "amp": bool, "patience": int, "checkpoint_every": int,
-    "out": str, "batch_size": int,
+    "out": str, "batch_size": int, "modality_dropout": _NUMBER, "augment": str,
+    "target_ratio": _NUMBER,
 }
 _THRESHOLDS: dict[str, Any] = {"ignored": _NUMBER, "weak": _NUMBER, "dominant": _NUMBER}
 

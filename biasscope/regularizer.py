@@ -40,12 +40,16 @@ ESTIMATORS = ("fisher", "poincare")
 #: ``mean_log``: -mean_m log I_m -- scale-free, every modality weighted equally.
 #: ``log_share``: log ||(S/I_1, ..., S/I_M)||_2, S = sum_m I_m -- the shares' version.
 FORMS = ("inverse", "log_inverse", "mean_log", "log_share")
-DEFAULT_FORM = "log_inverse"
+#: The default form: on the colored digits it was the only form that raised the
+#: decorrelated accuracy over lambda in [0.1, 1] without collapse (benchmarks/study_fix.py).
+DEFAULT_FORM = "log_share"
 #: Default floor eps of the scores inside the term: I_m + eps (see ``regularizer_term``).
 SCORE_FLOOR = 1e-8
 
 
-def regularizer_term(scores: Tensor, *, form: str = DEFAULT_FORM, eps: float = SCORE_FLOOR) -> Tensor:
+def regularizer_term(
+    scores: Tensor, *, form: str = DEFAULT_FORM, eps: float = SCORE_FLOOR
+) -> Tensor:
     """The term to *minimise* from the (M,) scores I_m >= 0.
 
     Scores enter with a smooth floor, I_m + eps, so a vanishing score (a modality the model
@@ -57,7 +61,11 @@ def regularizer_term(scores: Tensor, *, form: str = DEFAULT_FORM, eps: float = S
       only shifts it by -log c, so lambda does not depend on the scale of I; its gradient is
       a softmin-weighted sum of dI_m / I_m (weights (I_m+eps)^-2 / sum), i.e. it works on the
       weakest modality first;
-    - ``mean_log``: -1/M sum_m log(I_m + eps): scale-free, all modalities weighted equally.
+    - ``mean_log``: -1/M sum_m log(I_m + eps): scale-free, all modalities weighted equally;
+    - ``log_share``: log || (S/(I_1+eps), ..., S/(I_M+eps)) ||_2 with S = sum_m (I_m+eps): the
+      ``log_inverse`` form of the shares I_m / S. Invariant to scaling all scores, so the
+      model gains nothing by sharpening its logits; smallest (3/2 log M) at equal shares, it
+      raises the weakest modality *and* lowers the dominant one.
     """
     if form not in FORMS:
         raise ConfigError(f"Unknown regularizer form {form!r}; choose one of {', '.join(FORMS)}.")
@@ -99,7 +107,13 @@ class FunctionalEntropyRegularizer(nn.Module):
     :func:`regularizer_term` of the scores; add ``lambda * term`` to the loss. Both are
     differentiable (the inner gradient is taken with ``create_graph=True``) when grad is on.
 
+    Cost: per modality the whole model runs on K x batch rows (a clean and a noisy pass), and
+    the backward goes through that inner gradient; a step costs about 1.2 K M plain steps
+    (benchmarks/bench_regularizer.py).
+
     Example::
+
+        from biasscope import FunctionalEntropyRegularizer, Modality, calibrate_lambda
 
         reg = FunctionalEntropyRegularizer(model, [Modality("image", input="image"),
                                                    Modality("color", input="color")])
@@ -112,18 +126,23 @@ class FunctionalEntropyRegularizer(nn.Module):
 
     Args:
         model: the classifier being trained (held by reference, not registered as a child,
-            so ``reg.parameters()`` is empty and ``reg.state_dict()`` holds only ``sigmas``).
+            so ``reg.parameters()`` and ``reg.state_dict()`` are empty).
         modalities: the :class:`Modality` specs, any M >= 1.
         estimator: ``"fisher"`` (log-Sobolev bound of the entropy) or ``"poincare"`` (bound
             of the variance).
-        form: ``"log_inverse"`` (default), ``"mean_log"`` or the paper's ``"inverse"``.
+        form: ``"log_share"`` (default), ``"log_inverse"``, ``"mean_log"`` or the paper's
+            ``"inverse"`` (see :func:`regularizer_term`).
         samples: K, noise draws per example and modality.
         scale: s, the noise scale relative to sigma.
         divergence: ``"kl"`` or the official code's ``"official"`` BCE.
         sigmas: fixed per-feature noise scales by modality name; by default the per-feature
             std of the representation over each batch, detached (the official code's choice).
         seed: seeds the noise generator (created on the batch's device at first use).
-        eps: the score floor inside the term (see :func:`regularizer_term`).
+        eps: the score floor: scores enter the term as I_m + eps (default 1e-8), so a
+            modality the model ignores (I_m = 0 exactly) gives a finite term and finite, nan-free
+            gradients; the returned ``scores`` are the raw I_m (see :func:`regularizer_term`).
+        max_rows: rows per chunk of the expanded K x batch pass; with ``create_graph`` every
+            chunk's graph is kept for the backward, so this does not cap training memory.
         eval_mode: run the perturbation passes with the model in eval mode (dropout off,
             batch-norm on running statistics) so that f is exactly the effect of the noise;
             the model's mode is restored after.
@@ -149,11 +168,17 @@ class FunctionalEntropyRegularizer(nn.Module):
     ) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
-            raise ConfigError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
+            raise ConfigError(
+                f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}."
+            )
         if form not in FORMS:
-            raise ConfigError(f"Unknown regularizer form {form!r}; choose one of {', '.join(FORMS)}.")
+            raise ConfigError(
+                f"Unknown regularizer form {form!r}; choose one of {', '.join(FORMS)}."
+            )
         if divergence not in DIVERGENCES:
-            raise ConfigError(f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
+            raise ConfigError(
+                f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}."
+            )
         if samples < 2:
             raise ConfigError(f"samples must be at least 2 (got {samples}).")
         if not scale > 0 or not eps > 0:
@@ -169,13 +194,15 @@ class FunctionalEntropyRegularizer(nn.Module):
         self.label_key = label_key
         self.seed, self.max_rows, self.eps = int(seed), int(max_rows), float(eps)
         self.eval_mode = eval_mode
-        self.fixed_sigmas = sigmas is not None
+        self.sigmas: dict[str, Tensor] | None = None
         if sigmas is not None:
             missing = [m.name for m in modalities if m.name not in sigmas]
             if missing:
                 raise ModalityError(f"sigmas has no entry for modality {', '.join(missing)}.")
-            for m in modalities:
-                self.register_buffer(f"sigma_{m.name}", torch.as_tensor(sigmas[m.name]).detach().float())
+            # moved to the noise's device where used (draw_noise, perturbation_samples)
+            self.sigmas = {
+                m.name: torch.as_tensor(sigmas[m.name]).detach().float() for m in modalities
+            }
         self._generator: torch.Generator | None = None
         self._validated = False
 
@@ -212,8 +239,8 @@ class FunctionalEntropyRegularizer(nn.Module):
     def noise_scales(self, batch: Batch) -> dict[str, Tensor]:
         """sigma_m per modality: the fixed ones, or the per-feature std over ``batch`` (the
         audit's :func:`representation_std`, detached)."""
-        if self.fixed_sigmas:
-            return {m.name: getattr(self, f"sigma_{m.name}") for m in self.modalities}
+        if self.sigmas is not None:
+            return dict(self.sigmas)
         return representation_std(self.model, [batch], self.modalities, self.output)
 
     def scores(self, batch: Any) -> dict[str, Tensor]:
@@ -229,12 +256,22 @@ class FunctionalEntropyRegularizer(nn.Module):
             sigmas = self.noise_scales(b)
             for m in self.modalities:  # one modality at a time, in order: as the audit does
                 f, q = perturbation_samples(
-                    model, b, {m: sigmas[m.name]}, samples=self.samples, scale=self.scale,
-                    generator=generator, divergence=self.divergence, output=self.output,
-                    max_rows=self.max_rows, gradients=True, create_graph=torch.is_grad_enabled(),
+                    model,
+                    b,
+                    {m: sigmas[m.name]},
+                    samples=self.samples,
+                    scale=self.scale,
+                    generator=generator,
+                    divergence=self.divergence,
+                    output=self.output,
+                    max_rows=self.max_rows,
+                    gradients=True,
+                    create_graph=torch.is_grad_enabled(),
                 )
                 q = q[m.name]
-                per_example = fisher_bound(f, q) if self.estimator == "fisher" else poincare_bound(q)
+                per_example = (
+                    fisher_bound(f, q) if self.estimator == "fisher" else poincare_bound(q)
+                )
                 out[m.name] = per_example.mean()
         return out
 
@@ -267,8 +304,17 @@ class Calibration:
     ratio lambda * measure(term) / measure(CE) under both criteria.
     """
 
-    def __init__(self, lambda_value: float, *, criterion: str, target_ratio: float,
-                 ce: list[float], term: list[float], ce_grad: list[float], term_grad: list[float]) -> None:
+    def __init__(
+        self,
+        lambda_value: float,
+        *,
+        criterion: str,
+        target_ratio: float,
+        ce: list[float],
+        term: list[float],
+        ce_grad: list[float],
+        term_grad: list[float],
+    ) -> None:
         self.lambda_value = lambda_value
         self.criterion = criterion
         self.target_ratio = target_ratio
@@ -286,15 +332,22 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "lambda": self.lambda_value, "criterion": self.criterion,
-            "target_ratio": self.target_ratio, "value_ratio": self.value_ratio,
-            "gradient_ratio": self.gradient_ratio, "ce": self.ce, "term": self.term,
-            "ce_grad_norm": self.ce_grad, "term_grad_norm": self.term_grad,
+            "lambda": self.lambda_value,
+            "criterion": self.criterion,
+            "target_ratio": self.target_ratio,
+            "value_ratio": self.value_ratio,
+            "gradient_ratio": self.gradient_ratio,
+            "ce": self.ce,
+            "term": self.term,
+            "ce_grad_norm": self.ce_grad,
+            "term_grad_norm": self.term_grad,
         }
 
     def __repr__(self) -> str:
-        return (f"Calibration(lambda_value={self.lambda_value:.4g}, criterion={self.criterion!r}, "
-                f"value_ratio={self.value_ratio:.3g}, gradient_ratio={self.gradient_ratio:.3g})")
+        return (
+            f"Calibration(lambda_value={self.lambda_value:.4g}, criterion={self.criterion!r}, "
+            f"value_ratio={self.value_ratio:.3g}, gradient_ratio={self.gradient_ratio:.3g})"
+        )
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -358,6 +411,11 @@ def calibrate_lambda(
             "batches (is every modality ignored, or the term non-finite?). Pass lambda_ explicitly."
         )
     return Calibration(
-        target_ratio * num / den, criterion=criterion, target_ratio=target_ratio,
-        ce=ce_vals, term=term_vals, ce_grad=ce_grads, term_grad=term_grads,
+        target_ratio * num / den,
+        criterion=criterion,
+        target_ratio=target_ratio,
+        ce=ce_vals,
+        term=term_vals,
+        ce_grad=ce_grads,
+        term_grad=term_grads,
     )

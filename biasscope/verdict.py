@@ -7,13 +7,14 @@ modality's *relative share* is M x its share, so 1.0 is a uniform share:
 - reliance (when labels exist): q = M x (its share of the summed permutation loss increase).
 
 A modality counts as *used* only if its functional-entropy interval excludes zero and,
-with labels, its permutation loss-increase interval excludes zero too. Its level is
-``min(r, q)`` (``r`` without labels): noise can move the output of a model that never
-relies on a modality, so sensitivity alone does not clear it.
+with labels, its permutation loss-increase interval excludes zero too: noise can move the
+output of a model that never relies on a modality, so sensitivity alone does not clear it.
+Without labels, q is taken equal to r.
 
-- ``ignored``: not used, or level < ``ignored`` (default 0.1);
-- ``weak``: level < ``weak`` (default 0.5);
-- ``dominant``: M > 1 and level > ``dominant`` (default 1.6, i.e. a share of 0.8 for M = 2);
+- ``ignored``: not used, or both r and q < ``ignored`` (default 0.1);
+- ``weak``: the smaller of r and q < ``weak`` (default 0.5);
+- ``dominant``: M > 1 and the smaller of r and q > ``dominant`` (default 1.6, i.e. a share
+  of 0.8 for M = 2);
 - ``ok`` otherwise.
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .results import ModalityResult
 
-__all__ = ["Thresholds", "relative_levels", "modality_verdicts", "verdict_sentence"]
+__all__ = ["Thresholds", "reliance_shares", "relative_levels", "modality_verdicts", "verdict_sentence"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,25 @@ class Thresholds:
             )
 
 
-def relative_levels(modalities: Sequence[ModalityResult]) -> dict[str, float]:
-    """Each modality's level: min of its sensitivity and reliance relative shares."""
+def reliance_shares(modalities: Sequence[ModalityResult]) -> dict[str, float] | None:
+    """Each modality's share of the summed permutation loss increase (negative increases
+    count as 0), or None without permutation scores."""
+    if not modalities or any(m.permutation is None for m in modalities):
+        return None
+    drops = {m.name: max(m.permutation.loss_increase.mean, 0.0) for m in modalities}
+    total = sum(drops.values())
+    return {name: d / total if total > 0 else 0.0 for name, d in drops.items()}
+
+
+def relative_levels(modalities: Sequence[ModalityResult]) -> dict[str, tuple[float, float]]:
+    """Each modality's (r, q): M x its sensitivity share and M x its reliance share
+    (q = r without permutation scores)."""
     n = len(modalities)
-    levels = {m.name: n * m.share for m in modalities}
-    if all(m.permutation is not None for m in modalities):
-        drops = {m.name: max(m.permutation.loss_increase.mean, 0.0) for m in modalities}
-        total = sum(drops.values())
-        for name, d in drops.items():
-            levels[name] = min(levels[name], n * d / total if total > 0 else 0.0)
-    return levels
+    reliance = reliance_shares(modalities)
+    return {
+        m.name: (n * m.share, n * reliance[m.name] if reliance is not None else n * m.share)
+        for m in modalities
+    }
 
 
 def _used(m: ModalityResult) -> bool:
@@ -72,12 +82,12 @@ def modality_verdicts(
     levels = relative_levels(modalities)
     out = {}
     for m in modalities:
-        level = levels[m.name]
-        if not _used(m) or level < thresholds.ignored:
+        low, high = sorted(levels[m.name])
+        if not _used(m) or high < thresholds.ignored:
             out[m.name] = "ignored"
-        elif level < thresholds.weak:
+        elif low < thresholds.weak:
             out[m.name] = "weak"
-        elif len(modalities) > 1 and level > thresholds.dominant:
+        elif len(modalities) > 1 and low > thresholds.dominant:
             out[m.name] = "dominant"
         else:
             out[m.name] = "ok"

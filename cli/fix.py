@@ -86,15 +86,18 @@ def fix_command(
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training data [default: 3]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training data [default: 10]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimisation steps."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-3]."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default), adamw or sgd."),
     lambda_: Optional[str] = typer.Option(None, "--lambda", help="Weight of the regularizer, or auto (calibrated on the first batches) [default: auto]."),
     estimator: Optional[str] = typer.Option(None, "--estimator", help="fisher (log-Sobolev bound, default) or poincare (variance variant)."),
-    form: Optional[str] = typer.Option(None, "--form", help="Form of the term (see the README); 'inverse' is the paper's lambda*||1/I||_2."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Noise samples per example in the regularizer [default: 8]."),
+    form: Optional[str] = typer.Option(None, "--form", help="Form of the term: log_share (default, scale-free), inverse (the paper's ||1/I||_2), log_inverse, mean_log."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Noise samples per example in the regularizer [default: 4]."),
     scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s [default: 1.0]."),
+    modality_dropout: Optional[float] = typer.Option(None, "--modality-dropout", help="ModDrop rate on the --augment modality in the cross-entropy pass [default: 0.5; 0 for the regularizer alone]."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="Which modality ModDrop permutes: dominant (largest score at each step, default) or a modality name."),
+    target_ratio: Optional[float] = typer.Option(None, "--target-ratio", help="With --lambda auto: the term's gradient norm as a multiple of the cross-entropy's [default: 1.0]."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Write a checkpoint every N steps [default: 50]."),
@@ -140,9 +143,12 @@ def fix_command(
             estimator=pick(estimator, cfg, "estimator", None, table), form=pick(form, cfg, "form", None, table),
             samples=pick(samples, cfg, "samples", None, table), scale=pick(scale, cfg, "scale", None, table),
             patience=pick(patience, cfg, "patience", None, table),
+            modality_dropout=pick(modality_dropout, cfg, "modality_dropout", None, table),
+            augment=pick(augment, cfg, "augment", None, table),
+            target_ratio=pick(target_ratio, cfg, "target_ratio", None, table),
             checkpoint_every=pick(checkpoint_every, cfg, "checkpoint_every", None, table),
         ).items() if v is not None}
-        total = options.get("max_steps") or options.get("epochs", 3) * len(train)
+        total = options.get("max_steps") or options.get("epochs", fix.__kwdefaults__["epochs"]) * len(train)
         try:
             with TrainingDisplay(quiet, total) as shown:
                 result = fix(

@@ -42,6 +42,17 @@ def test_baseline_is_biased_and_the_audit_says_so(demo_dir):
     assert drop(before, "color") > drop(before, "image")
     assert drop(reference, "image") > drop(reference, "color")
     assert reference["image"].share > reference["color"].share
-    # functional entropy ranks the models: colour matters far more to the biased one
+    # functional entropy ranks the modalities and the models: colour matters far more to the
+    # biased one
+    assert before["color"].share > before["image"].share
     assert before["color"].share > 10 * reference["color"].share
     assert reference.ignored == ["color"]
+    assert before["image"].verdict in ("ignored", "weak")
+
+
+def test_fix_moves_the_model_towards_the_shape(demo_dir):
+    acc = json.loads((demo_dir / "summary.json").read_text())["accuracy"]
+    assert acc["fixed"]["test_random"] > acc["baseline"]["test_random"] + 0.1
+    before = AuditResult.load(demo_dir / "before" / "audit.json")
+    after = AuditResult.load(demo_dir / "after" / "audit.json")
+    assert after["image"].share > before["image"].share

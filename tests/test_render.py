@@ -318,7 +318,7 @@ def test_verdict_rule_is_the_verdict_docstring(page):
     expected = " ".join(re.sub(r"^\s*- ", "", doc, flags=re.M).replace("`", "").split())
     expected = expected.replace("*used*", "used").replace("*relative share*", "relative share")
     assert _text(rule) == expected
-    assert rule.count("<li>") == 6 and "<code>min(r, q)</code>" in rule
+    assert rule.count("<li>") == 6 and "<code>ignored</code>" in rule
     assert "<em>used</em>" in rule
 
 

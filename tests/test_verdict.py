@@ -41,6 +41,13 @@ def test_reliance_overrides_sensitivity():
     assert v["image"] == "ignored"
 
 
+def test_used_but_barely_sensitive_is_weak_not_ignored():
+    # the colour-shortcut model: noise in the image hardly moves the output (r = 0.05), but
+    # shuffling the image costs accuracy (q = 0.67): used, weakly
+    v = _verdicts([_mod("image", 0.025, drop=0.25), _mod("color", 0.975, drop=0.5)])
+    assert v == {"image": "weak", "color": "ok"}
+
+
 def test_sentence():
     assert verdict_sentence({"a": "ok", "b": "ignored"}) == "The model ignores `b`."
     assert verdict_sentence({"a": "dominant", "b": "weak"}) == (

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .. import verdict as _verdict
 from ..results import MEASURES, AuditResult, Estimate
 from ..verdict import Thresholds
 from ._common import MEASURE_LABELS, VERDICT_COLORS, fmt, fmt_ci, has_permutation
@@ -95,12 +96,8 @@ def _thresholds(result: AuditResult) -> Thresholds:
 
 
 def reliance_shares(result: AuditResult) -> dict[str, float] | None:
-    """Each modality's share of the summed (clipped) permutation loss increase, or None."""
-    if not has_permutation(result):
-        return None
-    inc = {m.name: max(m.permutation.loss_increase.mean, 0.0) for m in result.modalities}
-    total = sum(inc.values())
-    return {k: (v / total if total > 0 else 0.0) for k, v in inc.items()}
+    """Each modality's share of the summed permutation loss increase, or None."""
+    return _verdict.reliance_shares(result.modalities)
 
 
 def share_figure(result: AuditResult) -> go.Figure:
