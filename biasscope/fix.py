@@ -28,7 +28,7 @@ from ._device import resolve_device
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, intervene
 from .regularizer import DEFAULT_FORM, FunctionalEntropyRegularizer, calibrate_lambda
-from .results import write_atomic
+from ._files import write_atomic
 
 __all__ = ["fix", "FixResult", "FixInterrupted", "CHECKPOINT_NAME", "DEFAULT_MODALITY_DROPOUT"]
 

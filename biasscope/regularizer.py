@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model, split_batch
+from ._device import model_device
 from ._perturbation import perturbation_samples, representation_std
 from .errors import ConfigError, ModalityError
 from .estimators import DIVERGENCES, fisher_bound, poincare_bound
@@ -78,12 +79,6 @@ def regularizer_term(
     if form == "log_share":
         return 0.5 * torch.logsumexp(-2.0 * torch.log(floored), dim=0) + torch.log(floored.sum())
     return -torch.log(floored).mean()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 @contextmanager
@@ -246,11 +241,11 @@ class FunctionalEntropyRegularizer(nn.Module):
     def scores(self, batch: Any) -> dict[str, Tensor]:
         """I_m per modality (0-dim tensors, differentiable when grad is enabled)."""
         model = self.model
-        b = split_batch(batch, label_key=self.label_key).to(_model_device(model))
+        b = split_batch(batch, label_key=self.label_key).to(model_device(model))
         if not self._validated:
             validate_modalities(b, self.modalities)
             self._validated = True
-        generator = self.generator(_model_device(model))
+        generator = self.generator(model_device(model))
         out: dict[str, Tensor] = {}
         with _eval_mode(model, self.eval_mode):
             sigmas = self.noise_scales(b)
@@ -386,7 +381,7 @@ def calibrate_lambda(
         raise ConfigError(f"target_ratio must be positive (got {target_ratio}).")
     model = regularizer.model
     params = [p for p in model.parameters() if p.requires_grad]
-    device = _model_device(model)
+    device = model_device(model)
     ce_vals, term_vals, ce_grads, term_grads = [], [], [], []
     for raw in batches:
         b = split_batch(raw, label_key=regularizer.label_key).to(device)
