@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model, split_batch
-from ._device import resolve_device
+from ._device import model_device, resolve_device
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, intervene
 from .regularizer import DEFAULT_FORM, FunctionalEntropyRegularizer, calibrate_lambda
@@ -280,12 +280,6 @@ def _augment(
     return {modality: transform}, target
 
 
-def _home_device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _copy_model(model: nn.Module) -> nn.Module:
     """An independent copy of ``model``. TorchScript modules go through save/load:
     ``copy.deepcopy`` of a ScriptModule returns non-leaf parameters (torch 2.x), which an
@@ -294,7 +288,7 @@ def _copy_model(model: nn.Module) -> nn.Module:
         buffer = io.BytesIO()
         torch.jit.save(model, buffer)
         buffer.seek(0)
-        return torch.jit.load(buffer, map_location=_home_device(model))
+        return torch.jit.load(buffer, map_location=model_device(model))
     try:
         return copy.deepcopy(model)
     except Exception as exc:
@@ -456,7 +450,7 @@ def fix(
         "augment": augment,
         "lambda_warmup": lambda_warmup,
     }
-    home = _home_device(model)
+    home = model_device(model)
     work = _copy_model(model).to(dev)
     work.train()
     reg = FunctionalEntropyRegularizer(

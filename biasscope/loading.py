@@ -26,7 +26,7 @@ from ._files import atomic_path
 from ._sources import call_factory, describe_obj, fingerprint, first_line
 from .errors import BiasscopeError, ModelLoadError
 
-__all__ = ["LoadedModel", "load_model", "save_model", "FixedBatchModule", "MODEL_KINDS"]
+__all__ = ["LoadedModel", "load_model", "save_model", "ExportedModule", "MODEL_KINDS"]
 
 MODEL_KINDS = ("torchscript", "export", "state_dict", "pickle", "hf")
 
@@ -228,9 +228,9 @@ def _load_export(p: Path, *, map_location: Any, digest: str) -> LoadedModel:
         module.__dict__.pop(name, None)
     if str(map_location) != "cpu":
         module = module.to(map_location)
-    batch = _static_batch_size(program)
-    if batch is not None:
-        module = FixedBatchModule(module, batch)
+    module = ExportedModule(
+        module, batch_size=_static_batch_size(program), arg_names=_positional_names(program)
+    )
     return LoadedModel(
         module=module, kind="export", path=p, sha256=digest,
         example_inputs=getattr(program, "example_inputs", None),
@@ -247,19 +247,35 @@ def _static_batch_size(program: Any) -> int | None:
     return None
 
 
-class FixedBatchModule(nn.Module):
-    """Runs a module exported with a static batch size on batches of any size: in slices
-    of that size, the last one padded with copies of its final row and trimmed after."""
+def _positional_names(program: Any) -> tuple[str, ...] | None:
+    """The argument names of a program exported with positional inputs only (None when it
+    was exported with keyword inputs): dict batches are then passed by position."""
+    example = getattr(program, "example_inputs", None)
+    if not example or example[1]:
+        return None
+    return tuple(program.graph_signature.user_inputs)
 
-    def __init__(self, module: nn.Module, batch_size: int) -> None:
+
+class ExportedModule(nn.Module):
+    """A ``torch.export`` program's module, callable like the original: keyword inputs are
+    passed by position when it was exported with positional ones, and a program exported
+    with a static batch size runs on batches of any size, in slices of that size (the last
+    padded with copies of its final row, trimmed after)."""
+
+    def __init__(
+        self, module: nn.Module, *, batch_size: int | None, arg_names: tuple[str, ...] | None
+    ) -> None:
         super().__init__()
         self.module = module
         self.batch_size = batch_size
+        self.arg_names = arg_names
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs and self.arg_names is not None and set(kwargs) <= set(self.arg_names[len(args):]):
+            args = (*args, *(kwargs.pop(name) for name in self.arg_names[len(args):] if name in kwargs))
         tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim() > 0]
         n = int(tensors[0].shape[0]) if tensors else self.batch_size
-        if n == self.batch_size:
+        if self.batch_size is None or n == self.batch_size:
             return self.module(*args, **kwargs)
         outs, size = [], self.batch_size
 
@@ -677,7 +693,7 @@ def _export(
                 "the model's inputs) to save_model."
             )
         example_inputs, example_kwargs = loaded.example_inputs
-    if isinstance(module, FixedBatchModule):
+    if isinstance(module, ExportedModule):
         module = module.module
     modes = {m: m.training for m in module.modules()}
     _set_eval(module)

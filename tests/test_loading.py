@@ -441,7 +441,7 @@ def test_export_with_static_batch_runs_any_batch_size(tmp_path):
     """torch.export traces a fixed batch size; the audit repeats batches K times, so the
     loaded program runs in slices of its traced size and gives the module's own numbers."""
     import biasscope as bs
-    from biasscope.loading import FixedBatchModule
+    from biasscope.loading import ExportedModule
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
@@ -449,7 +449,7 @@ def test_export_with_static_batch_runs_any_batch_size(tmp_path):
     path = tmp_path / "static.pt2"
     torch.export.save(torch.export.export(module, (x,)), path)
     loaded = load_model(path)
-    assert isinstance(loaded.module, FixedBatchModule) and loaded.module.batch_size == 6
+    assert isinstance(loaded.module, ExportedModule) and loaded.module.batch_size == 6
     big = torch.randn(17, 4)
     assert torch.allclose(loaded.module(big), module(big), atol=1e-6)
     data = [(x, module(x).argmax(1))]
