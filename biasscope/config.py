@@ -42,7 +42,7 @@ _FIX: dict[str, Any] = {
     "lambda": (str, *_NUMBER), "estimator": str, "form": str, "samples": int, "scale": _NUMBER,
     "seed": int, "device": str, "amp": bool, "patience": int, "checkpoint_every": int,
     "out": str, "batch_size": int, "modality_dropout": _NUMBER, "augment": str,
-    "target_ratio": _NUMBER,
+    "target_ratio": _NUMBER, "restore_best": bool,
 }
 _THRESHOLDS: dict[str, Any] = {"ignored": _NUMBER, "weak": _NUMBER, "dominant": _NUMBER}
 

@@ -325,7 +325,7 @@ def fix(
     patience: int | None = None,
     monitor: str = "val_loss",
     eval_every: int | None = None,
-    restore_best: bool = True,
+    restore_best: bool = False,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 50,
     resume: bool = False,
@@ -375,6 +375,10 @@ def fix(
         max_grad_norm: clip the gradient norm (after unscaling) when given.
         patience: stop after this many validation passes without improvement of ``monitor``
             (``"val_loss"`` or ``"val_accuracy"``); None never stops early.
+        restore_best: return the weights of the best validation pass instead of the last.
+            Off by default: validation data drawn like the biased training data rewards the
+            shortcut, so the best step is often the first one; turn it on when the validation
+            split is free of the bias.
         eval_every: validate every N steps; None validates at the end of each epoch.
         checkpoint_dir, checkpoint_every: write ``fix_checkpoint.pt`` there (atomically) every N
             steps: model, optimizer, scaler, step, RNG states, lambda, history, best weights.
@@ -412,6 +416,11 @@ def fix(
     if augment != "dominant" and augment not in names:
         raise ConfigError(
             f"augment must be 'dominant' or a modality name ({', '.join(names)}); got {augment!r}."
+        )
+    if len(modalities) < 2:
+        raise ConfigError(
+            f"fix balances modalities, so it needs at least two (got {len(modalities)}): name "
+            "every modality the model takes with --modality / Modality(...)."
         )
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:  # one explicit device for models, RNGs, generators

@@ -694,6 +694,8 @@ def _export(
             )
         example_inputs, example_kwargs = loaded.example_inputs
     if isinstance(module, ExportedModule):
+        if dynamic_shapes is None and module.batch_size is None:  # keep a dynamic batch dynamic
+            dynamic_shapes = _dynamic_batch(example_inputs, example_kwargs)
         module = module.module
     modes = {m: m.training for m in module.modules()}
     _set_eval(module)
@@ -710,6 +712,16 @@ def _export(
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _dynamic_batch(args: Any, kwargs: Any) -> Any:
+    """``dynamic_shapes`` marking dim 0 of every tensor input as dynamic."""
+    spec = lambda v: {0: torch.export.Dim.DYNAMIC} if isinstance(v, Tensor) and v.dim() > 0 else None  # noqa: E731
+    if kwargs and args:
+        return None
+    if kwargs:
+        return {k: spec(v) for k, v in kwargs.items()}
+    return tuple(spec(v) for v in args or ())
 
 
 def _checkpoint_payload(loaded: LoadedModel, module: nn.Module) -> Any:

@@ -9,10 +9,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._batch import Batch
 from .errors import ModalityError
+from .loading import ExportedModule
 
 __all__ = ["Modality", "intervene", "tensor_elements", "validate_modalities"]
 
@@ -77,6 +79,13 @@ def _key(text: str) -> int | str:
 
 
 def _resolve_layer(model: nn.Module, path: str, name: str) -> nn.Module:
+    if isinstance(model, (torch.jit.ScriptModule, ExportedModule)):
+        raise ModalityError(
+            f"Modality {name!r}: {type(model).__name__} models (TorchScript, torch.export) run "
+            "compiled graphs that forward hooks cannot see into, so layer modalities are out of "
+            "reach. Perturb float inputs (NAME=input:KEY), or load the model from its state "
+            "dict with --factory to perturb layers such as embeddings."
+        )
     names = [n for n, _ in model.named_modules() if n]
     if path not in names:
         close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)

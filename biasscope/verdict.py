@@ -12,9 +12,13 @@ output of a model that never relies on a modality, so sensitivity alone does not
 Without labels, q is taken equal to r.
 
 - ``ignored``: not used, or both r and q < ``ignored`` (default 0.1);
+
+then, among the U modalities that are not ignored, with r and q taken again relative to a
+uniform share 1/U of what they share between them:
+
 - ``weak``: the smaller of r and q < ``weak`` (default 0.5);
-- ``dominant``: M > 1 and the smaller of r and q > ``dominant`` (default 1.6, i.e. a share
-  of 0.8 for M = 2);
+- ``dominant``: the smaller of r and q > ``dominant`` (default 1.6, i.e. a share of 0.8
+  for U = 2), or the only modality used when M > 1;
 - ``ok`` otherwise.
 """
 
@@ -80,18 +84,21 @@ def modality_verdicts(
 ) -> dict[str, str]:
     """The verdict of each modality under the rule in this module's docstring."""
     levels = relative_levels(modalities)
-    out = {}
-    for m in modalities:
-        low, high = sorted(levels[m.name])
-        if not _used(m) or high < thresholds.ignored:
-            out[m.name] = "ignored"
-        elif low < thresholds.weak:
-            out[m.name] = "weak"
-        elif len(modalities) > 1 and low > thresholds.dominant:
-            out[m.name] = "dominant"
+    out = {m.name: "ignored" for m in modalities if not _used(m) or max(levels[m.name]) < thresholds.ignored}
+    used = [m.name for m in modalities if m.name not in out]
+    # the used modalities' levels relative to a uniform share among themselves
+    totals = [sum(levels[n][i] for n in used) for i in (0, 1)]
+    for name in used:
+        low = min(
+            len(used) * levels[name][i] / totals[i] if totals[i] > 0 else 0.0 for i in (0, 1)
+        )
+        if low < thresholds.weak:
+            out[name] = "weak"
+        elif (len(used) > 1 and low > thresholds.dominant) or (len(used) == 1 < len(modalities)):
+            out[name] = "dominant"
         else:
-            out[m.name] = "ok"
-    return out
+            out[name] = "ok"
+    return {m.name: out[m.name] for m in modalities}
 
 
 def _names(names: list[str]) -> str:

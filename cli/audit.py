@@ -34,15 +34,15 @@ def audit_command(
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
-    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Gaussian samples per example and modality [default: 32]."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s: z ~ N(0, s^2 sigma^2) per feature [default: 1.0]."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Gaussian samples per example and modality \\[default: 32]."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s: z ~ N(0, s^2 sigma^2) per feature \\[default: 1.0]."),
     divergence: Optional[str] = typer.Option(None, "--divergence", help="kl (default) or official (the paper code's BCE)."),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Largest expanded batch run at once: lower it to bound memory [default: 4096]."),
-    permutation_repeats: Optional[int] = typer.Option(None, "--permutation-repeats", help="Shuffles per modality for the permutation score [default: 10]."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Largest expanded batch run at once: lower it to bound memory \\[default: 4096]."),
+    permutation_repeats: Optional[int] = typer.Option(None, "--permutation-repeats", help="Shuffles per modality for the permutation score \\[default: 10]."),
     no_shapley: bool = typer.Option(False, "--no-shapley", help="Skip the modality Shapley values."),
     device: Optional[str] = o.Device,
     seed: Optional[int] = o.Seed,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: ./biasscope-report]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder \\[default: ./biasscope-report]."),
     plotlyjs: Optional[str] = typer.Option(None, "--plotlyjs", help="inline (default: works offline) or cdn (small file)."),
     fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 when a modality is ignored (ignored) or ignored/weak (weak)."),
     config: Optional[Path] = o.Config,
@@ -96,5 +96,8 @@ def audit_command(
         html_path = write_atomic(out_dir / "report.html", html)
         console.print(audit_summary(result, width=console.width))
         console.print(f"report: {escape(str(html_path))}  json: {escape(str(json_path))}", highlight=False)
-        if fail_on is not None and any(m.verdict in FAIL_ON[fail_on] for m in result.modalities):
+        failing = [m for m in result.modalities if fail_on is not None and m.verdict in FAIL_ON[fail_on]]
+        if failing:
+            names = ", ".join(f"{m.name} is {m.verdict}" for m in failing)
+            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(names)}", highlight=False)
             raise typer.Exit(EXIT_GATE)

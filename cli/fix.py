@@ -86,26 +86,27 @@ def fix_command(
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training data [default: 10]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training data \\[default: 10]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimisation steps."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-3]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate \\[default: 1e-3]."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default), adamw or sgd."),
-    lambda_: Optional[str] = typer.Option(None, "--lambda", help="Weight of the regularizer, or auto (calibrated on the first batches) [default: auto]."),
+    lambda_: Optional[str] = typer.Option(None, "--lambda", help="Weight of the regularizer, or auto (calibrated on the first batches) \\[default: auto]."),
     estimator: Optional[str] = typer.Option(None, "--estimator", help="fisher (log-Sobolev bound, default) or poincare (variance variant)."),
     form: Optional[str] = typer.Option(None, "--form", help="Form of the term: log_share (default, scale-free), inverse (the paper's ||1/I||_2), log_inverse, mean_log."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Noise samples per example in the regularizer [default: 4]."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s [default: 1.0]."),
-    modality_dropout: Optional[float] = typer.Option(None, "--modality-dropout", help="ModDrop rate on the --augment modality in the cross-entropy pass [default: 0.5; 0 for the regularizer alone]."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Noise samples per example in the regularizer \\[default: 4]."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s \\[default: 1.0]."),
+    modality_dropout: Optional[float] = typer.Option(None, "--modality-dropout", help="ModDrop rate on the --augment modality in the cross-entropy pass \\[default: 0.5; 0 for the regularizer alone]."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Which modality ModDrop permutes: dominant (largest score at each step, default) or a modality name."),
-    target_ratio: Optional[float] = typer.Option(None, "--target-ratio", help="With --lambda auto: the term's gradient norm as a multiple of the cross-entropy's [default: 1.0]."),
+    target_ratio: Optional[float] = typer.Option(None, "--target-ratio", help="With --lambda auto: the term's gradient norm as a multiple of the cross-entropy's \\[default: 1.0]."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Write a checkpoint every N steps [default: 50]."),
+    restore_best: bool = typer.Option(False, "--restore-best", help="Keep the best validation weights, not the last (only when --val is free of the bias)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Write a checkpoint every N steps \\[default: 50]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT/checkpoints."),
     audit_samples: int = typer.Option(32, "--audit-samples", help="Samples per example in the before/after audits."),
     device: Optional[str] = o.Device,
     seed: Optional[int] = o.Seed,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: ./biasscope-fix]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder \\[default: ./biasscope-fix]."),
     config: Optional[Path] = o.Config,
     quiet: bool = o.Quiet,
     debug: bool = o.Debug,
@@ -154,6 +155,7 @@ def fix_command(
                 result = fix(
                     inputs.loaded.module, train, inputs.modalities, val_data=val_batches, lambda_=lam,
                     amp=amp or bool(table.get("amp", False)), checkpoint_dir=out_dir / "checkpoints",
+                    restore_best=restore_best or bool(table.get("restore_best", False)),
                     resume=resume, progress=shown, **common, **options,
                 )
         except FixInterrupted as exc:
@@ -176,7 +178,8 @@ def fix_command(
             res.save(out_dir / name / "audit.json")
             write_html(res, out_dir / name / "report.html")
         write_compare_html(before, after, out_dir / "compare.html")
-        console.print(f"lambda = {result.lambda_value:.4g} ({'auto' if lam == 'auto' else 'given'}), {result.steps} steps on {result.device}")
+        how = "auto: the term's gradient norm = the cross-entropy's" if lam == "auto" else "given"
+        console.print(f"lambda = {result.lambda_value:.4g} ({how}), {result.steps} steps on {result.device}", highlight=False)
         console.print(compare_table(before, after))
         console.print(f"[bold]before:[/] {escape(before.sentence)}\n[bold]after:[/]  {escape(after.sentence)}", highlight=False)
         console.print(f"model: {model_path}  log: {out_dir / 'training_log.csv'}  comparison: {out_dir / 'compare.html'}", highlight=False)

@@ -3,9 +3,11 @@
 from pathlib import Path
 from typing import Optional
 
+import torch
 from rich.table import Table
 
 from biasscope.layers import layer_table
+from biasscope.loading import ExportedModule
 
 from . import _options as o
 from ._common import console, guarded, load_inputs, pick, read_config, read_data
@@ -44,3 +46,9 @@ def layers_command(
                 shape = "  ".join(f"#{k} {s}" for k, s in info.elements)
             table.add_row(info.path, info.type, shape, info.dtype or "", f"{info.n_params:,}")
         console.print(table)
+        if isinstance(inputs.loaded.module, (torch.jit.ScriptModule, ExportedModule)):
+            console.print(
+                f"[yellow]note:[/] a {inputs.loaded.kind} model runs a compiled graph: its layers "
+                "cannot be hooked, so perturb inputs (NAME=input:KEY), or load the state dict "
+                "with --factory to name layers.", highlight=False,
+            )

@@ -1,5 +1,7 @@
 """``biasscope``: audit a multimodal classifier for ignored modalities, fix it, compare."""
 
+import os
+import sys
 from typing import Optional
 
 import typer
@@ -28,6 +30,9 @@ def main(
     ),
 ) -> None:
     """Modality-bias diagnostics for multimodal PyTorch classifiers."""
+    # like `python -m`: factories and pickled models' classes import from the working folder
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 from . import audit as _audit  # noqa: E402  (the commands register themselves on ``app``)

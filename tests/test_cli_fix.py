@@ -55,7 +55,9 @@ def project(tmp_path, monkeypatch):
     torch.save({"image": image[:48], "meta": meta[:48], "label": label[:48]}, tmp_path / "val.pt")
     torch.save(net.state_dict(), tmp_path / "state.pt")
     torch.jit.save(torch.jit.script(net), tmp_path / "scripted.pt")
-    torch.export.save(torch.export.export(net, (image[:16], meta[:16])), tmp_path / "exported.pt2")
+    batch = {0: torch.export.Dim("batch")}
+    program = torch.export.export(net, (image[:16], meta[:16]), dynamic_shapes=(batch, batch))
+    torch.export.save(program, tmp_path / "exported.pt2")
     torch.save(net, tmp_path / "pickled.pt")
     return tmp_path
 
@@ -90,6 +92,9 @@ def test_each_format_round_trips_and_the_input_is_untouched(project, model, extr
     x = torch.load(project / "val.pt")
     changed = not torch.allclose(loaded.module(x["image"][:16], x["meta"][:16]), original.module(x["image"][:16], x["meta"][:16]))
     assert changed  # the fine-tuned weights were written, not the input's
+    if kind == "export":  # a dynamic batch stays dynamic
+        program = torch.export.load(written)
+        assert program.module()(x["image"], x["meta"]).shape == (48, 3)
     for name in ("before/audit.json", "after/audit.json", "before/report.html", "after/report.html", "compare.html", "training_log.csv", "training_log.json"):
         assert (out / name).exists(), name
     log = json.loads((out / "training_log.json").read_text())

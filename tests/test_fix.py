@@ -164,9 +164,10 @@ def test_early_stopping_and_best_weights():
     )
     assert result.stopped_early and result.steps == 3 and result.best_step == 1
     assert [h["val_loss"] for h in result.history] == [result.history[0]["val_loss"]] * 3
-    # a real run keeps the best weights: their validation loss is the best recorded
+    # restore_best keeps the best weights: their validation loss is the best recorded
     run = fix(
-        GatedNet(), batches(), MODS, val_data=batches(32, seed=1), epochs=4, eval_every=1, **FAST
+        GatedNet(), batches(), MODS, val_data=batches(32, seed=1), epochs=4, eval_every=1,
+        restore_best=True, **FAST,
     )
     losses = [h["val_loss"] for h in run.history]
     assert run.best_step == 1 + losses.index(min(losses))
@@ -174,6 +175,14 @@ def test_early_stopping_and_best_weights():
     with torch.no_grad():
         loss = nn.functional.cross_entropy(run.model(val["a"], val["b"]), val["label"])
     assert float(loss) == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_last_weights_by_default_and_one_modality_refused():
+    run = fix(GatedNet(), batches(), MODS, val_data=batches(32, seed=1), epochs=2, eval_every=1, **FAST)
+    last = fix(GatedNet(), batches(), MODS, epochs=2, **FAST)
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), last.model.state_dict().values()))
+    with pytest.raises(ConfigError, match="at least two"):
+        fix(GatedNet(), batches(), MODS[:1], epochs=1, **FAST)
 
 
 def test_history_records_every_step():

@@ -59,3 +59,9 @@ def test_sentence():
 def test_thresholds_must_be_ordered():
     with pytest.raises(ConfigError):
         Thresholds(ignored=0.6, weak=0.5)
+
+
+def test_levels_among_used_modalities():
+    # three modalities, one ignored: two equal users are both ok, not near-dominant
+    v = _verdicts([_mod("a", 0.5, drop=0.3), _mod("b", 0.45, drop=0.28), _mod("c", 0.0, low=0.0, drop=0.0)])
+    assert v == {"a": "ok", "b": "ok", "c": "ignored"}

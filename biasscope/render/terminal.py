@@ -118,7 +118,7 @@ def compare_table(before: AuditResult, after: AuditResult) -> Table:
     )
     for col, justify in (("modality", "left"), ("verdict", "left"), ("share", "right"),
                          ("functional entropy", "right")):
-        table.add_column(col, justify=justify, no_wrap=col == "modality")
+        table.add_column(col, justify=justify, no_wrap=col in ("modality", "verdict"))
     if perm:
         table.add_column("perm. acc. drop", justify="right")
 
