@@ -183,8 +183,11 @@ def intervene(
             )
 
 
-def validate_modalities(batch: Batch, modalities: Sequence[Modality]) -> None:
-    """Check names are unique and input modalities exist and are floating point."""
+def validate_modalities(
+    batch: Batch, modalities: Sequence[Modality], *, perturbable: bool = True
+) -> None:
+    """Check names are unique and input modalities exist as batch-first tensors, floating
+    point when they are to take Gaussian noise (``perturbable``; permuting needs no float)."""
     if not modalities:
         raise ModalityError(
             "No modality given: name at least one, e.g. --modality image=input:0 or "
@@ -204,9 +207,12 @@ def validate_modalities(batch: Batch, modalities: Sequence[Modality]) -> None:
                 f"{', '.join(map(repr, available))} (dict batches by key, tuple batches by index)."
             )
         value = batch.get_input(m.input)
-        if not isinstance(value, Tensor):
-            raise ModalityError(f"Modality {m.name!r}: input {m.input!r} is not a tensor.")
-        if not value.is_floating_point():
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != batch.size:
+            raise ModalityError(
+                f"Modality {m.name!r}: input {m.input!r} is not a batch-first tensor, so it "
+                "cannot be perturbed or permuted across examples."
+            )
+        if perturbable and not value.is_floating_point():
             raise ModalityError(
                 f"Modality {m.name!r}: input {m.input!r} holds integers ({value.dtype}), e.g. "
                 "token ids, which cannot take Gaussian noise. Perturb the layer that embeds "

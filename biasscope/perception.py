@@ -33,7 +33,7 @@ from ._device import model_device
 from ._perturbation import capture, check_finite
 from ._stats import mean_interval
 from .errors import ConfigError, DataLoadError, ModalityError
-from .modality import Modality, Transform, intervene
+from .modality import Modality, Transform, intervene, validate_modalities
 from .results import PermutationScore, ShapleyValues
 
 __all__ = ["METRICS", "AuditSet", "permutation_scores", "modality_shapley"]
@@ -149,12 +149,6 @@ def _check_labels(logits: Tensor, label: Tensor) -> None:
 def _validate(batches: Sequence[Batch], modalities: Sequence[Modality]) -> None:
     if not batches:
         raise DataLoadError("The audit set is empty: give at least one batch with an example.")
-    if not modalities:
-        raise ModalityError("No modality given: name at least one, e.g. Modality('image', input=0).")
-    names = [m.name for m in modalities]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ModalityError(f"Modality names must be unique; repeated: {', '.join(dupes)}.")
     for batch in batches:
         label = batch.label
         if label is None or label.dim() != 1 or label.is_floating_point() or label.numel() != batch.size:
@@ -162,20 +156,7 @@ def _validate(batches: Sequence[Batch], modalities: Sequence[Modality]) -> None:
                 "Permutation scores and modality Shapley values need integer class labels, one "
                 "per example (dict batches: under the label key; tuple batches: last)."
             )
-        for m in modalities:
-            if m.input is None:
-                continue
-            if m.input not in batch.input_names:
-                raise ModalityError(
-                    f"Modality {m.name!r}: the batch has no input {m.input!r}; it has "
-                    f"{', '.join(map(repr, batch.input_names))}."
-                )
-            value = batch.get_input(m.input)
-            if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != batch.size:
-                raise ModalityError(
-                    f"Modality {m.name!r}: input {m.input!r} is not a batch-first tensor, so it "
-                    "cannot be permuted across examples."
-                )
+        validate_modalities(batch, modalities, perturbable=False)
 
 
 @torch.no_grad()
