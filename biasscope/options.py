@@ -1,0 +1,222 @@
+"""The options of each verb: one frozen dataclass per verb, the single source of every
+default (the library signatures, the CLI help, the config schema and the README read them
+from here) and of their validation. No torch import: the CLI reads defaults from this module
+without paying for torch.
+
+Errors name the *parameter* (``samples``), never a command-line flag; the CLI maps a
+parameter to its flag (``--samples``) with :func:`flag_name`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["AuditOptions", "FixOptions", "flag_name", "options_from_mapping"]
+
+#: the largest number of model passes per example an audit may plan (samples x modalities),
+#: the "stated budget" against which absurd sample counts are refused up front
+MAX_PASSES_PER_EXAMPLE = 100_000
+
+DIVERGENCES = ("kl", "official")
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+MONITORS = ("val_loss", "val_accuracy")
+ESTIMATORS = ("fisher", "poincare")
+
+
+def flag_name(parameter: str) -> str:
+    """The command-line flag of a parameter: ``max_rows`` -> ``--max-rows``."""
+    return "--" + parameter.rstrip("_").replace("_", "-")
+
+
+def _fail(name: str, value: Any, valid: str) -> ConfigError:
+    return ConfigError(f"{name} must be {valid} (got {value!r}).")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, *, low: int, high: int | None = None, optional: bool = False) -> None:
+    """``value`` an integer in [low, high] (None allowed when ``optional``)."""
+    if optional and value is None:
+        return
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise _fail(name, value, bound + (" or None" if optional else ""))
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    strict_low: bool = False,
+    optional: bool = False,
+) -> None:
+    """``value`` a finite number within the bounds (None allowed when ``optional``)."""
+    if optional and value is None:
+        return
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if strict_low else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        parts = ["a finite number"]
+        if low is not None:
+            parts.append(f"{'>' if strict_low else '>='} {low:g}")
+        if high is not None:
+            parts.append(f"<= {high:g}")
+        raise _fail(name, value, " ".join(parts) + (" or None" if optional else ""))
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _fail(name, value, "one of " + ", ".join(choices))
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """Every option of :func:`biasscope.audit` with its default.
+
+    Attributes:
+        samples: K, Gaussian samples per example and modality.
+        scale: s; the noise is N(0, diag(s^2 sigma^2)), sigma the per-feature std over the data.
+        seed: seed of every random draw.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        divergence: ``"kl"`` (KL(clean || perturbed)) or ``"official"`` (the paper code's BCE).
+        label_key: key of the label in dict batches; None for unlabelled data.
+        limit: use at most this many examples.
+        max_rows: the largest expanded batch (examples x samples) run at once, or ``"auto"``.
+        permutation_repeats: R shuffles per modality for the permutation score (0 skips).
+        shapley: also compute exact modality Shapley values (needs labels).
+        tensorization: also run the joint-perturbation (tensorization) check.
+        check_output: refuse outputs that cannot be logits of the label classes.
+        precision: forward-pass precision on CUDA (divergences stay in float64).
+    """
+
+    samples: int = 32
+    scale: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    divergence: str = "kl"
+    label_key: str | None = "label"
+    limit: int | None = None
+    max_rows: int | str = 4096
+    permutation_repeats: int = 10
+    shapley: bool = True
+    tensorization: bool = True
+    check_output: bool = True
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
+        check_number("scale", self.scale, low=0.0, strict_low=True)
+        check_int("seed", self.seed, low=0, high=2**63 - 1)
+        if not isinstance(self.device, str) or not self.device:
+            raise _fail("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_choice("divergence", self.divergence, DIVERGENCES)
+        if self.label_key is not None and not isinstance(self.label_key, str):
+            raise _fail("label_key", self.label_key, "a string or None")
+        check_int("limit", self.limit, low=1, optional=True)
+        if self.max_rows != "auto":
+            check_int("max_rows", self.max_rows, low=1)
+        if not _is_int(self.permutation_repeats) or self.permutation_repeats < 0 or self.permutation_repeats == 1:
+            raise _fail("permutation_repeats", self.permutation_repeats, "0 (skip) or an integer >= 2")
+        check_choice("precision", self.precision, PRECISIONS)
+
+    def replace(self, **changes: Any) -> AuditOptions:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def options_from_mapping(cls: type, values: dict[str, Any]) -> Any:
+    """Build ``cls`` from a mapping, refusing unknown keys with the list of known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown {cls.__name__} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+        )
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class FixOptions:
+    """Every option of :func:`biasscope.fix` with its default (see its docstring for the
+    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`)."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lambda_: float | str = "auto"
+    target_ratio: float = 1.0
+    calibration: str = "gradient"
+    calibration_batches: int = 4
+    estimator: str = "fisher"
+    form: str = "log_share"
+    samples: int = 4
+    scale: float = 1.0
+    divergence: str = "kl"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    max_grad_norm: float | None = None
+    patience: int | None = None
+    monitor: str = "val_loss"
+    eval_every: int | None = None
+    restore_best: bool = False
+    checkpoint_every: int = 50
+    shuffle: bool = True
+    max_rows: int = 4096
+    modality_dropout: float = 0.5
+    modality_noise: float = 0.0
+    augment: str = "dominant"
+    lambda_warmup: int = 0
+    label_key: str | None = "label"
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, low=1)
+        check_int("max_steps", self.max_steps, low=1, optional=True)
+        check_number("lr", self.lr, low=0.0, strict_low=True)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        if self.lambda_ != "auto":
+            check_number("lambda_", self.lambda_, low=0.0)
+        check_number("target_ratio", self.target_ratio, low=0.0, strict_low=True)
+        check_choice("calibration", self.calibration, ("gradient", "value"))
+        check_int("calibration_batches", self.calibration_batches, low=1)
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
+        check_number("scale", self.scale, low=0.0, strict_low=True)
+        check_choice("divergence", self.divergence, DIVERGENCES)
+        check_int("seed", self.seed, low=0, high=2**63 - 1)
+        check_number("max_grad_norm", self.max_grad_norm, low=0.0, strict_low=True, optional=True)
+        check_int("patience", self.patience, low=1, optional=True)
+        check_choice("monitor", self.monitor, MONITORS)
+        check_int("eval_every", self.eval_every, low=1, optional=True)
+        check_int("checkpoint_every", self.checkpoint_every, low=1)
+        check_int("max_rows", self.max_rows, low=1)
+        check_number("modality_dropout", self.modality_dropout, low=0.0, high=1.0)
+        check_number("modality_noise", self.modality_noise, low=0.0)
+        check_int("lambda_warmup", self.lambda_warmup, low=0)
+
+    def replace(self, **changes: Any) -> FixOptions:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
