@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["MANIFEST_NAME", "atomic_path", "clean_stale", "write_atomic", "write_outputs"]
+
+
+_TMP_MARK = "biasscope-tmp-"
 
 
 def _umask() -> int:
@@ -23,7 +26,9 @@ def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path`` (with the usual
     0666 & ~umask permissions), on any error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{_TMP_MARK}{os.getpid()}-", suffix=suffix
+    )
     os.close(fd)
     tmp = Path(name)
     try:
@@ -42,3 +47,80 @@ def write_atomic(path: Path, content: str | bytes) -> Path:
         else:
             tmp.write_text(content, encoding="utf-8")
     return path
+
+
+MANIFEST_NAME = "biasscope-manifest.json"
+_STAGING_PREFIX = ".biasscope-staging-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(folder: Path) -> list[Path]:
+    """Remove the temporary files and staging folders that an interrupted run of this tool
+    left in ``folder`` (those whose writing process is gone). Returns what was removed."""
+    import shutil
+
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith(_STAGING_PREFIX):
+            pid = name[len(_STAGING_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif name.startswith(".") and _TMP_MARK in name and entry.is_file():
+            pid = name.split(_TMP_MARK, 1)[1].split("-", 1)[0]
+            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                continue
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | None = None) -> dict[str, Path]:
+    """Write several files into ``folder`` as one unit.
+
+    Every file is first written in full to a staging folder inside ``folder``; then the old
+    manifest is removed, the files are renamed into place, and a new manifest
+    (``biasscope-manifest.json``: run info and each file's sha256) is written last. A reader
+    who finds the manifest and matching hashes sees one run's complete output; an interrupted
+    write leaves no manifest (and its staging folder is removed by the next run).
+    """
+    import hashlib
+    import json
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f"{_STAGING_PREFIX}{os.getpid()}-"))
+    try:
+        digests = {}
+        for name, content in files.items():
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+            os.chmod(staging / name, 0o666 & ~_umask())
+            digests[name] = hashlib.sha256(data).hexdigest()
+        manifest = folder / MANIFEST_NAME
+        manifest.unlink(missing_ok=True)
+        out = {}
+        for name in files:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, folder / name)
+            out[name] = folder / name
+        body = json.dumps({"run": run or {}, "files": digests}, indent=2)
+        write_atomic(manifest, body)
+        return out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
