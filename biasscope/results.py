@@ -21,6 +21,8 @@ __all__ = [
     "ModalityResult",
     "JointCheck",
     "AuditResult",
+    "Diagnostic",
+    "SEVERITIES",
 ]
 
 SCHEMA_VERSION = 1
@@ -39,6 +41,26 @@ class Estimate:
     @property
     def excludes_zero(self) -> bool:
         return self.ci_low > 0.0 or self.ci_high < 0.0
+
+
+SEVERITIES = ("info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """Something the reader of an audit must know before trusting it (a data check, a site
+    that never reaches the output, reliance that cannot be measured...).
+
+    ``code`` is a stable snake_case identifier (e.g. ``reliance_unmeasurable``), ``severity``
+    one of :data:`SEVERITIES`, ``message`` one sentence of what was found, ``fix`` one line
+    of what to do, ``modality`` the modality concerned (None for the whole audit).
+    """
+
+    code: str
+    severity: str
+    message: str
+    fix: str = ""
+    modality: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,7 @@ class AuditResult:
     shapley: list[ShapleyValues] = field(default_factory=list)
     sentence: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def __getitem__(self, name: str) -> ModalityResult:
@@ -190,6 +213,7 @@ class AuditResult:
             shapley=[ShapleyValues(**s) for s in data.get("shapley", [])],
             sentence=data.get("sentence", ""),
             provenance=dict(data.get("provenance", {})),
+            diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
             schema_version=version,
         )
 
