@@ -26,6 +26,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
+#: how fix picks the modality that ModDrop permutes (besides a modality name)
+AUGMENT_RULES = ("reliance", "sensitivity")
 
 
 def flag_name(parameter: str) -> str:
@@ -156,7 +158,19 @@ def options_from_mapping(cls: type, values: dict[str, Any]) -> Any:
 @dataclass(frozen=True)
 class FixOptions:
     """Every option of :func:`biasscope.fix` with its default (see its docstring for the
-    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`)."""
+    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`).
+
+    The target and the guard (issue-level summary; details in :func:`biasscope.fix`):
+        augment: the modality ModDrop permutes: ``"reliance"`` (the one whose permutation
+            raises the loss most on a held batch, chosen once), ``"sensitivity"`` (the largest
+            score I_m at each step) or a modality name.
+        reliance_examples, reliance_repeats: the held batch (examples of the validation data,
+            else of the first training batches) and the permutations averaged to measure reliance.
+        guard: on the validation data, stop when the in-distribution accuracy falls by more
+            than ``guard_tolerance`` while the decorrelated proxy (accuracy with the target
+            permuted across examples) does not rise by more than ``guard_tolerance``.
+        max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
+    """
 
     epochs: int = 10
     max_steps: int | None = None
@@ -185,14 +199,19 @@ class FixOptions:
     max_rows: int = 4096
     modality_dropout: float = 0.5
     modality_noise: float = 0.0
-    augment: str = "dominant"
+    augment: str = "reliance"
+    reliance_examples: int = 512
+    reliance_repeats: int = 3
+    guard: bool = True
+    guard_tolerance: float = 0.03
+    max_drop_accuracy: float | None = None
     lambda_warmup: int = 0
     label_key: str | None = "label"
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
         check_int("max_steps", self.max_steps, low=1, optional=True)
-        check_number("lr", self.lr, low=0.0, strict_low=True)
+        check_number("lr", self.lr, low=0.0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_number("weight_decay", self.weight_decay, low=0.0)
         if self.lambda_ != "auto":
@@ -205,6 +224,8 @@ class FixOptions:
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_choice("divergence", self.divergence, DIVERGENCES)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
+        if not isinstance(self.device, str) or not self.device:
+            raise _fail("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
         check_number("max_grad_norm", self.max_grad_norm, low=0.0, strict_low=True, optional=True)
         check_int("patience", self.patience, low=1, optional=True)
         check_choice("monitor", self.monitor, MONITORS)
@@ -213,7 +234,15 @@ class FixOptions:
         check_int("max_rows", self.max_rows, low=1)
         check_number("modality_dropout", self.modality_dropout, low=0.0, high=1.0)
         check_number("modality_noise", self.modality_noise, low=0.0)
+        if not isinstance(self.augment, str) or not self.augment:
+            raise _fail("augment", self.augment, f"{' or '.join(AUGMENT_RULES)} or a modality name")
+        check_int("reliance_examples", self.reliance_examples, low=2)
+        check_int("reliance_repeats", self.reliance_repeats, low=1, high=1000)
+        check_number("guard_tolerance", self.guard_tolerance, low=0.0, high=1.0)
+        check_number("max_drop_accuracy", self.max_drop_accuracy, low=0.0, high=1.0, optional=True)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
+        if self.label_key is not None and not isinstance(self.label_key, str):
+            raise _fail("label_key", self.label_key, "a string or None")
 
     def replace(self, **changes: Any) -> FixOptions:
         return replace(self, **changes)
