@@ -231,21 +231,14 @@ def fix(
             skips the batches already seen (exact when its order is deterministic).
         val_data: labelled batches: validation loss and accuracy, early stopping, best
             weights, the held set of the ModDrop target's choice, and the guard.
-        output: where the logits are in the model's output.
-        checkpoint_dir: write ``fix_checkpoint.safetensors`` there every
-            ``checkpoint_every`` steps (tensors + JSON: never a pickle).
+        checkpoint_dir: write ``fix_checkpoint.safetensors`` (tensors + JSON, never a
+            pickle) there every ``checkpoint_every`` steps.
         resume: continue from the checkpoint in ``checkpoint_dir`` (the same settings are
             required); the result equals an uninterrupted run. Without one it starts afresh.
         progress: ``progress("fix", step, total_steps, record)`` after each step.
 
-    How the target and the guard work: the ModDrop target (``augment="reliance"``) is the
-    modality whose permutation across a held set (``reliance_examples`` of the validation
-    data, else of the first training batches) raises the loss most. With validation data
-    the guard tracks the in-distribution accuracy and the decorrelated proxy (accuracy with
-    that modality permuted); when the accuracy falls by more than ``guard_tolerance`` and the
-    proxy does not rise by more than it (or the accuracy falls by more than
-    ``max_drop_accuracy``) training stops and the last weights that passed are returned
-    (``result.guard_tripped``; ``result.guard["message"]`` has the numbers).
+    The ModDrop target and the guard: :class:`FixOptions` (``augment``, ``guard``); their
+    numbers: ``result.target``, ``result.guard``.
 
     Raises:
         FixInterrupted: on Ctrl-C, carrying the partial result; the last checkpoint is usable.

@@ -14,10 +14,6 @@ from ._common import ProgressDisplay, console, err_console, guarded, load_inputs
 from .main import app
 
 D = FixOptions()
-#: flags (by FixOptions field) read from the command line or the [fix] table of biasscope.toml
-_FIELDS = ("epochs", "max_steps", "lr", "optimizer", "estimator", "form", "samples", "scale",
-           "patience", "modality_dropout", "augment", "target_ratio", "checkpoint_every",
-           "guard_tolerance", "max_drop_accuracy")
 
 
 class FixDisplay:
@@ -118,26 +114,19 @@ def fix_command(
     model in its input format (never over the input), a training log, and audits before and
     after. Exit 1 when the guard stopped a fix that made the model worse (reports written)."""
     with guarded(debug):
-        from biasscope.fix import FixInterrupted
-        from biasscope.workflow import check_output_folder, fix_and_audit
+        from biasscope.workflow import check_output_folder
 
         cfg = read_config(config)
         table = cfg.fix
         out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
-        model_path = pick(model, cfg, "model")
-        if model_path is not None:  # before any work: never write beside or over the input
-            check_output_folder(out_dir, model_path)
+        if pick(model, cfg, "model") is not None:  # before any work: never write beside or over the input
+            check_output_folder(out_dir, pick(model, cfg, "model"))
         flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
-                     max_drop_accuracy=max_drop_accuracy)
-        fields = {k: pick(flags[k], cfg, "steps" if k == "max_steps" else k, None, table) for k in _FIELDS}
-        options = FixOptions(**{k: v for k, v in fields.items() if v is not None}).replace(
-            lambda_=_lambda(pick(lambda_, cfg, "lambda", None, table)),
-            guard=bool(pick(guard, cfg, "guard", D.guard, table)),
-            amp=amp or bool(table.get("amp", False)), restore_best=restore_best or bool(table.get("restore_best", False)),
-            device=pick(device, cfg, "device", D.device, table), seed=pick(seed, cfg, "seed", D.seed, table),
-        )
+                     max_drop_accuracy=max_drop_accuracy, lambda_=lambda_, guard=guard, amp=amp or None,
+                     restore_best=restore_best or None, device=device, seed=seed)
+        options = _fix_options(cfg, table, flags)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=label_key,
@@ -148,32 +137,45 @@ def fix_command(
         train, train_info = read_data(pick(data, cfg, "data", None, table), label_key=inputs.label_key, batch_size=size, limit=pick(limit, cfg, "limit"))
         val_source = pick(val, cfg, "val", None, table)
         val_batches, val_info = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None, what="val") if val_source else (None, None)
-        provenance = {
-            "data": val_info or train_info, "train_data": train_info, "val_data": val_info,
-            "factory": pick(factory, cfg, "factory"), "preset": pick(preset, cfg, "preset"),
-            "output_key": inputs.output.key, "output_index": inputs.output.index,
-        }
-        samples_audit = pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)
-        try:
-            with FixDisplay(quiet) as shown:
-                report = fix_and_audit(
-                    inputs.loaded, train, inputs.modalities, out=out_dir, val_data=val_batches, options=options,
-                    audit_options={"samples": samples_audit}, output=inputs.output, thresholds=cfg.thresholds,
-                    resume=resume, provenance=provenance, progress=shown,
-                    resume_hint="run the same biasscope fix command again with --resume",
-                )
-        except FixInterrupted as exc:
-            err_console.print(
-                f"[yellow]interrupted after {exc.result.steps} steps[/]; the last checkpoint is in "
-                f"{out_dir / 'checkpoints'} ({out_dir / 'STATUS'} says what is missing): run the same "
-                "command with --resume to continue."
-            )
-            raise typer.Exit(130) from None
+        provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "factory": pick(factory, cfg, "factory"),
+                      "preset": pick(preset, cfg, "preset"), "output_key": inputs.output.key, "output_index": inputs.output.index}
+        audit_options = {"samples": pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)}
+        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
         report.write(out_dir)
         _show(report, out_dir, options)
         if report.guard_tripped:
             err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
             raise typer.Exit(1)
+
+
+def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
+    """FixOptions from the flags given, else the [fix] table, else the defaults."""
+    values = {k: pick(v, cfg, "steps" if k == "max_steps" else k, None, table) for k, v in flags.items()}
+    values["lambda_"] = _lambda(values["lambda_"] if values["lambda_"] is not None else pick(None, cfg, "lambda", None, table))
+    return FixOptions(**{k: v for k, v in values.items() if v is not None})
+
+
+def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: FixOptions, audit_options: dict,
+         provenance: dict, *, resume: bool, quiet: bool) -> Any:
+    """fix_and_audit with the progress display; an interrupt exits 130 with where to resume."""
+    from biasscope.fix import FixInterrupted
+    from biasscope.workflow import fix_and_audit
+
+    try:
+        with FixDisplay(quiet) as shown:
+            return fix_and_audit(
+                inputs.loaded, train, inputs.modalities, out=out_dir, val_data=val, options=options,
+                audit_options=audit_options, output=inputs.output, thresholds=inputs.config.thresholds,
+                resume=resume, provenance=provenance, progress=shown,
+                resume_hint="run the same biasscope fix command again with --resume",
+            )
+    except FixInterrupted as exc:
+        err_console.print(
+            f"[yellow]interrupted after {exc.result.steps} steps[/]; the last checkpoint is in "
+            f"{out_dir / 'checkpoints'} ({out_dir / 'STATUS'} says what is missing): run the same "
+            "command with --resume to continue."
+        )
+        raise typer.Exit(130) from None
 
 
 def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
