@@ -197,6 +197,13 @@ def _diagnostics(trainer: Trainer, result: FixResult, reliance: dict[str, float]
                 fix=f"Check that {name} predicts the label (a probe), or do not fix towards it.",
                 modality=name,
             ))
+    if trainer.val is None:
+        out.append(Diagnostic(
+            "fix_guard_off", "info",
+            "fix ran without validation data, so no guard watched whether it taught the model "
+            "noise (in-distribution vs decorrelated accuracy).",
+            fix="Give val_data (held-out labelled batches drawn like the training data).",
+        ))
     if result.guard_tripped:
         out.append(Diagnostic("fix_guard_tripped", "error", result.guard["message"],
                               modality=result.guard["modality"]))

@@ -125,3 +125,18 @@ def test_max_drop_accuracy_is_a_hard_bound():
     assert result.guard_tripped and result.guard["trip"]["reason"] == "max_drop_accuracy"
     assert result.guard["trip"]["val_accuracy"] < result.guard["start"]["val_accuracy"]
     assert result.guard["trip"]["val_proxy_accuracy"] > 0.8  # the proxy rose: only the bound stops it
+
+
+def test_warning_when_a_pushed_modality_gains_sensitivity_but_no_reliance():
+    from types import SimpleNamespace
+
+    from biasscope.fix import FixResult, _diagnostics
+
+    history = [{"scores": {"s": 1.0, "x": 0.01}}, {"scores": {"s": 0.5, "x": 0.4}}]
+    trainer = SimpleNamespace(history=history, guard=SimpleNamespace(pushed=["x"]), val=[object()])
+    result = FixResult(model=nn.Identity(), history=history, lambda_value=1.0, best_step=None, stopped_early=False)
+    warned = _diagnostics(trainer, result, {"s": 1.2, "x": 0.0})
+    assert [(d.code, d.modality) for d in warned] == [("fix_pushed_uninformative", "x")]
+    assert not _diagnostics(trainer, result, {"s": 1.2, "x": 0.3})  # x is now relied upon
+    trainer.history = history[::-1]  # sensitivity fell: nothing to warn about
+    assert not _diagnostics(trainer, result, {"s": 1.2, "x": 0.0})
