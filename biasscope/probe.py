@@ -110,7 +110,8 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> Estimate:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
+    # the closed form can miss p by a rounding error at k = 0 or k = n
+    return Estimate(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def _pool(h: Tensor, *, max_features: int, generator: torch.Generator) -> Tensor:
