@@ -161,3 +161,12 @@ def test_choose_examples_alternates_highest_and_lowest_with_the_main_modality():
     assert choose_examples(per_example, 3) == [(1, "a"), (2, "b"), (3, "b")]
     assert choose_examples(per_example, 10) == [(1, "a"), (2, "b"), (3, "b"), (0, "b")]
     assert choose_examples(per_example, 0) == []
+
+
+@pytest.mark.parametrize("bad", [-1, 51, 2.0, True, None])
+def test_explain_option_validates(bad):
+    from biasscope.options import AuditOptions
+
+    assert AuditOptions().explain == 3 and AuditOptions(explain=0).explain == 0
+    with pytest.raises(ConfigError, match=r"explain must be an integer in \[0, 50\]"):
+        AuditOptions(explain=bad)

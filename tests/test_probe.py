@@ -34,9 +34,12 @@ class ReadsA(nn.Module):
         super().__init__()
         self.enc_a = nn.Linear(weight.shape[1], weight.shape[0])
         self.enc_b = nn.Linear(6, 4)
+        g = torch.Generator().manual_seed(7)
         with torch.no_grad():
             self.enc_a.weight.copy_(weight)
             self.enc_a.bias.zero_()
+            self.enc_b.weight.copy_(torch.randn(4, 6, generator=g))
+            self.enc_b.bias.zero_()
 
     def forward(self, a, b):
         self.enc_b(b)  # computed, never used
@@ -161,3 +164,12 @@ def test_available_and_used_are_clipped_fractions():
     assert p.available == pytest.approx(0.5) and p.used == pytest.approx(0.5)
     q = ProbeResult("m", "input:0", est, 0.2, 5, 100, 4, 4, 0.9, Estimate(0.95, 0.9, 1.0))
     assert q.used == 0.0
+
+
+def test_probe_option_defaults_on_and_validates():
+    from biasscope.errors import ConfigError
+    from biasscope.options import AuditOptions
+
+    assert AuditOptions().probe is True and AuditOptions(probe=False).probe is False
+    with pytest.raises(ConfigError, match="probe must be True or False"):
+        AuditOptions(probe="yes")
