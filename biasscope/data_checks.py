@@ -36,7 +36,9 @@ from .errors import DataLoadError
 from .modality import Modality
 from .results import Diagnostic
 
-__all__ = ["data_checks", "label_checks", "feature_checks", "duplicate_checks", "finite_checks"]
+__all__ = [
+    "data_checks", "label_checks", "feature_checks", "std_checks", "duplicate_checks", "finite_checks",
+]
 
 #: a feature is near-constant when its std is below this times (1 + |mean|)
 NEAR_CONSTANT = 1e-6
@@ -111,33 +113,45 @@ def label_checks(labels: Tensor | None, *, n_classes: int | None = None) -> list
     return out
 
 
-def feature_checks(representations: Mapping[str, Tensor]) -> list[Diagnostic]:
-    """Constant features and constant modalities, from each modality's (N, *feat) values."""
+def _constant_diagnostics(name: str, constant: Tensor) -> list[Diagnostic]:
+    """The diagnostics of one modality from its per-feature "constant" mask."""
+    fraction = float(constant.double().mean()) if constant.numel() else 0.0
+    if fraction == 1.0:
+        return [Diagnostic(
+            "modality_constant", "error",
+            f"`{name}` is the same in every example: its noise scale is 0 and shuffling it "
+            "changes nothing, so no measure of it means anything.",
+            f"Check that `{name}` is loaded (not a placeholder) and that its site is the right one.",
+            name,
+        )]
+    if fraction > 0:
+        return [Diagnostic(
+            "constant_features", "warning" if fraction > 0.5 else "info",
+            f"{100 * fraction:.1f}% of the features of `{name}` ({int(constant.sum())} of "
+            f"{constant.numel()}) are (near-)constant over the data: they get no noise.",
+            "Expected for padding or image borders; otherwise check the preprocessing.",
+            name,
+        )]
+    return []
+
+
+def feature_checks(representations: Mapping[str, Tensor | None]) -> list[Diagnostic]:
+    """Constant features and constant modalities, from each modality's (N, *feat) values
+    (a feature is constant when its std <= NEAR_CONSTANT x (1 + |mean|))."""
     out = []
     for name, h in representations.items():
         if h is None or h.shape[0] < 2:
             continue
         x = h.detach().reshape(h.shape[0], -1).double().cpu()
         std, mean = x.std(dim=0, unbiased=False), x.mean(dim=0)
-        constant = std <= NEAR_CONSTANT * (1 + mean.abs())
-        fraction = float(constant.double().mean())
-        if fraction == 1.0:
-            out.append(Diagnostic(
-                "modality_constant", "error",
-                f"`{name}` is the same in every example: its noise scale is 0 and shuffling it "
-                "changes nothing, so no measure of it means anything.",
-                f"Check that `{name}` is loaded (not a placeholder) and that its site is the right one.",
-                name,
-            ))
-        elif fraction > 0:
-            out.append(Diagnostic(
-                "constant_features", "warning" if fraction > 0.5 else "info",
-                f"{100 * fraction:.1f}% of the features of `{name}` ({int(constant.sum())} of "
-                f"{constant.numel()}) are (near-)constant over the data: they get no noise.",
-                "Expected for padding or image borders; otherwise check the preprocessing.",
-                name,
-            ))
+        out += _constant_diagnostics(name, std <= NEAR_CONSTANT * (1 + mean.abs()))
     return out
+
+
+def std_checks(stds: Mapping[str, Tensor]) -> list[Diagnostic]:
+    """The same checks from per-feature standard deviations alone (the audit's noise
+    scales, e.g. for layer sites): constant when std <= NEAR_CONSTANT."""
+    return [d for name, std in stds.items() for d in _constant_diagnostics(name, std.detach().cpu() <= NEAR_CONSTANT)]
 
 
 def _row_digests(batch: Batch) -> list[bytes]:

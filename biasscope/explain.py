@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,43 +28,13 @@ from ._batch import Batch, OutputSpec, call_model
 from ._device import model_device
 from ._perturbation import capture
 from .errors import ConfigError, DataLoadError
+from .insight_results import Attribution
 from .modality import Modality, intervene
 
 __all__ = ["KINDS", "METHODS", "Attribution", "choose_examples", "explain_examples"]
 
 KINDS = ("image", "tokens", "vector")
 METHODS = ("auto", "integrated_gradients", "feature_ablation")
-
-
-@dataclass(frozen=True)
-class Attribution:
-    """One example's attribution over one modality's features at its audit site.
-
-    Attributes:
-        example: the example's index in the audit set (over all batches, in order).
-        target: the class attributed (the model's prediction).
-        method: ``"integrated_gradients"`` or ``"feature_ablation"``.
-        kind: ``"image"`` (``values`` is H x W, non-negative), ``"tokens"`` (one signed
-            score per token, ``tokens`` their text or ids) or ``"vector"`` (one per feature).
-        shape: the shape of the site's representation for one example.
-        convergence_delta: IG's completeness error (sum of attributions minus the logit
-            difference to the baseline); None for feature ablation.
-    """
-
-    modality: str
-    site: str
-    example: int
-    target: int
-    method: str
-    kind: str
-    values: list[Any]
-    shape: list[int]
-    tokens: list[str] | None = None
-    convergence_delta: float | None = None
-
-    @property
-    def array(self) -> np.ndarray:
-        return np.asarray(self.values, dtype=np.float64)
 
 
 def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[tuple[int, str]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from ._device import model_device
 from ._perturbation import capture
 from ._stats import mean_interval
 from .errors import DataLoadError, ModalityError
+from .insight_results import ProbeResult
 from .modality import Modality
 from .perception import AuditSet
 from .results import Diagnostic, Estimate, PermutationScore
@@ -54,53 +54,6 @@ MAX_DIMS = 64
 MAX_RAW_FEATURES = 4096
 #: levels of the verdict under which a modality counts as not used by the model
 NOT_USED = ("ignored", "unused")
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What a modality alone says about the label, and what the model loses without it.
-
-    Attributes:
-        accuracy: the probe's cross-validated accuracy with a Wilson 95% interval.
-        chance: the majority-class rate of the probed examples.
-        folds: cross-validation folds (0 when only one class is present: nothing to learn).
-        dims: features given to the classifier (after pooling and PCA); ``raw_dims`` before.
-        model_accuracy: the model's accuracy on the audit set.
-        model_accuracy_permuted: its accuracy with this modality permuted (95% interval).
-    """
-
-    modality: str
-    site: str
-    accuracy: Estimate
-    chance: float
-    folds: int
-    n_examples: int
-    dims: int
-    raw_dims: int
-    model_accuracy: float
-    model_accuracy_permuted: Estimate
-
-    @property
-    def informative(self) -> bool:
-        """The probe beats chance: its interval's lower end is above the majority rate."""
-        return self.accuracy.ci_low > self.chance
-
-    @property
-    def available(self) -> float:
-        """Label information available, in [0, 1]: (probe - chance) / (1 - chance)."""
-        return _above_chance(self.accuracy.mean, self.chance, 1.0)
-
-    @property
-    def used(self) -> float:
-        """Label information used, in [0, 1]: the share of the model's above-chance accuracy
-        lost when the modality is permuted."""
-        lost = self.model_accuracy - self.model_accuracy_permuted.mean
-        headroom = self.model_accuracy - self.chance
-        return min(max(lost / headroom, 0.0), 1.0) if headroom > 0 else 0.0
-
-
-def _above_chance(value: float, chance: float, top: float) -> float:
-    return min(max((value - chance) / (top - chance), 0.0), 1.0) if top > chance else 0.0
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> Estimate:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from biasscope._batch import split_batch
-from biasscope.data_checks import data_checks, duplicate_checks, feature_checks, label_checks
+from biasscope.data_checks import data_checks, duplicate_checks, feature_checks, label_checks, std_checks
 from biasscope.errors import DataLoadError
 from biasscope.modality import Modality
 from biasscope.results import SEVERITIES
@@ -97,3 +97,13 @@ def test_non_finite_modality_raises_and_other_inputs_warn():
 def test_unlabelled_data_skips_label_checks():
     batches = [split_batch({"img": torch.randn(8, 2, 3, 3), "tab": torch.randn(8, 4)}, label_key=None)]
     assert data_checks(batches, MODS) == []
+
+
+def test_std_checks_match_feature_checks_on_the_noise_scales():
+    h = torch.randn(30, 2, 4)
+    h[:, 1] = 2.0
+    stds = {"enc": h.std(dim=0, unbiased=False)}
+    (d,) = std_checks(stds)
+    assert d.code == "constant_features" and "50.0%" in d.message and d.modality == "enc"
+    assert [x.code for x in std_checks({"z": torch.zeros(3)})] == ["modality_constant"]
+    assert std_checks({"ok": torch.ones(5)}) == []

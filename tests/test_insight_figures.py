@@ -8,8 +8,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from biasscope.explain import Attribution
-from biasscope.probe import ProbeResult
+from biasscope.insight_results import Attribution
+from biasscope.insight_results import ProbeResult
 from biasscope.render.insight_figures import MAX_BARS, attribution_figure, probe_figure, token_html
 from biasscope.results import Estimate
 

@@ -158,14 +158,6 @@ def test_wilson_interval_covers_at_95_percent():
     assert 0.93 <= np.mean(hits) <= 0.975
 
 
-def test_available_and_used_are_clipped_fractions():
-    est = Estimate(0.6, 0.5, 0.7)
-    p = ProbeResult("m", "input:0", est, 0.2, 5, 100, 4, 4, 0.9, Estimate(0.55, 0.5, 0.6))
-    assert p.available == pytest.approx(0.5) and p.used == pytest.approx(0.5)
-    q = ProbeResult("m", "input:0", est, 0.2, 5, 100, 4, 4, 0.9, Estimate(0.95, 0.9, 1.0))
-    assert q.used == 0.0
-
-
 def test_probe_option_defaults_on_and_validates():
     from biasscope.errors import ConfigError
     from biasscope.options import AuditOptions

@@ -1,8 +1,8 @@
 """Plotly figures of the probe (information available vs used, per modality) and of the
 attributions inside a modality (an image heatmap, highlighted tokens, feature bars).
 
-Pure builders: each takes results (:class:`~biasscope.probe.ProbeResult`,
-:class:`~biasscope.explain.Attribution`, or their ``dataclasses.asdict`` dicts as read back
+Pure builders: each takes results (:class:`~biasscope.insight_results.ProbeResult`,
+:class:`~biasscope.insight_results.Attribution`, or their ``dataclasses.asdict`` dicts as read back
 from audit.json) and returns a ``plotly.graph_objects.Figure``; :func:`token_html` returns
 an HTML fragment of highlighted tokens (escaped).
 """
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+
+from ..insight_results import ProbeResult, probe_from_dict
 
 __all__ = ["probe_figure", "attribution_figure", "token_html", "MAX_BARS"]
 
@@ -40,33 +42,26 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     return fig
 
 
-def _above(value: float, chance: float, top: float) -> float:
-    return min(max((value - chance) / (top - chance), 0.0), 1.0) if top > chance else 0.0
-
-
 def probe_figure(probes: Sequence[Any]) -> go.Figure:
     """Grouped bars per modality: information *available* ((probe - chance) / (1 - chance))
     and *used* (the share of the model's above-chance accuracy lost when it is permuted),
-    both in [0, 1]; the hover gives the raw accuracies."""
-    rows = [_plain(p) for p in probes]
-    names = [html.escape(r["modality"], quote=False) for r in rows]
-    available, used, hover_a, hover_u = [], [], [], []
-    for r in rows:
-        acc, chance = r["accuracy"], r["chance"]
-        permuted = r["model_accuracy_permuted"]["mean"]
-        available.append(_above(acc["mean"], chance, 1.0))
-        lost = r["model_accuracy"] - permuted
-        head = r["model_accuracy"] - chance
-        used.append(min(max(lost / head, 0.0), 1.0) if head > 0 else 0.0)
-        hover_a.append(
-            f"probe accuracy {acc['mean']:.1%} (95% CI {acc['ci_low']:.1%}-{acc['ci_high']:.1%})"
-            f"<br>chance {chance:.1%}; {r['dims']} features, {r['folds']}-fold CV"
-        )
-        hover_u.append(f"model accuracy {r['model_accuracy']:.1%}, {permuted:.1%} with it shuffled")
+    both in [0, 1] (:class:`~biasscope.insight_results.ProbeResult` ``available``/``used``);
+    the hover gives the raw accuracies."""
+    rows = [p if isinstance(p, ProbeResult) else probe_from_dict(dict(p)) for p in probes]
+    names = [html.escape(r.modality, quote=False) for r in rows]
+    hover_a = [
+        f"probe accuracy {r.accuracy.mean:.1%} (95% CI {r.accuracy.ci_low:.1%}-{r.accuracy.ci_high:.1%})"
+        f"<br>chance {r.chance:.1%}; {r.dims} features, {r.folds}-fold CV"
+        for r in rows
+    ]
+    hover_u = [
+        f"model accuracy {r.model_accuracy:.1%}, {r.model_accuracy_permuted.mean:.1%} with it shuffled"
+        for r in rows
+    ]
     fig = go.Figure([
-        go.Bar(name="available (probe)", x=names, y=available, marker_color=AVAILABLE,
+        go.Bar(name="available (probe)", x=names, y=[r.available for r in rows], marker_color=AVAILABLE,
                hovertext=hover_a, hoverinfo="text+name"),
-        go.Bar(name="used (model)", x=names, y=used, marker_color=USED,
+        go.Bar(name="used (model)", x=names, y=[r.used for r in rows], marker_color=USED,
                hovertext=hover_u, hoverinfo="text+name"),
     ])
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.15))
