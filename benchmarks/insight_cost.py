@@ -71,7 +71,7 @@ def main() -> None:
     picks = choose_examples(per_example, args.explain)
     _, t_explain = _timed(lambda: [
         explain_examples(model, batches, next(m for m in MODS if m.name == name), [i])
-        for i, name in picks
+        for i, name, _ in picks
     ])
     _, t_checks = _timed(lambda: data_checks(batches, MODS, n_classes=10))
     print(f"audit K={args.samples}, {args.examples} examples, 3 modalities: {t_audit:.2f} s")

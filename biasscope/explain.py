@@ -37,14 +37,14 @@ KINDS = ("image", "tokens", "vector")
 METHODS = ("auto", "integrated_gradients", "feature_ablation")
 
 
-def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[tuple[int, str]]:
+def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[tuple[int, str, str]]:
     """The ``n`` examples to explain: alternately the highest and the lowest summed
     functional entropy over modalities (distinct), each with the modality it depends on most.
 
     Args:
         per_example: modality name -> per-example functional entropy (audit order).
     Returns:
-        ``(example index, modality name)`` pairs, highest first.
+        ``(example index, modality name, "highest" | "lowest")`` triples, highest first.
     """
     names = list(per_example)
     if n <= 0 or not names:
@@ -52,16 +52,16 @@ def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[
     table = np.asarray([per_example[k] for k in names], dtype=np.float64)  # (M, N)
     table = np.where(np.isfinite(table), table, 0.0)
     order = np.argsort(-table.sum(0), kind="stable")
-    picks: list[int] = []
+    picks: list[tuple[int, str]] = []
     top, bottom = 0, len(order) - 1
     while len(picks) < min(n, len(order)):
         if len(picks) % 2 == 0:
-            picks.append(int(order[top]))
+            picks.append((int(order[top]), "highest"))
             top += 1
         else:
-            picks.append(int(order[bottom]))
+            picks.append((int(order[bottom]), "lowest"))
             bottom -= 1
-    return [(i, names[int(np.argmax(table[:, i]))]) for i in picks]
+    return [(i, names[int(np.argmax(table[:, i]))], why) for i, why in picks]
 
 
 def _locate(batches: Sequence[Batch], index: int) -> Batch:
@@ -156,6 +156,7 @@ def explain_examples(
     method: str = "auto",
     steps: int = 32,
     tokenizer: Any | None = None,
+    selected: Sequence[str | None] | None = None,
 ) -> list[Attribution]:
     """Attribute the predicted class of each example in ``examples`` (indices over all
     batches, in order) to the features of ``modality`` at its audit site.
@@ -165,6 +166,7 @@ def explain_examples(
             ``"integrated_gradients"`` or ``"feature_ablation"``.
         steps: integration steps of integrated gradients.
         tokenizer: decodes token ids (``convert_ids_to_tokens`` or ``decode``); else ids.
+        selected: per example, why it was chosen (stored in :attr:`Attribution.selected`).
     Returns:
         One :class:`Attribution` per example, in order.
     """
@@ -172,7 +174,8 @@ def explain_examples(
         raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r}).")
     dev = torch.device(device) if device is not None else model_device(model)
     out = []
-    for index in examples:
+    reasons = list(selected) if selected is not None else [None] * len(examples)
+    for index, reason in zip(examples, reasons):
         batch = _locate(batches, int(index)).to(dev)
         with torch.no_grad():
             logits, reps = _capture_site(model, batch, modality, output)
@@ -200,7 +203,7 @@ def explain_examples(
                 modality=modality.name, site=modality.site, example=int(index), target=target,
                 method=how, kind=kind, values=_shape_values(kind, attr).tolist(),
                 shape=list(h.shape[1:]), tokens=_decode(ids, tokenizer) if ids is not None else None,
-                convergence_delta=delta,
+                convergence_delta=delta, selected=reason,
             )
         )
     return out

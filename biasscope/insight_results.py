@@ -76,6 +76,8 @@ class Attribution:
         shape: the shape of the site's representation for one example.
         convergence_delta: IG's completeness error (sum of attributions minus the logit
             difference to the baseline); None for feature ablation.
+        selected: why the example was chosen (``"highest"`` or ``"lowest"`` functional
+            entropy, from :func:`~biasscope.explain.choose_examples`), or None.
     """
 
     modality: str
@@ -88,6 +90,7 @@ class Attribution:
     shape: list[int]
     tokens: list[str] | None = None
     convergence_delta: float | None = None
+    selected: str | None = None
 
     @property
     def array(self) -> np.ndarray:

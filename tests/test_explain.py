@@ -79,7 +79,8 @@ def test_layer_site_heatmap_puts_its_mass_in_the_read_quadrant():
     batches = _image_batches()
     # the conv's output is the site: the model reads only its top-left quadrant
     mod = Modality("image", layer="conv")
-    attrs = explain_examples(model, batches, mod, [0, 5], steps=16)
+    attrs = explain_examples(model, batches, mod, [0, 5], steps=16, selected=["highest", "lowest"])
+    assert [a.selected for a in attrs] == ["highest", "lowest"] and [a.example for a in attrs] == [0, 5]
     for a in attrs:
         assert a.kind == "image" and a.method == "integrated_gradients" and a.shape == [4, 8, 8]
         assert _quadrant_mass(a.values, slice(0, 4), slice(0, 4)) >= 0.8
@@ -158,8 +159,8 @@ def test_out_of_range_example_and_unknown_method_are_refused():
 def test_choose_examples_alternates_highest_and_lowest_with_the_main_modality():
     per_example = {"a": [0.1, 5.0, 0.0, 1.0], "b": [0.3, 1.0, 0.01, 3.0]}
     # totals: 0.4, 6.0, 0.01, 4.0 -> highest 1, lowest 2, next highest 3
-    assert choose_examples(per_example, 3) == [(1, "a"), (2, "b"), (3, "b")]
-    assert choose_examples(per_example, 10) == [(1, "a"), (2, "b"), (3, "b"), (0, "b")]
+    assert choose_examples(per_example, 3) == [(1, "a", "highest"), (2, "b", "lowest"), (3, "b", "highest")]
+    assert [p[:2] for p in choose_examples(per_example, 10)] == [(1, "a"), (2, "b"), (3, "b"), (0, "b")]
     assert choose_examples(per_example, 0) == []
 
 
