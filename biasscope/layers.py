@@ -76,6 +76,13 @@ class LayerInfo:
     def perturbable(self) -> bool:
         return any(t.perturbable for t in self.tensors)
 
+    def spec(self, tensor: TensorInfo) -> str:
+        """What ``--modality NAME=layer:...`` takes for one of its tensors: the path, with
+        ``#element`` when the layer returns several and ``@dim`` when the batch is not first."""
+        if len(self.tensors) == 1:
+            return TensorInfo(None, tensor.shape, tensor.dtype, tensor.batch_dim, None).spec(self.path)
+        return tensor.spec(self.path)
+
 
 def _type_name(module: nn.Module) -> str:
     # TorchScript modules keep the scripted class name in original_name
@@ -348,7 +355,7 @@ def reachable_layers(
         keep = _downstream(modules, model, b, carrying.input, seen) if carrying.input in b.input_names else set()
         order = seen.order
     return [
-        "layer:" + t.spec(table[i].path)
+        "layer:" + table[i].spec(t)
         for i in order
         for t in table[i].tensors
         if t.perturbable and t.reaches_output and (carrying is None or (i, t.element) in keep)

@@ -26,10 +26,10 @@ def _rows(table: list) -> list[tuple[str, ...]]:
             rows.append((info.path, info.type, "did not run", "", params, "[dim]no: did not run[/]"))
         elif len(info.tensors) == 1:
             t = info.tensors[0]
-            rows.append((t.spec(info.path), info.type, str(t.shape), t.dtype, params, _verdict(t)))
+            rows.append((info.spec(t), info.type, str(t.shape), t.dtype, params, _verdict(t)))
         else:
             rows.append((info.path, info.type, f"{len(info.tensors)} tensors:", "", params, ""))
-            rows.extend((t.spec(info.path), "", str(t.shape), t.dtype, "", _verdict(t)) for t in info.tensors)
+            rows.extend((info.spec(t), "", str(t.shape), t.dtype, "", _verdict(t)) for t in info.tensors)
     return rows
 
 
@@ -50,7 +50,9 @@ def layers_command(
     """List MODEL's submodules with their output shapes on one batch of DATA, and which can be
     a modality (float, with a batch dimension, run once, reaching the logits); name one with
     --modality NAME=layer:PATH."""
+    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from biasscope.layers import layer_table
     from biasscope.modality import is_compiled
@@ -73,7 +75,10 @@ def layers_command(
             table.add_column(col, overflow="fold")
         for row in rows:
             table.add_row(*row)
-        console.print(table, width=max(console.width, width + 70), crop=False)
+        # a terminal narrower than the table gets it whole, never a squeezed path column
+        cells = [_COLUMNS, *(r[1:] for r in rows)]
+        rest = sum(max(Text.from_markup(str(c[j])).cell_len for c in cells) + 3 for j in range(len(_COLUMNS)))
+        Console(width=max(console.width, width + 4 + rest)).print(table, crop=False)
         if is_compiled(inputs.loaded.module):
             console.print(
                 f"[yellow]note:[/] a {inputs.loaded.kind} model runs a compiled graph: its layers "

@@ -232,7 +232,62 @@ def test_bert_pooler_is_unreachable_and_the_encoder_carries_text() -> None:
     assert rows["bert.encoder.layer.1"].reaches_output is True
     carriers = reachable_layers(model, b, carrying=Modality("text", layer="bert.pooler"))
     # nearest first: the encoder's hook fires after its last layer's
-    assert carriers[0] == "layer:bert.encoder#last_hidden_state"
+    assert carriers[0] == "layer:bert.encoder"
     assert carriers[1].startswith("layer:bert.encoder.layer.1")
     assert "layer:bert.embeddings" in carriers and "layer:tab" not in carriers
     assert all(not r.startswith("layer:bert.pooler") for r in carriers)
+
+
+DEEP = '''
+import torch
+from torch import nn
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        inner = nn.Module()
+        inner.a_rather_long_submodule_name_for_the_text_encoder_projection = nn.GRU(4, 3, batch_first=True)
+        self.encoders_with_a_long_name = nn.ModuleDict({"text_branch_of_the_model": inner})
+        self.image = nn.Linear(6, 3)
+        self.unused = nn.Linear(3, 3)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, image, text):
+        inner = self.encoders_with_a_long_name["text_branch_of_the_model"]
+        _, h = inner.a_rather_long_submodule_name_for_the_text_encoder_projection(text)
+        return self.head(torch.cat([self.image(image), h[0]], 1))
+
+
+def build():
+    torch.manual_seed(0)
+    return Deep()
+'''
+
+
+def test_cli_layers_marks_sites_and_never_wraps_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from biasscope.cli.main import app
+
+    (tmp_path / "deep.py").write_text(DEEP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import deep  # noqa: PLC0415
+
+    torch.save(deep.build().state_dict(), tmp_path / "model.pt")
+    g = torch.Generator().manual_seed(0)
+    torch.save({"image": torch.randn(8, 6, generator=g), "text": torch.randn(8, 5, 4, generator=g),
+                "label": torch.arange(8) % 3}, tmp_path / "data.pt")
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal
+    result = CliRunner().invoke(app, [
+        "layers", str(tmp_path / "model.pt"), "--factory", f"{tmp_path / 'deep.py'}:build",
+        "--data", str(tmp_path / "data.pt"),
+    ])
+    assert result.exit_code == 0, result.output
+    path = "encoders_with_a_long_name.text_branch_of_the_model.a_rather_long_submodule_name_for_the_text_encoder_projection"
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "yes (batch on dim 1)" in lines[path + "#1@1"]  # the whole path on one line
+    assert "(1, 8, 3)" in lines[path + "#1@1"]
+    assert "does not reach the logits" in lines[path + "#0"]
+    assert "no: did not run" in lines["unused"]
+    assert "yes" in lines["image"] and "(8, 3)" in lines["image"]
