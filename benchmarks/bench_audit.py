@@ -187,7 +187,7 @@ def measure(args) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("net", *VILT_SIZES), default="net")
     p.add_argument("--samples", type=int, default=32)
@@ -200,10 +200,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(argv: list[str]) -> dict:
+    """Measure with command-line arguments ``argv``; print nothing, return the figures."""
+    args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = measure(args)
+    return measure(args)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    r = run(sys.argv[1:] if argv is None else argv)
     if args.json:
         print(json.dumps(r))
         return r

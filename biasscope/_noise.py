@@ -23,7 +23,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["example_noise", "example_permutation", "mix64", "standard_normal_block"]
+__all__ = ["STREAMS", "example_noise", "example_permutation", "mix64", "standard_normal_block", "stream_id"]
+
+#: purposes of the audit's random draws; each (purpose, modality, repeat) is its own stream
+STREAMS = ("perturb", "joint", "frozen", "permutation", "shapley", "bootstrap")
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (odd, golden ratio)
@@ -117,6 +120,14 @@ def standard_normal_block(
         _normal_pairs_(words, out[lo : lo + len(r)])
     out = out[:, :features] if 2 * pairs != features else out
     return out.reshape(len(samples), n_keys, features)
+
+
+def stream_id(purpose: str, modality: int = 0, repeat: int = 0) -> int:
+    """The stream number of one kind of draw: ``purpose`` from :data:`STREAMS`, the
+    modality's position (< 2**16) and the repeat or draw number (< 2**32)."""
+    if purpose not in STREAMS or not 0 <= modality < 1 << 16 or not 0 <= repeat < 1 << 32:
+        raise ValueError(f"bad stream ({purpose!r}, {modality}, {repeat}); purposes: {', '.join(STREAMS)}.")
+    return (STREAMS.index(purpose) << 48) | (modality << 32) | repeat
 
 
 def example_noise(

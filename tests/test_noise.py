@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from biasscope._noise import _mix_int, _signed, example_noise, example_permutation, mix64
+from biasscope._noise import STREAMS, _mix_int, _signed, example_noise, example_permutation, mix64, stream_id
 
 torch.set_num_threads(1)
 
@@ -112,3 +112,12 @@ def test_noise_rejects_more_than_2_to_32_features():
     with pytest.raises(ValueError, match="2\\*\\*32"):
         example_noise((2**16, 2**16 + 1), 1.0, scale=1.0, seed=0, example_index=torch.arange(1),
                       stream=0, samples=1)
+
+
+def test_stream_ids_are_distinct_per_purpose_modality_and_repeat():
+    ids = {stream_id(p, m, r) for p in STREAMS for m in (0, 1, 2**16 - 1) for r in (0, 1, 2**32 - 1)}
+    assert len(ids) == len(STREAMS) * 9
+    with pytest.raises(ValueError, match="purposes"):
+        stream_id("noise")
+    with pytest.raises(ValueError):
+        stream_id("perturb", 2**16)
