@@ -113,7 +113,7 @@ def standard_normal_block(
     counter = _mix64_((sample[:, None] * (_SAMPLE_STRIDE // 2) + pair) * _signed(_GAMMA))  # (K, P)
     rows = len(samples) * n_keys
     out = torch.empty(rows, 2 * pairs, device=device, dtype=dtype)
-    step = rows if device.type != "cpu" else max(1, _CPU_CHUNK_WORDS // max(pairs, 1))
+    step = max(rows, 1) if device.type != "cpu" else max(1, _CPU_CHUNK_WORDS // max(pairs, 1))
     for lo in range(0, rows, step):
         r = torch.arange(lo, min(lo + step, rows), device=device)
         words = _mix64_(keys[r % n_keys, None] + counter[r // n_keys])

@@ -121,3 +121,8 @@ def test_stream_ids_are_distinct_per_purpose_modality_and_repeat():
         stream_id("noise")
     with pytest.raises(ValueError):
         stream_id("perturb", 2**16)
+
+
+def test_an_empty_batch_gives_an_empty_draw():
+    z = _noise(torch.arange(0), shape=(3,), samples=2)
+    assert z.shape == (2, 0, 3)
