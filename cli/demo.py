@@ -7,10 +7,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from biasscope.compare import evaluate_gates
-from biasscope.demo import run_demo
-from biasscope.render import compare_table, write_compare_html, write_html
-from biasscope._files import write_atomic
 
 from . import _options as o
 from ._common import ProgressDisplay, console, guarded
@@ -29,6 +25,10 @@ def demo_command(
     """Train a colour-shortcut model on the bundled colored digits, audit it, fix it with the
     `biasscope fix` defaults, audit again, and compare with an unbiased reference."""
     with guarded(debug):
+        from biasscope.compare import evaluate_gates
+        from biasscope.demo import run_demo
+        from biasscope.render import compare_table, write_compare_html, write_html
+        from biasscope._files import write_atomic
         with ProgressDisplay(quiet) as progress:
             result = run_demo(fast=fast, seed=seed, progress=progress)
         for name, audited in (("before", result.before), ("after", result.after), ("reference", result.reference)):

@@ -8,14 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from biasscope import audit
-from biasscope.errors import ConfigError
-from biasscope.fix import FixInterrupted, fix
-from biasscope.loading import save_model
-from biasscope.render import compare_table, write_compare_html, write_html
-from biasscope._files import write_atomic
 
 from . import _options as o
 from ._common import ProgressDisplay, console, err_console, guarded, load_inputs, pick, read_config, read_data
@@ -26,6 +19,8 @@ class TrainingDisplay:
     """One progress bar over the steps, with the latest loss, CE, term and scores."""
 
     def __init__(self, quiet: bool, total: Optional[int]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.enabled = not quiet and err_console.is_terminal
         self.progress = Progress(
             TextColumn("fix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -33,7 +28,8 @@ class TrainingDisplay:
         )
         self.task = self.progress.add_task("fix", total=total, metrics="")
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, *args) -> None:
+        record = args[-1] if len(args) != 1 else args[0]  # (record) or (stage, done, total, record)
         if not self.enabled:
             return
         scores = " ".join(f"{k}={v:.3g}" for k, v in record["scores"].items())
@@ -114,6 +110,12 @@ def fix_command(
     """Fine-tune MODEL on --data with the functional-entropy regularizer; write the model in its
     input format (never over the input), a training log, and audits before and after."""
     with guarded(debug):
+        from biasscope import audit
+        from biasscope.errors import ConfigError
+        from biasscope.fix import FixInterrupted, fix
+        from biasscope.loading import save_model
+        from biasscope.render import compare_table, write_compare_html, write_html
+        from biasscope._files import write_atomic
         cfg = read_config(config)
         table = cfg.fix
         inputs = load_inputs(

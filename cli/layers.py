@@ -3,11 +3,8 @@
 from pathlib import Path
 from typing import Optional
 
-import torch
 from rich.table import Table
 
-from biasscope.layers import layer_table
-from biasscope.loading import ExportedModule
 
 from . import _options as o
 from ._common import console, guarded, load_inputs, pick, read_config, read_data
@@ -29,6 +26,9 @@ def layers_command(
     """List MODEL's submodules with their output shapes on one batch of DATA; name one with
     --modality NAME=layer:PATH."""
     with guarded(debug):
+        import torch
+        from biasscope.layers import layer_table
+        from biasscope.loading import ExportedModule
         cfg = read_config(config)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
