@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._files import MANIFEST_NAME, check_output_file, check_output_folder, write_outputs
+from ._files import MANIFEST_NAME, check_output_file, check_output_folder, write_atomic, write_outputs
 from .compare import Gate, fail_on_gate
 from .options import AuditOptions
 from .results import AuditResult
@@ -25,6 +25,8 @@ __all__ = [
     "check_output_folder",
     "data_provenance",
     "read_manifest",
+    "write_atomic",
+    "write_outputs",
 ]
 
 #: the files an audit report folder holds (beside the manifest)

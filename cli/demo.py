@@ -28,7 +28,7 @@ def demo_command(
         from biasscope.compare import evaluate_gates
         from biasscope.demo import run_demo
         from biasscope.render import compare_table, write_compare_html, write_html
-        from biasscope._files import write_atomic
+        from biasscope.report import write_atomic
         with ProgressDisplay(quiet) as progress:
             result = run_demo(fast=fast, seed=seed, progress=progress)
         for name, audited in (("before", result.before), ("after", result.after), ("reference", result.reference)):

@@ -115,7 +115,7 @@ def fix_command(
         from biasscope.fix import FixInterrupted, fix
         from biasscope.loading import save_model
         from biasscope.render import compare_table, write_compare_html, write_html
-        from biasscope._files import write_atomic
+        from biasscope.report import write_atomic
         cfg = read_config(config)
         table = cfg.fix
         inputs = load_inputs(
