@@ -292,6 +292,19 @@ def load_inputs(
     return Inputs(config, loaded, modalities, output, None if key in ("", "none") else key, provenance)
 
 
+def input_paths(*sources: Any) -> list[str]:
+    """The files a run reads (model, data, config, and the file of a ``file.py:function``
+    factory): no output may be written over one."""
+    paths = []
+    for source in sources:
+        if not source:
+            continue
+        text = str(source)
+        target, sep, attr = text.rpartition(":")
+        paths.append(target if sep and target.endswith(".py") and attr.isidentifier() else text)
+    return paths
+
+
 #: batches of this many examples when neither --batch-size nor the config sets it
 DEFAULT_BATCH_SIZE = 64
 

@@ -11,7 +11,7 @@ from biasscope.options import AuditOptions
 
 from . import _options as o
 from ._common import (
-    DEFAULT_BATCH_SIZE, EXIT_GATE, ProgressDisplay, console, guarded, load_inputs, model_source,
+    DEFAULT_BATCH_SIZE, EXIT_GATE, ProgressDisplay, console, guarded, input_paths, load_inputs, model_source,
     pick, read_config, read_data, set_stage,
 )
 from .main import app
@@ -89,8 +89,8 @@ def audit_command(
             raise ConfigError(f"batch_size must be an integer >= 1 (got {size!r}).", parameter="batch_size")
         source = pick(data, cfg, "data")
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
-        inputs_paths = [model_source(model, cfg), source, cfg.path]
-        check_output_folder(out_dir, AUDIT_FILES, inputs=[p for p in inputs_paths if p])
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path)
+        check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=options.label_key or "none",
