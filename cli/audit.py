@@ -29,6 +29,22 @@ def _max_rows(value: Optional[str]) -> object:
         raise ConfigError(f"max_rows must be a positive integer or auto (got {value!r}).", parameter="max_rows") from None
 
 
+def _run_settings(cfg: object, fail_on: Optional[str], plotlyjs: Optional[str], batch_size: Optional[int]) -> tuple:
+    """The run's settings that are not audit options: the gate, the page's plotly.js, the
+    batch size (flag > config > default), each checked."""
+    table = cfg.audit  # type: ignore[attr-defined]
+    fail_on = pick(fail_on, cfg, "fail_on", None, table)
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise ConfigError(f"fail_on must be 'ignored' or 'weak' (got {fail_on!r}).", parameter="fail_on")
+    plotlyjs = pick(plotlyjs, cfg, "plotlyjs", "inline", table)
+    if plotlyjs not in ("inline", "cdn"):
+        raise ConfigError(f"plotlyjs must be 'inline' or 'cdn' (got {plotlyjs!r}).", parameter="plotlyjs")
+    size = pick(batch_size, cfg, "batch_size", DEFAULT_BATCH_SIZE, table)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1 (got {size!r}).", parameter="batch_size")
+    return fail_on, plotlyjs, size
+
+
 @app.command("audit")
 def audit_command(
     model: Optional[str] = o.Model,
@@ -78,15 +94,7 @@ def audit_command(
             "tensorization": False if no_tensorization else None,
             "check_output": False if no_output_check else None,
         }, cfg)
-        fail_on = pick(fail_on, cfg, "fail_on", None, table)
-        if fail_on is not None and fail_on not in FAIL_ON:
-            raise ConfigError(f"fail_on must be 'ignored' or 'weak' (got {fail_on!r}).", parameter="fail_on")
-        plotlyjs = pick(plotlyjs, cfg, "plotlyjs", "inline", table)
-        if plotlyjs not in ("inline", "cdn"):
-            raise ConfigError(f"plotlyjs must be 'inline' or 'cdn' (got {plotlyjs!r}).", parameter="plotlyjs")
-        size = pick(batch_size, cfg, "batch_size", DEFAULT_BATCH_SIZE, table)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1 (got {size!r}).", parameter="batch_size")
+        fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source = pick(data, cfg, "data")
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
         sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path)
