@@ -68,6 +68,8 @@ def audit_command(
     no_shapley: bool = typer.Option(False, "--no-shapley", help="Skip the modality Shapley values."),
     no_tensorization: bool = typer.Option(False, "--no-tensorization", help="Skip the joint-perturbation (tensorization) check."),
     no_output_check: bool = typer.Option(False, "--no-output-check", help="Audit even an output that does not look like logits of the label classes."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="Skip probing each modality's representation for the label."),
+    explain: Optional[int] = typer.Option(None, "--explain", help=f"Attribute this many examples inside the modality each depends on most; 0 skips {o.default(_D.explain)}."),
     precision: Optional[str] = typer.Option(None, "--precision", help=f"Forward-pass precision on CUDA: fp32, bf16 or fp16 {o.default(_D.precision)}."),
     device: Optional[str] = o.Device,
     seed: Optional[int] = o.Seed,
@@ -93,6 +95,7 @@ def audit_command(
             "shapley": False if no_shapley else None,
             "tensorization": False if no_tensorization else None,
             "check_output": False if no_output_check else None,
+            "probe": False if no_probe else None, "explain": explain,
         }, cfg)
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source = pick(data, cfg, "data")

@@ -295,11 +295,11 @@ def test_new_flags_reach_the_options(project, monkeypatch):
         return real(model, data, modalities, options, **kw)
 
     monkeypatch.setattr(biasscope.report, "_run_audit", spy)
-    res = _audit(*BASE, *FAST, "--out", "r", "--no-output-check", "--no-tensorization", "--precision", "bf16", "--no-shapley", "--max-rows", "512")
+    res = _audit(*BASE, *FAST, "--out", "r", "--no-output-check", "--no-tensorization", "--precision", "bf16", "--no-shapley", "--max-rows", "512", "--no-probe", "--explain", "0")
     assert res.exit_code == 0, res.output
     o = seen["options"]
     assert (o.check_output, o.tensorization, o.precision, o.shapley, o.max_rows) == (False, False, "bf16", False, 512)
-    assert (o.samples, o.permutation_repeats) == (8, 3)
+    assert (o.samples, o.permutation_repeats, o.probe, o.explain) == (8, 3, False, 0)
 
 
 def test_fail_on_uses_the_top_level_ignored_list():
