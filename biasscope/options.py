@@ -10,6 +10,7 @@ parameter to its flag (``--samples``) with :func:`flag_name`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -38,7 +39,7 @@ def flag_name(parameter: str) -> str:
 
 
 def _fail(name: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{name} must be {valid} (got {value!r}).")
+    return ConfigError(f"{name} must be {valid} (got {value!r}).", parameter=name)
 
 
 def _is_int(value: Any) -> bool:
@@ -82,6 +83,19 @@ def check_number(
         if high is not None:
             parts.append(f"<= {high:g}")
         raise _fail(name, value, " ".join(parts) + (" or None" if optional else ""))
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str, value: Any) -> None:
+    """``value`` a device string torch can run on (``auto``, ``cpu``, ``mps``, ``cuda``,
+    ``cuda:N``) or a ``torch.device`` object."""
+    if isinstance(value, str) and _DEVICE.fullmatch(value):
+        return
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return
+    raise _fail(name, value, "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -133,8 +147,7 @@ class AuditOptions:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
-        if not isinstance(self.device, str) or not self.device:
-            raise _fail("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_device("device", self.device)
         check_choice("divergence", self.divergence, DIVERGENCES)
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
@@ -235,8 +248,7 @@ class FixOptions:
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_choice("divergence", self.divergence, DIVERGENCES)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
-        if not isinstance(self.device, str) or not self.device:
-            raise _fail("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_device("device", self.device)
         check_number("max_grad_norm", self.max_grad_norm, low=0.0, strict_low=True, optional=True)
         check_int("patience", self.patience, low=1, optional=True)
         check_choice("monitor", self.monitor, MONITORS)
