@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ._batch import Batch
 from .errors import ModalityError
-from .loading import ExportedModule
+from ._exported import ExportedModule
 
 __all__ = ["Modality", "intervene", "tensor_elements", "validate_modalities"]
 
