@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -223,8 +224,12 @@ def call_factory(spec: str, *, error: type[BiasscopeError], what: str) -> Any:
         ) from exc
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The first line of an exception's message (at most 300 characters, no terminal codes)."""
+    text = _ANSI_RE.sub("", str(exc)).strip().splitlines()
     return text[0][:300] if text else ""
 
 

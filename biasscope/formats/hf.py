@@ -66,11 +66,17 @@ def _from_pretrained(p: Path, cls: Any, name: str) -> nn.Module:
                 str(p), local_files_only=True, output_loading_info=True
             )
     except Exception as exc:
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            raise ModelLoadError(
+                f"The weights in {str(p)!r} hold pickled Python objects, not only tensors. "
+                "Unpickling runs arbitrary code stored in the file, so biasscope refuses (for a "
+                "Hugging Face directory there is no opt-in). Re-save the model with "
+                "save_pretrained (safetensors weights)."
+            ) from None
         raise ModelLoadError(
             f"transformers could not load {str(p)!r} with {name} ({type(exc).__name__}: "
             f"{first_line(exc)}). Check that the directory holds the config and weights written "
-            "by save_pretrained (weights holding pickled Python objects are refused), or choose "
-            "the class with hf_class='...'."
+            "by save_pretrained, or choose the class with hf_class='...'."
         ) from exc
     # weights the class needs but the directory lacks would be random: auditing them is moot
     missing = set(info.get("missing_keys") or ()) | {
