@@ -59,7 +59,7 @@ def load_data(
         )
     if not batches:
         raise DataLoadError(
-            f"The data {text!r} holds no examples. Give a non-empty dataset (data=...)."
+            f"The data {text!r} holds no examples. Give a non-empty dataset."
         )
     return batches
 
@@ -166,8 +166,8 @@ def _batches_from_columns(
         if label_key is not None and label_key not in columns:
             raise DataLoadError(
                 f"{where} has no label under {label_key!r}; its keys are "
-                f"{', '.join(map(repr, columns))}. Pass label_key='...' with the key that holds the "
-                "labels (label_key=None: no labels)."
+                f"{', '.join(map(repr, columns))}. Set label_key to the key that holds the labels "
+                "(None: no labels)."
             )
     lengths: dict[str, int] = {}
     for key, t in named:
@@ -252,8 +252,8 @@ def _normalise_batch(raw: Any, where: str, *, label_key: str | None, first: bool
         if first and label_key is not None and label_key not in batch:
             raise DataLoadError(
                 f"The batches of {where} have no label under {label_key!r}; their keys are "
-                f"{', '.join(map(repr, batch))}. Pass label_key='...' with the key that holds the "
-                "labels (label_key=None: no labels)."
+                f"{', '.join(map(repr, batch))}. Set label_key to the key that holds the labels "
+                "(None: no labels)."
             )
         return batch
     if isinstance(raw, (tuple, list)):

@@ -20,7 +20,7 @@ from ._exported import ExportedModule
 from ._sources import fingerprint
 from .errors import ModelLoadError
 from .formats import FORMATS, LoadedModel, LoadRequest, SaveRequest
-from .formats._base import SUPPORTED_MODELS, set_eval
+from .formats._base import SUPPORTED_MODELS, naming, set_eval
 
 __all__ = ["LoadedModel", "load_model", "save_model", "ExportedModule", "MODEL_KINDS"]
 
@@ -57,10 +57,10 @@ def load_model(
             f"{os.getcwd()})."
         )
     if kind is not None and kind not in MODEL_KINDS:
-        raise ModelLoadError(
-            f"Unknown model kind {kind!r}. Use one of {', '.join(MODEL_KINDS)}, or leave kind "
-            "out to detect it from the file."
-        )
+        raise naming(ModelLoadError(
+            f"Unknown kind={kind!r}. Use one of {', '.join(MODEL_KINDS)}, or leave it out to "
+            "detect the format from the file."
+        ), "kind")
     detected = kind or _detect_kind(p)
     if p.is_dir() and detected != "hf":
         raise ModelLoadError(

@@ -23,13 +23,14 @@ from ..errors import BiasscopeError, ModelLoadError
 __all__ = [
     "LoadedModel", "LoadRequest", "SaveRequest", "SUPPORTED_MODELS", "corrupt", "quiet_jit",
     "quiet_logger", "quiet_transformers", "atomic_file", "atomic_dir", "set_eval", "list_keys",
+    "naming",
 ]
 
 SUPPORTED_MODELS = (
     "TorchScript (torch.jit.save), a torch.export program (.pt2, torch.export.save), "
-    "a state dict or checkpoint (.pt/.pth/.ckpt/.safetensors) with factory='...', a pickled "
-    "module (torch.save(model)) with trust_pickle=True, or a Hugging Face save_pretrained "
-    "directory"
+    "a state dict or checkpoint (.pt/.pth/.ckpt/.safetensors) with its model factory, a "
+    "pickled module (torch.save(model)) allowed by trust_pickle, or a Hugging Face "
+    "save_pretrained directory"
 )
 
 
@@ -101,12 +102,18 @@ def list_keys(keys: Iterable[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
+def naming(error: BiasscopeError, parameter: str) -> BiasscopeError:
+    """``error`` marked with the parameter its message names (a front end shows its flag)."""
+    error.parameter = parameter  # type: ignore[attr-defined]
+    return error
+
+
 def corrupt(p: Path, what: str, exc: BaseException) -> ModelLoadError:
-    return ModelLoadError(
+    return naming(ModelLoadError(
         f"Cannot read {str(p)!r} as {what} ({type(exc).__name__}: {first_line(exc)}). The file "
         f"may be corrupt, truncated or of another format. Supported: {SUPPORTED_MODELS}; "
-        "pass kind='...' to force one."
-    )
+        "set kind to force one."
+    ), "kind")
 
 
 @contextmanager

@@ -95,7 +95,7 @@ def check_pt2_archive(p: Path, payload: bytes) -> None:
         raise ModelLoadError(
             f"{str(p)!r} is a torch.export program holding {'; '.join(found[:5])}. Loading it "
             "would unpickle Python objects (or load compiled code) stored in the file, which "
-            "runs arbitrary code, so biasscope refuses by default. If you trust the file, pass "
-            "trust_pickle=True. Better: re-export with torch.export.save from torch >= 2.8 "
+            "runs arbitrary code, so biasscope refuses by default. If you trust the file, allow "
+            "it with trust_pickle. Better: re-export with torch.export.save from torch >= 2.8 "
             "with tensors-only sample inputs and weights."
         )

@@ -37,7 +37,7 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
         source = "hf_class" if request.hf_class else "config.json 'architectures'"
         raise ModelLoadError(
             f"transformers {transformers.__version__} has no model class {name!r} (from "
-            f"{source}). Pass hf_class='...' with a class transformers provides, e.g. "
+            f"{source}). Set hf_class to a class transformers provides, e.g. "
             "'AutoModelForSequenceClassification' or 'ViltForQuestionAnswering' (custom code "
             "models are not loaded: biasscope never sets trust_remote_code)."
         )
@@ -76,7 +76,7 @@ def _from_pretrained(p: Path, cls: Any, name: str) -> nn.Module:
         raise ModelLoadError(
             f"transformers could not load {str(p)!r} with {name} ({type(exc).__name__}: "
             f"{first_line(exc)}). Check that the directory holds the config and weights written "
-            "by save_pretrained, or choose the class with hf_class='...'."
+            "by save_pretrained, or choose the class with hf_class."
         ) from exc
     # weights the class needs but the directory lacks would be random: auditing them is moot
     missing = set(info.get("missing_keys") or ()) | {
@@ -86,13 +86,13 @@ def _from_pretrained(p: Path, cls: Any, name: str) -> nn.Module:
         raise ModelLoadError(
             f"{str(p)!r} lacks weights that {name} needs ({list_keys(missing)}); transformers "
             "would initialise them at random. Choose the class the model was saved from with "
-            "hf_class='...' (config.json 'architectures' names it), or fine-tune and save the "
+            "hf_class (config.json 'architectures' names it), or fine-tune and save the "
             "full model first."
         )
     if not isinstance(module, nn.Module):
         raise ModelLoadError(
             f"{name}.from_pretrained returned a {type(module).__name__}, not a PyTorch module. "
-            "Choose a PyTorch class with hf_class='...' (not a TF/Flax one)."
+            "Choose a PyTorch class with hf_class (not a TF/Flax one)."
         )
     return module
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .._sources import describe_obj, first_line
 from ..errors import ModelLoadError
-from ._base import LoadedModel, LoadRequest, SaveRequest, atomic_file, corrupt
+from ._base import LoadedModel, LoadRequest, SaveRequest, atomic_file, corrupt, naming
 
 KIND = "pickle"
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
@@ -37,7 +37,7 @@ def read_torch_file(p: Path, *, map_location: Any, trust_pickle: bool) -> Any:
             f"Unpickling {str(p)!r} failed ({type(exc).__name__}: {first_line(exc)}). A pickled "
             "module needs its class importable under the same module name as when it was saved: "
             "run from the project that defines it (or add it to PYTHONPATH); better, save a state "
-            "dict and pass factory='...', or save TorchScript / torch.export."
+            "dict and load it with its model factory, or save TorchScript / torch.export."
         ) from exc
 
 
@@ -46,8 +46,9 @@ def pickle_refused(p: Path, global_name: str | None) -> ModelLoadError:
     return ModelLoadError(
         f"{str(p)!r} holds pickled Python objects{ref}, not only tensors. Unpickling runs "
         "arbitrary code stored in the file, so biasscope refuses by default. If you trust the "
-        "file, pass trust_pickle=True. Better: save a state dict "
-        "(torch.save(model.state_dict(), path)) and pass factory='...', or save the model with "
+        "file, allow it with trust_pickle. Better: save a state dict "
+        "(torch.save(model.state_dict(), path)) and load it with its model factory, or save the "
+        "model with "
         "torch.jit.save or torch.export.save."
     )
 
@@ -63,10 +64,10 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
         raise pickle_refused(p, None)
     obj = read_torch_file(p, map_location=request.map_location, trust_pickle=True)
     if not isinstance(obj, nn.Module):
-        raise ModelLoadError(
+        raise naming(ModelLoadError(
             f"{str(p)!r} holds {describe_obj(obj)}, not a pickled torch.nn.Module. Leave kind "
-            "out to detect the format, or pass kind='state_dict' with factory='...'."
-        )
+            "out to detect the format (a state dict needs its model factory)."
+        ), "kind")
     return from_module(p, obj, request)
 
 

@@ -14,7 +14,9 @@ from torch import Tensor, nn
 from .._sources import call_factory, describe_obj
 from ..errors import ModelLoadError
 from . import pickled
-from ._base import SUPPORTED_MODELS, LoadedModel, LoadRequest, SaveRequest, atomic_file, corrupt
+from ._base import (
+    SUPPORTED_MODELS, LoadedModel, LoadRequest, SaveRequest, atomic_file, corrupt, naming,
+)
 from ._keys import WRAPPER_KEYS, find_state_dict, load_into
 
 KIND = "state_dict"
@@ -32,10 +34,10 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
         )
     if isinstance(obj, nn.Module):
         if request.forced:
-            raise ModelLoadError(
+            raise naming(ModelLoadError(
                 f"{str(p)!r} holds a pickled module, not a state dict. Leave kind out (with "
-                "trust_pickle=True the module is used as is)."
-            )
+                "trust_pickle the module is used as is)."
+            ), "kind")
         return pickled.from_module(p, obj, request)
     found = find_state_dict(obj)
     if found is None:
@@ -62,12 +64,12 @@ def _build(p: Path, wrapper_key: str | None, state: dict[str, Any], factory: str
     """The untrained model from ``factory`` (an error naming what to pass when there is none)."""
     if factory is None:
         where = f"under {wrapper_key!r} " if wrapper_key else ""
-        raise ModelLoadError(
+        raise naming(ModelLoadError(
             f"{str(p)!r} is a state dict {where}({len(state)} tensors), which holds weights but "
             "not the model's code. Pass factory='package.module:function' or "
             "factory='path/to/model.py:function', a function with no arguments that builds the "
             "untrained model; or save the model as TorchScript or torch.export."
-        )
+        ), "factory")
     module = call_factory(factory, error=ModelLoadError, what="model")
     if not isinstance(module, nn.Module):
         raise ModelLoadError(
