@@ -84,6 +84,7 @@ def test_classes_and_methods_are_factories(weights: Path) -> None:
     assert isinstance(loaded.module, nn.Linear)
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch
 def test_cli_like_process_survives_abort_and_exit_factories(tmp_path: Path, weights: Path) -> None:
     """In a fresh process (os.abort would kill this one): each builtin is refused with an
     error, and the process reaches its end (exit 0 from the script, not 134 or sys.exit's)."""
