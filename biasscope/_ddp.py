@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._batch import Batch
-from ._distributed import _rank, _world, all_reduce_sum, shard_bounds
+from ._distributed import all_reduce_sum, shard_bounds, world_size
+from ._distributed import rank as current_rank
 from .errors import DataLoadError
 
 __all__ = ["DistributedUpdate", "rank_seed", "rank_shard"]
@@ -76,7 +77,7 @@ def _broadcast_values(values: dict[str, float]) -> dict[str, float]:
     """Rank 0's numbers on every rank (a masked all-reduce: one collective, any backend)."""
     keys = sorted(values)
     mine = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    total = all_reduce_sum(mine if _rank() == 0 else torch.zeros_like(mine))
+    total = all_reduce_sum(mine if current_rank() == 0 else torch.zeros_like(mine))
     return {k: float(v) for k, v in zip(keys, total.tolist())}
 
 
@@ -109,11 +110,11 @@ class DistributedUpdate:
         """The ranks' mean scores (the per-step ModDrop target must be the same everywhere)."""
         names = sorted(scores)
         local = torch.stack([scores[k].detach().double().cpu() for k in names])
-        total = all_reduce_sum(local) / _world()
+        total = all_reduce_sum(local) / world_size()
         return {k: total[i] for i, k in enumerate(names)}
 
     def _reseed(self) -> None:
-        t, rank = self.trainer, _rank()
+        t, rank = self.trainer, current_rank()
         seed, step = t.options.seed, t.step_count
         t.reg.generator(t.device).manual_seed(rank_seed(seed, rank, step))
         t.aug_generator.manual_seed(rank_seed(seed + 1, rank, step))
@@ -124,8 +125,8 @@ class DistributedUpdate:
     def update(self, batch: Batch) -> dict[str, Any]:
         """Forward, all-reduced backward and optimizer step on this rank's shard of the
         global ``batch``; returns the step's record with the global batch's numbers."""
-        t, world = self.trainer, _world()
-        local, share = rank_shard(batch, _rank(), world)
+        t, world = self.trainer, world_size()
+        local, share = rank_shard(batch, current_rank(), world)
         b = local.to(t.device)
         if b.label is None:
             raise DataLoadError("The training data has no labels; fix needs labelled batches.")

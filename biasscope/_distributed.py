@@ -34,11 +34,13 @@ __all__ = [
     "is_distributed",
     "is_writer",
     "process_group",
+    "rank",
     "rank_device",
     "shard",
     "shard_bounds",
     "sync_point",
     "torchrun_env",
+    "world_size",
 ]
 
 #: how long a collective waits for the other ranks before failing (a rank stuck in a model
@@ -79,6 +81,16 @@ def _rank() -> int:
 
 def _world() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank in the group (0 in a single process)."""
+    return _rank()
+
+
+def world_size() -> int:
+    """The number of processes in the group (1 in a single process)."""
+    return _world()
 
 
 def is_writer() -> bool:

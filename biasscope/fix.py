@@ -26,7 +26,7 @@ from ._batch import OutputSpec
 from ._checkpoint import CHECKPOINT_NAME, CheckpointStore
 from ._ddp import DistributedUpdate
 from ._device import model_device, resolve_device
-from ._distributed import _world, all_reduce_sum, is_distributed, is_writer, process_group, rank_device, sync_point
+from ._distributed import all_reduce_sum, is_distributed, is_writer, process_group, rank_device, sync_point, world_size
 from ._fixdata import TrainingData, with_last
 from ._trainer import Trainer
 from .errors import ConfigError
@@ -169,9 +169,9 @@ def _found_checkpoint(store: CheckpointStore) -> bool:
     found = store.exists()
     if is_distributed():
         seen = int(all_reduce_sum(torch.tensor([int(found)], dtype=torch.int64)))
-        if 0 < seen < _world():
+        if 0 < seen < world_size():
             raise ConfigError(
-                f"Only {seen} of the {_world()} processes see the checkpoint in {store.folder}: "
+                f"Only {seen} of the {world_size()} processes see the checkpoint in {store.folder}: "
                 "with several machines, checkpoint_dir must be on storage every machine reads."
             )
         found = seen > 0

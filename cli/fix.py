@@ -2,6 +2,7 @@
 Parses the options, shows progress, maps the outcome to an exit code; the work is
 :func:`biasscope.workflow.fix_and_audit`."""
 
+import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -112,7 +113,9 @@ def fix_command(
 ) -> None:
     """Fine-tune MODEL on --data with the functional-entropy regularizer and ModDrop; write the
     model in its input format (never over the input), a training log, and audits before and
-    after. Exit 1 when the guard stopped a fix that made the model worse (reports written)."""
+    after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
+
+    On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
         from biasscope.workflow import check_output_folder
 
@@ -140,9 +143,11 @@ def fix_command(
         provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "factory": pick(factory, cfg, "factory"),
                       "preset": pick(preset, cfg, "preset"), "output_key": inputs.output.key, "output_index": inputs.output.index}
         audit_options = {"samples": pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)}
-        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
-        report.write(out_dir)
-        _show(report, out_dir, options)
+        rank_0 = os.environ.get("RANK", "0") == "0"  # under torchrun the other ranks are silent
+        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet or not rank_0)
+        report.write(out_dir)  # rank 0 alone writes (report.writer)
+        if report.writer:
+            _show(report, out_dir, options)
         if report.guard_tripped:
             err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
             raise typer.Exit(1)

@@ -278,7 +278,7 @@ def test_torchrun_fix_end_to_end(tmp_path):
     torch.save({"image": image[:32], "meta": meta[:32], "label": label[:32]}, tmp_path / "val.pt")
     args = ["fix", "state.pt", "--factory", "fixmodels.py:build", "--data", "train.pt", "--val", "val.pt",
             "-m", "image=input:image", "-m", "meta=input:meta", "--steps", "4", "--batch-size", "16",
-            "--audit-samples", "4", "--device", "cpu", "--quiet"]
+            "--checkpoint-every", "2", "--audit-samples", "4", "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = subprocess.run([*torchrun, "-m", "biasscope", *args, "--out", "two"], cwd=tmp_path, env=env,
@@ -291,7 +291,8 @@ def test_torchrun_fix_end_to_end(tmp_path):
     assert [log["steps"] for log in logs] == [4, 4]
     assert logs[1]["lambda"] == pytest.approx(logs[0]["lambda"], rel=1e-6)
     out = tmp_path / "two"
-    for name in ("model.pt", "before/audit.json", "after/audit.json", "compare.html", "checkpoints"):
+    for name in ("model.pt", "before/audit.json", "after/audit.json", "compare.html"):
         assert (out / name).exists(), name
+    assert CheckpointStore(out / "checkpoints").load()["trainer"]["step"] == 4
     assert not (out / "STATUS").exists()
     assert two.stdout.count("lambda =") == 1  # rank 0 alone prints the summary
