@@ -26,7 +26,7 @@ from ._batch import OutputSpec
 from ._checkpoint import CHECKPOINT_NAME, CheckpointStore
 from ._ddp import DistributedUpdate
 from ._device import model_device, resolve_device
-from ._distributed import all_reduce_sum, is_distributed, is_writer, process_group, rank_device, sync_point, world_size
+from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, rank_device, sync_point, world_size
 from ._fixdata import TrainingData, with_last
 from ._trainer import Trainer
 from .errors import ConfigError
@@ -278,9 +278,9 @@ def fix(
         FixInterrupted: on Ctrl-C, carrying the partial result; the last checkpoint is usable.
     """
     opts = resolve_fix_options(options, overrides)
-    with process_group(device=opts.device):  # a no-op outside torchrun or in a caller's group
-        return _fix(model, data, list(modalities), val_data=val_data, opts=opts, output=output,
-                    checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+    join_group(device=opts.device)  # under torchrun: DDP over the group (a no-op otherwise)
+    return _fix(model, data, list(modalities), val_data=val_data, opts=opts, output=output,
+                checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
 
 
 def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, resume, progress) -> FixResult:

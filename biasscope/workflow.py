@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batch import OutputSpec
-from ._distributed import is_writer, process_group, sync_point
+from ._distributed import is_writer, join_group, sync_point
 from ._files import write_atomic, write_outputs
 from ._sources import fingerprint
 from .audit import audit
@@ -231,12 +231,12 @@ def fix_and_audit(
     """
     opts = resolve_fix_options(options, overrides)
     out = check_output_folder(out, loaded.path)
-    with process_group(device=opts.device):  # a no-op outside torchrun or in a caller's group
-        return _fix_and_audit(
-            loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,
-            output=output, thresholds=thresholds, resume=resume, provenance=provenance,
-            resume_hint=resume_hint, progress=progress,
-        )
+    join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
+    return _fix_and_audit(
+        loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,
+        output=output, thresholds=thresholds, resume=resume, provenance=provenance,
+        resume_hint=resume_hint, progress=progress,
+    )
 
 
 def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequence[Modality], *, out: Path,

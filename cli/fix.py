@@ -114,7 +114,6 @@ def fix_command(
     """Fine-tune MODEL on --data with the functional-entropy regularizer and ModDrop; write the
     model in its input format (never over the input), a training log, and audits before and
     after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
-
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
         from biasscope.workflow import check_output_folder
@@ -143,11 +142,8 @@ def fix_command(
         provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "factory": pick(factory, cfg, "factory"),
                       "preset": pick(preset, cfg, "preset"), "output_key": inputs.output.key, "output_index": inputs.output.index}
         audit_options = {"samples": pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)}
-        rank_0 = os.environ.get("RANK", "0") == "0"  # under torchrun the other ranks are silent
-        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet or not rank_0)
-        report.write(out_dir)  # rank 0 alone writes (report.writer)
-        if report.writer:
-            _show(report, out_dir, options)
+        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
+        _finish(report, out_dir, options)
         if report.guard_tripped:
             err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
             raise typer.Exit(1)
@@ -166,6 +162,7 @@ def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: 
     from biasscope.fix import FixInterrupted
     from biasscope.workflow import fix_and_audit
 
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 alone shows progress
     try:
         with FixDisplay(quiet) as shown:
             return fix_and_audit(
@@ -181,6 +178,13 @@ def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: 
             "command with --resume to continue."
         )
         raise typer.Exit(130) from None
+
+
+def _finish(report: Any, out_dir: Path, options: FixOptions) -> None:
+    """Write the report folder and show the summary: rank 0 alone under torchrun."""
+    if report.writer:
+        report.write(out_dir)
+        _show(report, out_dir, options)
 
 
 def _show(report: Any, out_dir: Path, options: FixOptions) -> None:

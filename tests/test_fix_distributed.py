@@ -92,6 +92,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     out = Path(folder)
+    # three fix calls in one process: the first joins the group, the others reuse it
     calls: list[int] = []
     progress = lambda stage, done, total, info: calls.append(done)  # noqa: E731
     exact = fix(Net(), TRAIN, MODS, val_data=VAL, checkpoint_dir=out / f"exact{rank}", progress=progress, **EXACT)
