@@ -156,7 +156,7 @@ def perturbation_samples(
     evaluate f with those coordinates frozen, for the tensorization check). ``clean``
     shares the clean expanded passes between calls on the same batch.
 
-    Returns ``f`` of shape (K, B), f = D(p_clean, p_perturbed), and per modality ``q`` of
+    Returns ``f`` of shape (K, B) in float64, f = D(p_clean, p_perturbed), and per modality ``q`` of
     shape (K, B), q = <Sigma grad_z f, grad_z f> (empty when ``gradients`` is False).
     """
     if divergence not in DIVERGENCES:
@@ -186,7 +186,7 @@ def perturbation_samples(
         with torch.set_grad_enabled(gradients):
             with intervene(model, rows, transforms) as b:
                 logits = check_finite(call_model(model, b, output))
-            f = div(clean_logits.float(), logits.float())
+            f = div(clean_logits, logits)  # float64 from the logits (estimators.DIVERGENCES)
             fs.append(f.view(k, batch.size))
             if not gradients:
                 continue
