@@ -10,6 +10,7 @@ parameter to its flag (``--samples``) with :func:`flag_name`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -20,12 +21,16 @@ __all__ = ["AuditOptions", "FixOptions", "flag_name", "options_from_mapping"]
 #: the largest number of model passes per example an audit may plan (samples x modalities),
 #: the "stated budget" against which absurd sample counts are refused up front
 MAX_PASSES_PER_EXAMPLE = 100_000
+#: the most examples an audit attributes (each costs about ``steps`` backward passes)
+MAX_EXPLAIN = 50
 
 DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
+#: how fix picks the modality that ModDrop permutes (besides a modality name)
+AUGMENT_RULES = ("reliance", "sensitivity")
 
 
 def flag_name(parameter: str) -> str:
@@ -34,7 +39,7 @@ def flag_name(parameter: str) -> str:
 
 
 def _fail(name: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{name} must be {valid} (got {value!r}).")
+    return ConfigError(f"{name} must be {valid} (got {value!r}).", parameter=name)
 
 
 def _is_int(value: Any) -> bool:
@@ -80,6 +85,19 @@ def check_number(
         raise _fail(name, value, " ".join(parts) + (" or None" if optional else ""))
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str, value: Any) -> None:
+    """``value`` a device string torch can run on (``auto``, ``cpu``, ``mps``, ``cuda``,
+    ``cuda:N``) or a ``torch.device`` object."""
+    if isinstance(value, str) and _DEVICE.fullmatch(value):
+        return
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return
+    raise _fail(name, value, "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise _fail(name, value, "one of " + ", ".join(choices))
@@ -103,6 +121,10 @@ class AuditOptions:
         tensorization: also run the joint-perturbation (tensorization) check.
         check_output: refuse outputs that cannot be logits of the label classes.
         precision: forward-pass precision on CUDA (divergences stay in float64).
+        probe: probe each modality's representation for the label (information available vs
+            used; needs labels, skipped without them).
+        explain: attribute this many examples inside the modality each depends on most
+            (highest and lowest functional entropy, alternately; 0 skips).
     """
 
     samples: int = 32
@@ -118,13 +140,14 @@ class AuditOptions:
     tensorization: bool = True
     check_output: bool = True
     precision: str = "fp32"
+    probe: bool = True
+    explain: int = 3
 
     def __post_init__(self) -> None:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
-        if not isinstance(self.device, str) or not self.device:
-            raise _fail("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_device("device", self.device)
         check_choice("divergence", self.divergence, DIVERGENCES)
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
@@ -134,6 +157,9 @@ class AuditOptions:
         if not _is_int(self.permutation_repeats) or self.permutation_repeats < 0 or self.permutation_repeats == 1:
             raise _fail("permutation_repeats", self.permutation_repeats, "0 (skip) or an integer >= 2")
         check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.probe, bool):
+            raise _fail("probe", self.probe, "True or False")
+        check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
 
     def replace(self, **changes: Any) -> AuditOptions:
         return replace(self, **changes)
@@ -156,7 +182,19 @@ def options_from_mapping(cls: type, values: dict[str, Any]) -> Any:
 @dataclass(frozen=True)
 class FixOptions:
     """Every option of :func:`biasscope.fix` with its default (see its docstring for the
-    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`)."""
+    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`).
+
+    The target and the guard (issue-level summary; details in :func:`biasscope.fix`):
+        augment: the modality ModDrop permutes: ``"reliance"`` (the one whose permutation
+            raises the loss most on a held batch, chosen once), ``"sensitivity"`` (the largest
+            score I_m at each step) or a modality name.
+        reliance_examples, reliance_repeats: the held batch (examples of the validation data,
+            else of the first training batches) and the permutations averaged to measure reliance.
+        guard: on the validation data, stop when the in-distribution accuracy falls by more
+            than ``guard_tolerance`` while the decorrelated proxy (accuracy with the target
+            permuted across examples) does not rise by more than ``guard_tolerance``.
+        max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
+    """
 
     epochs: int = 10
     max_steps: int | None = None
@@ -185,14 +223,19 @@ class FixOptions:
     max_rows: int = 4096
     modality_dropout: float = 0.5
     modality_noise: float = 0.0
-    augment: str = "dominant"
+    augment: str = "reliance"
+    reliance_examples: int = 512
+    reliance_repeats: int = 3
+    guard: bool = True
+    guard_tolerance: float = 0.03
+    max_drop_accuracy: float | None = None
     lambda_warmup: int = 0
     label_key: str | None = "label"
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
         check_int("max_steps", self.max_steps, low=1, optional=True)
-        check_number("lr", self.lr, low=0.0, strict_low=True)
+        check_number("lr", self.lr, low=0.0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_number("weight_decay", self.weight_decay, low=0.0)
         if self.lambda_ != "auto":
@@ -205,6 +248,7 @@ class FixOptions:
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_choice("divergence", self.divergence, DIVERGENCES)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
+        check_device("device", self.device)
         check_number("max_grad_norm", self.max_grad_norm, low=0.0, strict_low=True, optional=True)
         check_int("patience", self.patience, low=1, optional=True)
         check_choice("monitor", self.monitor, MONITORS)
@@ -213,7 +257,15 @@ class FixOptions:
         check_int("max_rows", self.max_rows, low=1)
         check_number("modality_dropout", self.modality_dropout, low=0.0, high=1.0)
         check_number("modality_noise", self.modality_noise, low=0.0)
+        if not isinstance(self.augment, str) or not self.augment:
+            raise _fail("augment", self.augment, f"{' or '.join(AUGMENT_RULES)} or a modality name")
+        check_int("reliance_examples", self.reliance_examples, low=2)
+        check_int("reliance_repeats", self.reliance_repeats, low=1, high=1000)
+        check_number("guard_tolerance", self.guard_tolerance, low=0.0, high=1.0)
+        check_number("max_drop_accuracy", self.max_drop_accuracy, low=0.0, high=1.0, optional=True)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
+        if self.label_key is not None and not isinstance(self.label_key, str):
+            raise _fail("label_key", self.label_key, "a string or None")
 
     def replace(self, **changes: Any) -> FixOptions:
         return replace(self, **changes)
