@@ -21,7 +21,7 @@ def _mods(n, *, layer=False):
     return [bs.Modality(f"m{i}", input=i) for i in range(n)]
 
 
-FAST = dict(samples=8, permutation_repeats=3, shapley=False)
+FAST = dict(samples=8, permutation_repeats=8, shapley=False)
 
 
 @pytest.mark.parametrize("layer", [False, True])
