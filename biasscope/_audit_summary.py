@@ -114,7 +114,8 @@ def summarise(
         accuracy=accuracy,
         settings=evidence.settings,
         shapley=list(evidence.shapley),
-        sentence=verdict_sentence(verdicts, note=note),
+        sentence=verdict_sentence(verdicts, note=note, disagree=[
+            d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality]),
         provenance=evidence.provenance,
         diagnostics=[*evidence.early_diagnostics, *diagnostics],
         reliance_measurable=reliance.measurable if reliance_shares(results) is not None else None,

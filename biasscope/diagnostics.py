@@ -176,7 +176,9 @@ def audit_diagnostics(
     for m in modalities:
         if _exactly_zero(m, shapley):
             out.append(_site_unreachable(m, (candidates or {}).get(m.name, [])))
-        if rel is not None and len(modalities) > 1 and shares_disagree(m.share, rel[m.name], thresholds):
+        # an `unused` verdict already says that noise moves the output and shuffling costs nothing
+        if (rel is not None and len(modalities) > 1 and m.verdict != "unused"
+                and shares_disagree(m.share, rel[m.name], thresholds)):
             out.append(_disagree(m, rel[m.name]))
         out += _bound_exceeded(m)
     return out

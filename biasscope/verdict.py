@@ -27,8 +27,9 @@ without it: ``ignored`` when the output does not depend on it. The top-level ``i
 list holds both levels. Among the U modalities left (the used ones), with shares taken
 among themselves:
 
-- ``weak``: the smaller of its relative sensitivity and reliance shares < ``weak``
-  (default 0.5);
+- ``weak``: its relative share of the reliance (of the sensitivity when reliance is not
+  measurable) < ``weak`` (default 0.5): shuffling it costs the model little next to the
+  others;
 - ``dominant``: it carries most of both, i.e. more than half of the sensitivity and of the
   reliance, and at least ``dominant`` (default 1.3) x the uniform share 1/U of each; or it
   is the only modality used when M > 1;
@@ -210,7 +211,7 @@ def modality_verdicts(
         shares = [k[name] for k in kinds]
         if len(used) == 1:
             out[name] = "dominant" if n > 1 else "ok"
-        elif min(len(used) * s for s in shares) < thresholds.weak:
+        elif len(used) * shares[-1] < thresholds.weak:  # reliance when measurable
             out[name] = "weak"
         elif min(shares) > max(0.5, thresholds.dominant / len(used)):
             out[name] = "dominant"
@@ -224,9 +225,10 @@ def _names(names: list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def verdict_sentence(verdicts: dict[str, str], *, note: str = "") -> str:
+def verdict_sentence(verdicts: dict[str, str], *, note: str = "", disagree: Sequence[str] = ()) -> str:
     """The sentence that leads the report, e.g. "The model ignores `text`; it leans on
-    `image`.", followed by ``note`` (e.g. why reliance is not measurable)."""
+    `image`.", then the modalities whose sensitivity and reliance shares ``disagree``, then
+    ``note`` (e.g. why reliance is not measurable)."""
     by = {v: [n for n, x in verdicts.items() if x == v] for v in ("ignored", "unused", "weak", "dominant")}
     parts = []
     if by["ignored"]:
@@ -250,4 +252,7 @@ def verdict_sentence(verdicts: dict[str, str], *, note: str = "") -> str:
     if by["dominant"]:
         sentence += f"; it leans on {_names(by['dominant'])}"
     sentence += "."
+    if disagree:
+        sentence += (f" Sensitivity and reliance disagree in size on {_names(list(disagree))}: "
+                     "read both before acting.")
     return f"{sentence} {note}" if note else sentence

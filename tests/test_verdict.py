@@ -52,10 +52,17 @@ def test_read_but_not_relied_upon_is_unused():
 
 
 def test_colour_shortcut_is_named():
-    # 96% of the entropy and 69% of the reliance on colour: "it leans on `color`"
+    # 96% of the entropy and 69% of the reliance on colour: "it leans on `color`"; shape
+    # still carries 31% of the reliance, so it is used (not weak), and the sizes disagree
     v = _verdicts([_mod("shape", 0.04, drop=0.31), _mod("color", 0.96, drop=0.69)])
+    assert v == {"shape": "ok", "color": "dominant"}
+    assert verdict_sentence(v, disagree=["shape"]) == (
+        "The model uses all 2 modalities; it leans on `color`. Sensitivity and reliance "
+        "disagree in size on `shape`: read both before acting."
+    )
+    # a shortcut that leaves little reliance on shape makes it weak
+    v = _verdicts([_mod("shape", 0.07, drop=0.06), _mod("color", 0.93, drop=0.94)])
     assert v == {"shape": "weak", "color": "dominant"}
-    assert verdict_sentence(v) == "No modality is ignored, but the model barely uses `shape`; it leans on `color`."
 
 
 def test_balanced_use_is_ok_and_most_of_one_measure_only_is_not_dominant():
@@ -123,4 +130,6 @@ def test_thresholds_are_configurable():
     mods = [_mod("a", 0.7, drop=0.7), _mod("b", 0.3, drop=0.3)]
     assert _verdicts(mods)["b"] == "ok"
     assert _verdicts(mods, weak=0.7, dominant=1.3)["b"] == "weak"
+    # weak rests on reliance when it is measurable: low sensitivity alone is not weak
+    assert _verdicts([_mod("a", 0.99, drop=0.5), _mod("b", 0.01, drop=0.5)])["b"] == "ok"
     assert Reliance(False, "x.").note == "Reliance not measurable: x."
