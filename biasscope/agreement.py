@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from .results import Agreement, ModalityResult, Ranking, ShapleyValues, ShareComparison
-from .verdict import Thresholds, reliance_shares, shares_disagree
+from .verdict import Thresholds, disagreements, reliance_shares
 
 __all__ = ["rank", "rankings", "analyse_agreement"]
 
@@ -62,9 +62,9 @@ def analyse_agreement(
     reliance is measurable."""
     ranks = rankings(modalities, shapley)
     rel = reliance_shares(modalities) if reliance_measurable else None
+    flags = disagreements(modalities, thresholds)
     shares = tuple(
-        ShareComparison(m.name, m.share, rel[m.name], shares_disagree(m.share, rel[m.name], thresholds))
-        for m in modalities
+        ShareComparison(m.name, m.share, rel[m.name], flags[m.name]) for m in modalities
     ) if rel is not None and len(modalities) > 1 else ()
     same_order = len({r.key for r in ranks}) <= 1
     same_top = len({frozenset(r.top) for r in ranks}) <= 1

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .errors import ModelOutputError
 from .results import Diagnostic, ModalityResult, ShapleyValues
-from .verdict import Reliance, Thresholds, reliance_shares, shares_disagree
+from .verdict import Reliance, Thresholds, disagreements, reliance_shares
 
 __all__ = [
     "OutputCheck",
@@ -173,12 +173,11 @@ def audit_diagnostics(
     """Every diagnostic the measured values call for, whole-audit ones first."""
     out = _reliance_diagnostic(reliance, labelled)
     rel = reliance_shares(modalities) if reliance.measurable else None
+    disagree = disagreements(modalities, thresholds) if rel is not None else {}
     for m in modalities:
         if _exactly_zero(m, shapley):
             out.append(_site_unreachable(m, (candidates or {}).get(m.name, [])))
-        # an `unused` verdict already says that noise moves the output and shuffling costs nothing
-        if (rel is not None and len(modalities) > 1 and m.verdict != "unused"
-                and shares_disagree(m.share, rel[m.name], thresholds)):
+        if disagree.get(m.name):
             out.append(_disagree(m, rel[m.name]))
         out += _bound_exceeded(m)
     return out

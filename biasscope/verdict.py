@@ -13,7 +13,9 @@ modalities, a *relative* share is M x the share, so 1.0 is a uniform share.
   merely reads noise, or is at chance, has a clean loss inside that spread).
 - Reliance is *measurable* when the model is above chance on the labels (accuracy above
   the majority-class rate, and above the all-permuted Shapley baseline, by more than
-  2.33 binomial standard errors) or some modality is relied upon. Otherwise (a model at
+  2.33 binomial standard errors) or some modality's loss increase clears the same test at
+  a one-sided 0.135% (Student-t with R - 1 degrees of freedom in place of 1.96: about 4.3 at
+  R = 10). Otherwise (a model at
   chance, e.g. random labels or the wrong label column) the verdict rests on sensitivity
   alone and says so.
 
@@ -35,9 +37,9 @@ among themselves:
   is the only modality used when M > 1;
 - ``ok`` otherwise.
 
-A modality's sensitivity and reliance shares *disagree* when one is more than
-``disagree_factor`` (default 3) times the other (the larger at least 0.05), or they differ
-by more than ``disagree_gap`` (default 0.3).
+A used modality's sensitivity and reliance shares (among the used modalities) *disagree*
+when one is more than ``disagree_factor`` (default 3) times the other (the larger at least
+0.05), or they differ by more than ``disagree_gap`` (default 0.3).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .results import ModalityResult, PermutationScore, ShapleyValues
+from .results import NOT_USED, ModalityResult, PermutationScore, ShapleyValues
 
 __all__ = [
     "Thresholds",
@@ -56,6 +58,7 @@ __all__ = [
     "relied_upon",
     "reliance_status",
     "shares_disagree",
+    "disagreements",
     "modality_verdicts",
     "verdict_sentence",
 ]
@@ -65,6 +68,10 @@ ABOVE_CHANCE_Z = 2.33
 #: how many standard deviations of the shuffled losses a relied-upon modality's mean loss
 #: increase must exceed (times sqrt(1 + 1/R)); see :func:`relied_upon`
 RELIANCE_Z = 1.96
+#: the stricter bar a modality's loss increase must clear to make reliance measurable for a
+#: model that is not above chance (shuffled cross-entropies are right-skewed, so a clean loss
+#: at chance sits below their mean more often than a symmetric spread suggests)
+MEASURABLE_TAIL = 0.00135  # the one-sided tail of 3 standard normal deviations
 
 
 @dataclass(frozen=True)
@@ -121,11 +128,14 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def relied_upon(score: PermutationScore | None) -> bool:
+def relied_upon(score: PermutationScore | None, *, strict: bool = False) -> bool:
     """Whether shuffling the modality raises the loss beyond the shuffle-to-shuffle spread:
     the loss-increase interval excludes 0 and the mean increase exceeds
     ``RELIANCE_Z`` x sd x sqrt(1 + 1/R), sd the standard deviation of the R shuffled losses
-    (the clean loss lies outside the spread one more shuffle would have)."""
+    (the clean loss lies outside the spread one more shuffle would have). ``strict``: the
+    critical value is Student-t's (R - 1 degrees of freedom) at a one-sided
+    ``MEASURABLE_TAIL`` instead, which also accounts for the sd being estimated from R
+    shuffles."""
     if score is None or score.repeats < 2:
         return False
     e = score.loss_increase
@@ -135,7 +145,8 @@ def relied_upon(score: PermutationScore | None) -> bool:
     from scipy.stats import t  # lazily: this module is imported by the torch-free CLI
 
     sd = half * math.sqrt(score.repeats) / float(t.ppf(0.975, score.repeats - 1))
-    return e.mean > RELIANCE_Z * sd * math.sqrt(1 + 1 / score.repeats)
+    critical = float(t.ppf(1 - MEASURABLE_TAIL, score.repeats - 1)) if strict else RELIANCE_Z
+    return e.mean > critical * sd * math.sqrt(1 + 1 / score.repeats)
 
 
 def reliance_status(
@@ -154,7 +165,7 @@ def reliance_status(
     baseline = max([chance or 0.0] + [s.empty for s in shapley if s.metric == "accuracy"])
     p = min(max(baseline, 1.0 / max(n_examples, 1)), 1.0 - 1.0 / max(n_examples, 1))
     margin = ABOVE_CHANCE_Z * math.sqrt(p * (1 - p) / max(n_examples, 1))
-    if accuracy > baseline + margin or any(relied_upon(m.permutation) for m in modalities):
+    if accuracy > baseline + margin or any(relied_upon(m.permutation, strict=True) for m in modalities):
         return Reliance(True)
     return Reliance(
         False,
@@ -170,6 +181,21 @@ def shares_disagree(sensitivity: float, reliance: float, thresholds: Thresholds 
     if high - low > thresholds.disagree_gap:
         return True
     return high >= 0.05 and high > thresholds.disagree_factor * low
+
+
+def disagreements(modalities: Sequence[ModalityResult], thresholds: Thresholds = Thresholds()) -> dict[str, bool]:
+    """Per modality: whether its sensitivity and reliance shares disagree in size, both taken
+    among the modalities whose verdict says they are used (a modality the model does not use
+    is already told apart by its verdict, and would skew the others' shares); False for the
+    others, and for all without reliance or with fewer than two used."""
+    rel = reliance_shares(modalities)
+    used = [m.name for m in modalities if m.verdict not in NOT_USED]
+    if rel is None or len(used) < 2:
+        return {m.name: False for m in modalities}
+    sens = _among({m.name: m.share for m in modalities}, used)
+    relied = _among(rel, used)
+    return {m.name: m.name in sens and shares_disagree(sens[m.name], relied[m.name], thresholds)
+            for m in modalities}
 
 
 def _quiet(m: ModalityResult, n: int, thresholds: Thresholds) -> bool:

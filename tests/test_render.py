@@ -591,6 +591,8 @@ def test_agreement_section_compares_sizes(audit_result):
     for m, inc in zip(r.modalities, (1.1, 0.9)):
         m.permutation = replace(m.permutation, loss_increase=Estimate(inc, inc - 0.05, inc + 0.05))
     r.modalities[0].share, r.modalities[1].share = 0.99, 0.01
+    for m in r.modalities:
+        m.verdict = "ok"  # sizes are compared among the used modalities
     r.agreement = analyse_agreement(r.modalities, [], Thresholds())
     section = _text(_section(render_html(r, plotlyjs="cdn"), "agreement"))
     assert "But the sizes disagree" in section and "disagree" in section
