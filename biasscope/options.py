@@ -26,6 +26,12 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
+#: FixOptions fields that are FunctionalEntropyRegularizer keyword arguments of the same name
+#: (``FunctionalEntropyRegularizer(model, mods, **{k: getattr(options, k) for k in ...})``).
+REGULARIZER_OPTIONS = (
+    "estimator", "form", "samples", "scale", "divergence", "seed", "max_rows",
+    "detach_clean", "term_examples", "term_every",
+)
 
 
 def flag_name(parameter: str) -> str:
@@ -156,7 +162,13 @@ def options_from_mapping(cls: type, values: dict[str, Any]) -> Any:
 @dataclass(frozen=True)
 class FixOptions:
     """Every option of :func:`biasscope.fix` with its default (see its docstring for the
-    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`)."""
+    meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`).
+
+    The regularizer's cost and gradient (issue 12): ``detach_clean`` stops the term's gradient
+    through the clean prediction (off: the paper's objective); ``term_examples`` scores each
+    modality on at most that many examples of the batch (None: all), ``term_every`` computes
+    the term on every n-th step only (weighted by n). Pass them to the regularizer with
+    :data:`REGULARIZER_OPTIONS`."""
 
     epochs: int = 10
     max_steps: int | None = None
@@ -188,6 +200,9 @@ class FixOptions:
     augment: str = "dominant"
     lambda_warmup: int = 0
     label_key: str | None = "label"
+    detach_clean: bool = False
+    term_examples: int | None = 16
+    term_every: int = 1
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
@@ -214,6 +229,10 @@ class FixOptions:
         check_number("modality_dropout", self.modality_dropout, low=0.0, high=1.0)
         check_number("modality_noise", self.modality_noise, low=0.0)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
+        if not isinstance(self.detach_clean, bool):
+            raise _fail("detach_clean", self.detach_clean, "True or False")
+        check_int("term_examples", self.term_examples, low=2, optional=True)
+        check_int("term_every", self.term_every, low=1)
 
     def replace(self, **changes: Any) -> FixOptions:
         return replace(self, **changes)
