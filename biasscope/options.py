@@ -202,7 +202,7 @@ class FixOptions:
     label_key: str | None = "label"
     detach_clean: bool = False
     term_examples: int | None = 16
-    term_every: int = 1
+    term_every: int = 2
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
