@@ -20,6 +20,8 @@ __all__ = ["AuditOptions", "FixOptions", "flag_name", "options_from_mapping"]
 #: the largest number of model passes per example an audit may plan (samples x modalities),
 #: the "stated budget" against which absurd sample counts are refused up front
 MAX_PASSES_PER_EXAMPLE = 100_000
+#: the most examples an audit attributes (each costs about ``steps`` backward passes)
+MAX_EXPLAIN = 50
 
 DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -109,6 +111,10 @@ class AuditOptions:
         tensorization: also run the joint-perturbation (tensorization) check.
         check_output: refuse outputs that cannot be logits of the label classes.
         precision: forward-pass precision on CUDA (divergences stay in float64).
+        probe: probe each modality's representation for the label (information available vs
+            used; needs labels, skipped without them).
+        explain: attribute this many examples inside the modality each depends on most
+            (highest and lowest functional entropy, alternately; 0 skips).
     """
 
     samples: int = 32
@@ -124,6 +130,8 @@ class AuditOptions:
     tensorization: bool = True
     check_output: bool = True
     precision: str = "fp32"
+    probe: bool = True
+    explain: int = 3
 
     def __post_init__(self) -> None:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
@@ -140,6 +148,9 @@ class AuditOptions:
         if not _is_int(self.permutation_repeats) or self.permutation_repeats < 0 or self.permutation_repeats == 1:
             raise _fail("permutation_repeats", self.permutation_repeats, "0 (skip) or an integer >= 2")
         check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.probe, bool):
+            raise _fail("probe", self.probe, "True or False")
+        check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
 
     def replace(self, **changes: Any) -> AuditOptions:
         return replace(self, **changes)

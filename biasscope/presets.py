@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-from .modality import Modality
 
-__all__ = ["Preset", "PRESETS", "preset_modalities", "resolve_preset_layer"]
+if TYPE_CHECKING:  # torch-free at import: the CLI lists the presets in its help
+    from torch import nn
+
+    from ._batch import OutputSpec
+    from .modality import Modality
+
+__all__ = ["PRESETS", "Preset", "get_preset", "preset_modalities", "preset_output", "resolve_preset_layer"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Preset:
         layers: modality name -> dotted submodule path (as in ``model.get_submodule``).
         models: the transformers classes the paths were verified on.
         note: what the layers hold, and caveats.
+        output_key: the entry of the model's output (a ModelOutput) that holds the logits.
+        output_index: the element that holds them when the model returns a tuple.
         check: optional extra check of the model (raises :class:`ConfigError`).
     """
 
@@ -38,6 +44,8 @@ class Preset:
     layers: Mapping[str, str]
     models: tuple[str, ...]
     note: str = ""
+    output_key: str = "logits"
+    output_index: int | None = None
     check: Callable[[nn.Module], None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -119,8 +127,9 @@ PRESETS: dict[str, Preset] = {
             note=(
                 "text: token embeddings, (batch, tokens, hidden); image: the encoded region "
                 "features and boxes, (batch, regions, hidden). Its logits are under "
-                "question_answering_score: pass --output-key question_answering_score."
+                "question_answering_score, which the preset reads."
             ),
+            output_key="question_answering_score",
         ),
     )
 }
@@ -156,13 +165,9 @@ def resolve_preset_layer(module: nn.Module, path: str, *, preset: str = "", moda
     )
 
 
-def preset_modalities(name: str, module: nn.Module) -> list[Modality]:
-    """The layer modalities of preset ``name`` on ``module``.
-
-    Raises:
-        ConfigError: an unknown preset (the message lists them), a layer the model lacks
-            (the message names the missing path), or a model the preset cannot serve.
-    """
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (case-insensitive); a :class:`ConfigError` listing the
+    presets when there is none."""
     preset = PRESETS.get(str(name).strip().lower())
     if preset is None:
         raise ConfigError(
@@ -170,6 +175,31 @@ def preset_modalities(name: str, module: nn.Module) -> list[Modality]:
             "name the layers with --modality NAME=layer:PATH (`biasscope layers MODEL --data "
             "DATA` lists them)."
         )
+    return preset
+
+
+def preset_output(name: str, *, key: str | None = None, index: int | None = None) -> OutputSpec:
+    """Where the logits of preset ``name``'s models are; ``key`` / ``index`` given by the
+    user win over the preset's."""
+    from ._batch import OutputSpec
+
+    preset = get_preset(name)
+    return OutputSpec(
+        key=key if key is not None else preset.output_key,
+        index=index if index is not None else preset.output_index,
+    )
+
+
+def preset_modalities(name: str, module: nn.Module) -> list[Modality]:
+    """The layer modalities of preset ``name`` on ``module``.
+
+    Raises:
+        ConfigError: an unknown preset (the message lists them), a layer the model lacks
+            (the message names the missing path), or a model the preset cannot serve.
+    """
+    from .modality import Modality
+
+    preset = get_preset(name)
     modalities = [
         Modality(m, layer=resolve_preset_layer(module, path, preset=preset.name, modality=m))
         for m, path in preset.layers.items()

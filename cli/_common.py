@@ -168,10 +168,19 @@ def load_inputs(
     )
     modalities = [] if modality is None else resolve_modalities(modality, config, preset, loaded.module)
     key = pick(label_key, config, "label_key", "label")
-    output = OutputSpec(
-        key=pick(output_key, config, "output_key", "logits"),
-        index=pick(output_index, config, "output_index"),
-    )
+    preset_name = preset or config.get("preset")
+    if preset_name:  # a preset carries where its models' logits are; flags and config win
+        from biasscope.presets import preset_output
+
+        output = preset_output(
+            preset_name, key=pick(output_key, config, "output_key"),
+            index=pick(output_index, config, "output_index"),
+        )
+    else:
+        output = OutputSpec(
+            key=pick(output_key, config, "output_key", "logits"),
+            index=pick(output_index, config, "output_index"),
+        )
     provenance = {
         "model": {"path": str(path), "sha256": loaded.sha256, "kind": loaded.kind},
     }

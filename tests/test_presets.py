@@ -4,6 +4,7 @@ per forward pass with a batch-first float output, and audit; a wrong preset is a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from biasscope import ConfigError, OutputSpec, audit  # noqa: E402
 from biasscope.cli.main import app  # noqa: E402
-from biasscope.presets import PRESETS, preset_modalities  # noqa: E402
+from biasscope.layers import layer_table  # noqa: E402
+from biasscope.presets import PRESETS, preset_modalities, preset_output  # noqa: E402
 
 import _tiny_hf as H  # noqa: E402
 
@@ -35,27 +37,25 @@ def _binary(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {**batch, "label": batch["label"] % 2}
 
 
-# preset, model builder, batch builder, output key
-CASES: list[tuple[str, Callable[[], nn.Module], Callable[[], dict[str, Tensor]], str | None]] = [
-    ("vilt", lambda: H.vilt("ViltForQuestionAnswering"), lambda: H.vilt_batch(16), None),
+# preset, model builder, batch builder
+CASES: list[tuple[str, Callable[[], nn.Module], Callable[[], dict[str, Tensor]]]] = [
+    ("vilt", lambda: H.vilt("ViltForQuestionAnswering"), lambda: H.vilt_batch(16)),
     (
         "vilt",
         lambda: H.vilt("ViltForImagesAndTextClassification", num_images=1),
         lambda: H.vilt_batch(16, images=1),
-        None,
     ),
     # a single logit per example: audited as two classes [0, x]
-    ("vilt", lambda: H.vilt("ViltForImageAndTextRetrieval"), lambda: _binary(H.vilt_batch(16)), None),
-    ("visualbert", lambda: H.visualbert("VisualBertForQuestionAnswering"), lambda: H.visualbert_batch(16), None),
+    ("vilt", lambda: H.vilt("ViltForImageAndTextRetrieval"), lambda: _binary(H.vilt_batch(16))),
+    ("visualbert", lambda: H.visualbert("VisualBertForQuestionAnswering"), lambda: H.visualbert_batch(16)),
     (
         "visualbert",
         lambda: H.visualbert("VisualBertForVisualReasoning"),
         lambda: _binary(H.visualbert_batch(16)),
-        None,
     ),
-    ("clip", lambda: H.dual_encoder("clip"), lambda: H.dual_batch(16), None),
-    ("siglip", lambda: H.dual_encoder("siglip"), lambda: H.dual_batch(16), None),
-    ("lxmert", H.lxmert, lambda: H.lxmert_batch(16), "question_answering_score"),
+    ("clip", lambda: H.dual_encoder("clip"), lambda: H.dual_batch(16)),
+    ("siglip", lambda: H.dual_encoder("siglip"), lambda: H.dual_batch(16)),
+    ("lxmert", H.lxmert, lambda: H.lxmert_batch(16)),
 ]
 IDS = [
     "vilt-qa", "vilt-images-and-text", "vilt-retrieval", "visualbert-qa",
@@ -63,14 +63,18 @@ IDS = [
 ]
 
 
-def test_every_preset_is_covered() -> None:
+def test_every_preset_and_listed_class_is_covered() -> None:
     assert {case[0] for case in CASES} == set(PRESETS)
+    built = {(case[0], type(case[1]()).__name__) for case in CASES}
+    for preset in PRESETS.values():
+        for cls in preset.models:
+            # a dual-encoder preset is tested on a classifier holding the listed class
+            assert (preset.name, cls) in built or (preset.name, "DualEncoderClassifier") in built
 
 
-@pytest.mark.parametrize("preset, build, batch_of, key", CASES, ids=IDS)
-def test_preset_layers_run_once_batch_first_and_audit(
+@pytest.mark.parametrize("preset, build, batch_of", CASES, ids=IDS)
+def test_preset_layers_run_once_batch_first_reach_the_logits_and_audit(
     preset: str, build: Callable[[], nn.Module], batch_of: Callable[[], dict[str, Tensor]],
-    key: str | None,
 ) -> None:
     model, batch = build(), batch_of()
     modalities = preset_modalities(preset, model)
@@ -78,36 +82,50 @@ def test_preset_layers_run_once_batch_first_and_audit(
     for m in modalities:  # the listed class has the preset's paths verbatim (or under a wrapper)
         path = PRESETS[preset].layers[m.name]
         assert m.layer == path or m.layer.endswith("." + path)
-        assert m.input is None
 
-    calls: dict[str, list[Any]] = {m.name: [] for m in modalities}
-    handles = [
-        model.get_submodule(m.layer).register_forward_hook(
-            lambda _mod, _args, out, name=m.name: calls[name].append(out)
-        )
-        for m in modalities
-    ]
-    inputs = {k: v for k, v in batch.items() if k != "label"}
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    output = preset_output(preset)
     n = batch["label"].shape[0]
-    for name, outs in calls.items():
-        assert len(outs) == 1, f"{name} ran {len(outs)} times"
-        assert isinstance(outs[0], Tensor) and outs[0].is_floating_point()
-        assert outs[0].shape[0] == n
+    rows = {r.path: r for r in layer_table(model, batch, output=output)}
+    for m in modalities:  # one float batch-first tensor, run once, that the logits depend on
+        info = rows[m.layer]
+        assert info.runs == 1, f"{m.name} ran {info.runs} times"
+        assert len(info.tensors) == 1 and info.tensors[0].dtype.startswith("float")
+        assert info.tensors[0].shape[0] == n and info.tensors[0].batch_dim == 0
+        assert info.tensors[0].reaches_output is True, f"{m.site} does not reach the logits"
+        assert info.tensors[0].perturbable
 
-    result = audit(
-        model, [batch], modalities, samples=4, permutation_repeats=2, device="cpu",
-        output=OutputSpec(key=key) if key else None,
-    )
-    assert [m.name for m in result.modalities] == ["text", "image"]
-    assert all(m.functional_entropy.mean >= 0 for m in result.modalities)
-    assert all(m.verdict in ("ignored", "weak", "ok", "dominant") for m in result.modalities)
+    result = audit(model, [batch], modalities, samples=4, permutation_repeats=2, device="cpu", output=output)
+    assert [m.site for m in result.modalities] == [m.site for m in modalities]
+    # a random-init model reads both modalities: noise at each site moves its output
+    assert all(m.functional_entropy.mean > 0 for m in result.modalities)
     assert result.classes == sorted(set(batch["label"].tolist()))
+
+
+def test_lxmert_preset_reads_its_own_output_key() -> None:
+    """LXMERT's logits are under question_answering_score: the preset says so, and the
+    user's key, when given, wins."""
+    assert preset_output("lxmert") == OutputSpec(key="question_answering_score")
+    assert preset_output("LXMERT", key="other", index=1) == OutputSpec(key="other", index=1)
+    assert preset_output("vilt") == OutputSpec()
+    output = H.lxmert()(**{k: v for k, v in H.lxmert_batch(2).items() if k != "label"})
+    assert "logits" not in output.keys() and "question_answering_score" in output.keys()
+
+
+def test_cli_lxmert_preset_needs_no_output_key(tmp_path: Path) -> None:
+    H.lxmert().save_pretrained(str(tmp_path / "lxmert"))
+    torch.save(H.lxmert_batch(8), tmp_path / "data.pt")
+    result = runner.invoke(
+        app,
+        [
+            "audit", str(tmp_path / "lxmert"), "--data", str(tmp_path / "data.pt"),
+            "--preset", "lxmert", "--out", str(tmp_path / "out"), "--quiet",
+            "--samples", "4", "--permutation-repeats", "2", "--device", "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert [m["name"] for m in report["modalities"]] == ["text", "image"]
+    assert report["classes"] == sorted(set(H.lxmert_batch(8)["label"].tolist()))
 
 
 def test_preset_matches_a_wrapped_model() -> None:

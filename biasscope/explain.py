@@ -1,0 +1,217 @@
+"""What inside a modality the model looks at: captum attributions at the audit's site.
+
+For an example, the representation ``h`` the audit perturbs (a model input, or a layer's
+output) is replaced by a variable and the model is run from there, so captum's
+``IntegratedGradients`` on that variable is ``LayerIntegratedGradients`` at the layer (or
+input IG at an input site): attribution_i = (h_i - 0) * mean over the path of d logit_t / d h_i
+(Sundararajan, Taly & Yan, ICML 2017), with a zero baseline and t the predicted class.
+Where gradients do not fit (integer sites such as token ids given as an input), captum's
+``FeatureAblation`` replaces each feature (group) with 0 instead.
+
+The result is shaped the way people read it: ``kind="image"`` (a (C, H, W) or (H, W) site: a
+heatmap of |attribution| summed over channels), ``kind="tokens"`` (a site carrying token
+ids: one signed score per token, decoded with a tokenizer when given), ``kind="vector"``
+(one score per feature). Everything is JSON-ready lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._batch import Batch, OutputSpec, call_model
+from ._device import model_device
+from ._perturbation import capture
+from .errors import ConfigError, DataLoadError
+from .insight_results import Attribution
+from .modality import Modality, intervene
+
+__all__ = ["KINDS", "METHODS", "Attribution", "choose_examples", "explain_examples"]
+
+KINDS = ("image", "tokens", "vector")
+METHODS = ("auto", "integrated_gradients", "feature_ablation")
+
+
+def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[tuple[int, str, str]]:
+    """The ``n`` examples to explain: alternately the highest and the lowest summed
+    functional entropy over modalities (distinct), each with the modality it depends on most.
+
+    Args:
+        per_example: modality name -> per-example functional entropy (audit order).
+    Returns:
+        ``(example index, modality name, "highest" | "lowest")`` triples, highest first.
+    """
+    names = list(per_example)
+    if n <= 0 or not names:
+        return []
+    table = np.asarray([per_example[k] for k in names], dtype=np.float64)  # (M, N)
+    table = np.where(np.isfinite(table), table, 0.0)
+    order = np.argsort(-table.sum(0), kind="stable")
+    picks: list[tuple[int, str]] = []
+    top, bottom = 0, len(order) - 1
+    while len(picks) < min(n, len(order)):
+        if len(picks) % 2 == 0:
+            picks.append((int(order[top]), "highest"))
+            top += 1
+        else:
+            picks.append((int(order[bottom]), "lowest"))
+            bottom -= 1
+    return [(i, names[int(np.argmax(table[:, i]))], why) for i, why in picks]
+
+
+def _locate(batches: Sequence[Batch], index: int) -> Batch:
+    """The one-example batch of global example ``index``."""
+    start = 0
+    for batch in batches:
+        if index < start + batch.size:
+            return batch.select(torch.tensor([index - start]))
+        start += batch.size
+    raise DataLoadError(f"Example {index} is out of range: the audit set has {start} examples.")
+
+
+def _token_ids(batch: Batch, h: Tensor) -> Tensor | None:
+    """The integer input the site embeds: an integer (1, T) input matching h's (1, T, ...)."""
+    if not h.is_floating_point():
+        return h if h.dim() == 2 else None
+    if h.dim() != 3:
+        return None
+    names = sorted(batch.input_names, key=lambda k: k != "input_ids")
+    for key in names:
+        v = batch.get_input(key)
+        if isinstance(v, Tensor) and not v.is_floating_point() and tuple(v.shape) == tuple(h.shape[:2]):
+            return v
+    return None
+
+
+def _kind(h: Tensor, ids: Tensor | None) -> str:
+    feat = h.shape[1:]
+    if ids is not None:
+        return "tokens"
+    if len(feat) in (2, 3) and min(feat[-2:]) >= 2:
+        return "image"
+    return "vector"
+
+
+def _shape_values(kind: str, attr: Tensor) -> np.ndarray:
+    """(*feat) attribution -> the array drawn for its kind."""
+    a = attr.detach().double().cpu()
+    if kind == "image":
+        return (a.abs().sum(0) if a.dim() == 3 else a.abs()).numpy()
+    if kind == "tokens":
+        return (a.sum(dim=tuple(range(1, a.dim()))) if a.dim() > 1 else a).numpy()
+    return a.reshape(-1).numpy()
+
+
+def _feature_mask(kind: str, h: Tensor) -> Tensor:
+    """Feature groups for ablation: per token, per image patch (an 8 x 8 grid), per feature."""
+    feat = h.shape[1:]
+    if kind == "tokens":
+        pos = torch.arange(feat[0]).view(-1, *([1] * (len(feat) - 1)))
+        return pos.expand(*feat)[None].contiguous()
+    if kind == "image":
+        hh, ww = feat[-2:]
+        ph, pw = math.ceil(hh / 8), math.ceil(ww / 8)
+        grid = (torch.arange(hh)[:, None] // ph) * 8 + torch.arange(ww)[None, :] // pw
+        return grid.expand(*feat)[None].contiguous()
+    return torch.arange(int(np.prod(feat))).view(1, *feat)
+
+
+def _decode(ids: Tensor, tokenizer: Any | None) -> list[str]:
+    values = [int(i) for i in ids.reshape(-1)]
+    if tokenizer is None:
+        return [str(i) for i in values]
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return [str(t) for t in tokenizer.convert_ids_to_tokens(values)]
+    return [str(tokenizer.decode([i])) for i in values]
+
+
+def _attribute(forward, h: Tensor, target: int, *, method: str, kind: str, steps: int):
+    """captum on the site variable: (attribution shaped like h, convergence delta or None)."""
+    from captum.attr import FeatureAblation, IntegratedGradients
+
+    if method == "integrated_gradients":
+        attr, delta = IntegratedGradients(forward).attribute(
+            h, baselines=torch.zeros_like(h), target=target, n_steps=steps,
+            internal_batch_size=steps, return_convergence_delta=True,
+        )
+        return attr[0], float(delta.abs().max())
+    mask = _feature_mask(kind, h).to(h.device)
+    attr = FeatureAblation(forward).attribute(h, baselines=0, target=target, feature_mask=mask)
+    return attr[0], None
+
+
+def explain_examples(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    modality: Modality,
+    examples: Sequence[int],
+    *,
+    output: OutputSpec = OutputSpec(),
+    device: torch.device | str | None = None,
+    method: str = "auto",
+    steps: int = 32,
+    tokenizer: Any | None = None,
+    selected: Sequence[str | None] | None = None,
+) -> list[Attribution]:
+    """Attribute the predicted class of each example in ``examples`` (indices over all
+    batches, in order) to the features of ``modality`` at its audit site.
+
+    Args:
+        method: ``"auto"`` (integrated gradients, feature ablation at integer sites),
+            ``"integrated_gradients"`` or ``"feature_ablation"``.
+        steps: integration steps of integrated gradients.
+        tokenizer: decodes token ids (``convert_ids_to_tokens`` or ``decode``); else ids.
+        selected: per example, why it was chosen (stored in :attr:`Attribution.selected`).
+    Returns:
+        One :class:`Attribution` per example, in order.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r}).")
+    dev = torch.device(device) if device is not None else model_device(model)
+    out = []
+    reasons = list(selected) if selected is not None else [None] * len(examples)
+    for index, reason in zip(examples, reasons):
+        batch = _locate(batches, int(index)).to(dev)
+        with torch.no_grad():
+            logits, reps = _capture_site(model, batch, modality, output)
+        h = reps.detach()
+        target = int(logits.argmax(dim=1)[0])
+        ids = _token_ids(batch, h)
+        kind = _kind(h, ids)
+        how = method
+        if how == "auto":
+            how = "integrated_gradients" if h.is_floating_point() else "feature_ablation"
+        if how == "integrated_gradients" and not h.is_floating_point():
+            raise ConfigError(
+                f"Modality {modality.name!r}: {modality.site} holds integers, which take no "
+                "gradient; use method='feature_ablation' or a layer site (the embeddings)."
+            )
+
+        def forward(x: Tensor, _batch: Batch = batch) -> Tensor:
+            rows = _batch.repeat(x.shape[0])
+            with intervene(model, rows, {modality: lambda _old, _x=x: _x}) as b:
+                return call_model(model, b, output)
+
+        attr, delta = _attribute(forward, h, target, method=how, kind=kind, steps=steps)
+        out.append(
+            Attribution(
+                modality=modality.name, site=modality.site, example=int(index), target=target,
+                method=how, kind=kind, values=_shape_values(kind, attr).tolist(),
+                shape=list(h.shape[1:]), tokens=_decode(ids, tokenizer) if ids is not None else None,
+                convergence_delta=delta, selected=reason,
+            )
+        )
+    return out
+
+
+def _capture_site(model: nn.Module, batch: Batch, modality: Modality, output: OutputSpec):
+    """The logits and the modality's representation (integer inputs allowed)."""
+    if modality.input is not None:
+        return call_model(model, batch, output), batch.get_input(modality.input)
+    logits, reps = capture(model, batch, [modality], output)
+    return logits, reps[modality.name]
