@@ -1,26 +1,35 @@
-"""Audit cost versus plain passes, measured side by side in one run.
+"""The audit against the minimal work of its four measures, timed side by side in one run.
 
-Counts every forward pass the audit makes (rows, and whether it back-propagates), replays
-the same passes as plain ``model(x)`` (+ ``backward``) calls on the same model, and prints
-the time ratio and each one's peak memory (peak RSS of a fresh child process on CPU,
-``torch.cuda.max_memory_allocated`` on CUDA).
+The minimum (whatever the implementation does): per example one clean forward pass, and per
+modality K perturbed forward + backward passes (noise added at the modality's site, the
+gradient taken w.r.t. the noise), chunked to the same ``max_rows``. The audit runs with
+the performance-grounded checks off (``permutation_repeats=0, shapley=False``, no labels):
+its entropy family only, plus the tensorization check unless ``--no-tensorization``. Both
+alternate ``--repeats`` times after a warm-up; the minimum time of each is reported, with
+the rows the audit actually ran (forward, and forward with backward) beside the minimum's.
 
-    python benchmarks/bench_audit.py [--samples 32] [--examples 512] [--device auto]
+    python benchmarks/bench_audit.py [--model net|vilt-tiny|vilt-b] [--examples 512]
+        [--samples 32] [--device auto] [--precision fp32] [--no-tensorization] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import resource
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-import biasscope as bs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import biasscope as bs  # noqa: E402
+from biasscope._batch import OutputSpec, call_model, split_batch  # noqa: E402
+from biasscope._device import autocast_for, resolve_device  # noqa: E402
+from biasscope.modality import intervene  # noqa: E402
 
 
 class Net(nn.Module):
@@ -40,88 +49,185 @@ class Net(nn.Module):
         return self.head(torch.cat([self.image_encoder(image), self.color_encoder(color)], 1))
 
 
-def _data(n: int, batch: int):
+VILT_SIZES = {
+    # ViLT-B/32 (Kim et al. 2021) at 224 px: 7x7 patches + 40 text positions, VQA head
+    "vilt-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                   image_size=224, patch_size=32, vocab_size=30522, max_position_embeddings=40,
+                   num_labels=3129, tokens=32),
+    "vilt-tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      image_size=32, patch_size=16, vocab_size=100, max_position_embeddings=16,
+                      num_labels=10, tokens=12),
+}
+
+
+def _vilt(size: str, n: int, batch: int):
+    from transformers import ViltConfig, ViltForQuestionAnswering
+
+    kw = dict(VILT_SIZES[size])
+    tokens = kw.pop("tokens")
+    config = ViltConfig(**kw, max_image_length=-1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = ViltForQuestionAnswering(config)
     g = torch.Generator().manual_seed(0)
-    return [
-        {"image": torch.randn(batch, 1, 16, 16, generator=g), "color": torch.rand(batch, 3, generator=g)}
-        for _ in range(n // batch)
+    batches = []
+    for lo in range(0, n, batch):
+        b = min(batch, n - lo)
+        lengths = torch.randint(4, tokens + 1, (b,), generator=g)
+        mask = (torch.arange(tokens)[None, :] < lengths[:, None]).long()
+        size_px = config.image_size
+        batches.append({
+            "input_ids": torch.randint(1, config.vocab_size, (b, tokens), generator=g) * mask,
+            "attention_mask": mask, "token_type_ids": torch.zeros(b, tokens, dtype=torch.long),
+            "pixel_values": torch.randn(b, 3, size_px, size_px, generator=g),
+            "pixel_mask": torch.ones(b, size_px, size_px, dtype=torch.long),
+        })
+    mods = bs.preset_modalities("vilt", model) if hasattr(bs, "preset_modalities") else [
+        bs.Modality("text", layer="vilt.embeddings.text_embeddings"),
+        bs.Modality("image", layer="vilt.embeddings.patch_embeddings"),
     ]
+    return model, batches, mods
 
 
-MODS = [bs.Modality("image", input="image"), bs.Modality("color", layer="color_encoder")]
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def child(what: str, args) -> dict:
+def build(model: str, n: int, batch: int) -> tuple[nn.Module, list[dict], list]:
+    """The model (seeded random weights), ``n`` examples in batches, and its modalities."""
     torch.manual_seed(0)
-    device = bs._device.resolve_device(args.device)
-    model, data = Net().to(device).eval(), _data(args.examples, args.batch)
-    passes: list[tuple[int, bool]] = []
-    model.register_forward_pre_hook(
-        lambda m, inp, kw: passes.append((next(iter([*inp, *kw.values()])).shape[0], torch.is_grad_enabled())),
-        with_kwargs=True,
-    )
+    if model in VILT_SIZES:
+        m, batches, mods = _vilt(model, n, batch)
+        return m.eval(), batches, mods
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {"image": torch.randn(min(batch, n - lo), 1, 16, 16, generator=g),
+         "color": torch.rand(min(batch, n - lo), 3, generator=g)}
+        for lo in range(0, n, batch)
+    ]
+    return Net().eval(), batches, [bs.Modality("image", input="image"), bs.Modality("color", layer="color_encoder")]
+
+
+def minimal_passes(model, batches, modalities, *, samples: int, max_rows: int, device, precision="fp32") -> None:
+    """The minimal work of the four measures: one clean pass per example, then per modality
+    K forward passes with noise at its site and the gradient w.r.t. that noise."""
+    output = OutputSpec()
+    for raw in batches:
+        b = split_batch(raw, label_key=None).to(device)
+        with torch.no_grad(), autocast_for(device, precision):
+            call_model(model, b, output)
+        per_chunk = max(1, max_rows // b.size)
+        for m in modalities:
+            done = 0
+            while done < samples:
+                k = min(per_chunk, samples - done)
+                done += k
+                noise: list[torch.Tensor] = []
+
+                def add(h, _noise=noise):
+                    _noise.append(torch.randn_like(h).requires_grad_(True))
+                    return h + _noise[0]
+
+                with intervene(model, b.repeat(k), {m: add}) as rows, autocast_for(device, precision):
+                    logits = call_model(model, rows, output)
+                torch.autograd.grad(logits.float().logsumexp(1).sum(), noise)
+
+
+def audit_kwargs(wanted: dict) -> tuple[dict, list[str]]:
+    """The options the installed ``audit`` accepts (named, or through ``**overrides``)."""
+    params = inspect.signature(bs.audit).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = {k: v for k, v in wanted.items() if open_ended or k in params}
+    return accepted, sorted(set(wanted) - set(accepted))
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    base = _peak_mb(device)
-    if what == "audit":
-        start = time.perf_counter()
-        bs.audit(model, data, MODS, samples=args.samples, label_key=None, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        return {"seconds": seconds, "peak_mb": _peak_mb(device) - base, "passes": passes}
-    plan = json.loads(args.plan)
-    start = time.perf_counter()
-    for rows, grad in plan:
-        image = torch.randn(rows, 1, 16, 16, device=device, requires_grad=grad)
-        color = torch.rand(rows, 3, device=device)
-        with torch.set_grad_enabled(grad):
-            out = model(image, color)
-            if grad:
-                torch.autograd.grad(out.logsumexp(1).sum(), image)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(device) - base}
+        torch.cuda.synchronize(device)
 
 
-def _run(what: str, args, plan=None) -> dict:
-    cmd = [sys.executable, __file__, "--child", what, "--samples", str(args.samples),
-           "--examples", str(args.examples), "--batch", str(args.batch), "--device", args.device]
-    if plan is not None:
-        cmd += ["--plan", json.dumps(plan)]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+def measure(args) -> dict:
+    device = resolve_device(args.device)
+    model, batches, mods = build(args.model, args.examples, args.batch)
+    model.to(device)
+    optional = {"precision": args.precision}
+    if args.no_tensorization:
+        optional["tensorization"] = False
+    kwargs, unsupported = audit_kwargs(optional)
+    kwargs.update(samples=args.samples, seed=0, device=device, label_key=None, max_rows=args.max_rows,
+                  permutation_repeats=0, shapley=False)
+    rows = {"forward": 0, "backward": 0}
+
+    def count(_module, inputs, kw):
+        first = next(t for t in (*inputs, *kw.values()) if isinstance(t, torch.Tensor))
+        rows["backward" if torch.is_grad_enabled() else "forward"] += first.shape[0]
+
+    def run_audit() -> None:
+        bs.audit(model, batches, mods, **kwargs)
+
+    def run_minimal() -> None:
+        minimal_passes(model, batches, mods, samples=args.samples, max_rows=args.max_rows,
+                       device=device, precision=args.precision)
+
+    times = {"audit": [], "minimal": []}
+    for i in range(args.repeats + 1):  # the first round warms up
+        for name, fn in (("audit", run_audit), ("minimal", run_minimal)):
+            handle = model.register_forward_pre_hook(count, with_kwargs=True) if i == 0 and name == "audit" else None
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if i:
+                times[name].append(time.perf_counter() - start)
+            if handle is not None:
+                handle.remove()
+    n, m, k = args.examples, len(mods), args.samples
+    return {
+        "model": args.model, "device": str(device), "examples": n, "modalities": m, "samples": k,
+        "precision": args.precision, "tensorization": not (args.no_tensorization and "tensorization" not in unsupported),
+        "unsupported_options": unsupported,
+        "audit_s": min(times["audit"]), "minimal_s": min(times["minimal"]),
+        "ratio": min(times["audit"]) / min(times["minimal"]),
+        "audit_rows": rows, "minimal_rows": {"forward": n, "backward": n * m * k},
+        "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("net", *VILT_SIZES), default="net")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--examples", type=int, default=512)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max-rows", type=int, default=4096)
     p.add_argument("--device", default="auto")
-    p.add_argument("--child")
-    p.add_argument("--plan")
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child, args)))
-        return
-    audit = _run("audit", args)
-    plan = [[rows, grad] for rows, grad in audit["passes"]]
-    plain = _run("plain", args, plan)
-    n_grad = sum(g for _, g in plan)
-    rows = sum(r for r, _ in plan)
-    print(f"model: 2 modalities, {args.examples} examples, K = {args.samples}, device {args.device}")
-    print(f"passes: {len(plan)} ({n_grad} with backward), {rows:,} rows in all")
-    print(f"{'':24}{'seconds':>10}{'peak MB':>10}")
-    print(f"{'audit (entropy family)':24}{audit['seconds']:>10.2f}{audit['peak_mb']:>10.1f}")
-    print(f"{'same plain passes':24}{plain['seconds']:>10.2f}{plain['peak_mb']:>10.1f}")
-    print(f"ratio audit / plain: time {audit['seconds'] / plain['seconds']:.2f}x, "
-          f"peak memory {audit['peak_mb'] / max(plain['peak_mb'], 1e-9):.2f}x")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--no-tensorization", action="store_true", help="skip the joint check (if audit accepts it)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    return p
+
+
+def run(argv: list[str]) -> dict:
+    """Measure with command-line arguments ``argv``; print nothing, return the figures."""
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return measure(args)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    r = run(sys.argv[1:] if argv is None else argv)
+    if args.json:
+        print(json.dumps(r))
+        return r
+    print(f"model {r['model']}, {r['examples']} examples, M = {r['modalities']}, K = {r['samples']}, "
+          f"device {r['device']} ({r['card']}), precision {r['precision']}, "
+          f"tensorization check {'on' if r['tensorization'] else 'off'}")
+    if r["unsupported_options"]:
+        print(f"(this audit does not accept: {', '.join(r['unsupported_options'])})")
+    print(f"{'':30}{'seconds':>10}{'fwd rows':>12}{'fwd+bwd rows':>14}")
+    for name, key in (("audit (entropy family)", "audit"), ("minimal passes", "minimal")):
+        rows = r[f"{key}_rows"]
+        print(f"{name:30}{r[f'{key}_s']:>10.3f}{rows['forward']:>12,}{rows['backward']:>14,}")
+    print(f"ratio audit / minimal: {r['ratio']:.2f}x")
+    return r
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["MANIFEST_NAME", "atomic_path", "clean_stale", "write_atomic", "write_outputs"]
+__all__ = [
+    "MANIFEST_NAME", "atomic_path", "check_output_file", "check_output_folder", "clean_stale",
+    "write_atomic", "write_outputs",
+]
 
 
 _TMP_MARK = "biasscope-tmp-"
@@ -124,3 +127,107 @@ def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | No
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _writable_ancestor(path: Path, parameter: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable folder on a real file
+    system, so that ``path`` can be created."""
+    from .errors import OutputPathError
+
+    resolved = Path(os.path.abspath(path))
+    if any(resolved == Path(root) or Path(root) in resolved.parents for root in _PSEUDO_ROOTS):
+        raise OutputPathError(
+            f"{parameter} {str(path)!r} is under {resolved.parts[0]}{resolved.parts[1]}, a "
+            "system pseudo file system where no report can be written; choose a folder of "
+            "your own.", parameter=parameter,
+        )
+    ancestor = resolved
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(
+            f"{parameter} {str(path)!r} cannot be created: {str(ancestor)!r} is a file, not a "
+            "folder; choose another path.", parameter=parameter,
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(
+            f"{parameter} {str(path)!r} cannot be written: the folder {str(ancestor)!r} is "
+            "read-only for this user; choose a writable folder.", parameter=parameter,
+        )
+
+
+def check_output_folder(
+    folder: str | os.PathLike[str],
+    names: list[str] | tuple[str, ...] = (),
+    *,
+    inputs: list[str | os.PathLike[str]] | tuple = (),
+    parameter: str = "out",
+) -> Path:
+    """Check, before any work, that ``folder`` can receive the files ``names``: it is not a
+    file, not under a pseudo file system, writable (or creatable), no file to write is an
+    existing folder, and neither the folder nor a file to write is one of ``inputs``.
+    Raises :class:`~biasscope.errors.OutputPathError` naming ``parameter``."""
+    from .errors import OutputPathError
+
+    folder = Path(folder)
+    input_paths = [Path(p) for p in inputs if p is not None]
+    for source in input_paths:
+        if _same(folder, source):
+            raise OutputPathError(
+                f"{parameter} {str(folder)!r} is an input path; write the outputs elsewhere "
+                "(an input is never overwritten).", parameter=parameter,
+            )
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(
+            f"{parameter} {str(folder)!r} is a file; {parameter} is the folder the outputs go "
+            "in: give a folder path (it is created when missing).", parameter=parameter,
+        )
+    _writable_ancestor(folder, parameter)
+    for name in names:
+        target = folder / name
+        if target.is_dir():
+            raise OutputPathError(
+                f"{str(target)!r} is a folder, but the run writes a file there; move or remove "
+                f"it, or choose another {parameter}.", parameter=parameter,
+            )
+        if any(_same(target, source) for source in input_paths):
+            raise OutputPathError(
+                f"Writing {str(target)!r} would overwrite an input; choose another {parameter}.",
+                parameter=parameter,
+            )
+    return folder
+
+
+def check_output_file(
+    path: str | os.PathLike[str],
+    *,
+    inputs: list[str | os.PathLike[str]] | tuple = (),
+    parameter: str = "out",
+) -> Path:
+    """Check, before any work, that one output file can be written at ``path`` and is not
+    one of ``inputs``."""
+    from .errors import OutputPathError
+
+    path = Path(path)
+    if any(_same(path, Path(source)) for source in inputs if source is not None):
+        raise OutputPathError(
+            f"{parameter} {str(path)!r} is one of the inputs; writing there would overwrite "
+            "it. Choose another file name.", parameter=parameter,
+        )
+    if path.is_dir():
+        raise OutputPathError(
+            f"{parameter} {str(path)!r} is a folder; give a file name (e.g. compare.html).",
+            parameter=parameter,
+        )
+    _writable_ancestor(path.parent if str(path.parent) else Path("."), parameter)
+    return path

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +19,6 @@ from torch import Tensor
 from .errors import BiasscopeError, DataLoadError
 
 __all__ = ["fingerprint", "split_spec", "call_factory", "first_line", "describe_obj"]
-
 
 
 def _sha256(path: Path) -> str:
@@ -68,16 +69,24 @@ def _is_file_target(target: str) -> bool:
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
-def _import_callable(
-    spec: str, *, error: type[BiasscopeError], what: str, option: str
-) -> Callable[..., Any]:
+# exceptions a user factory may raise that are not Exceptions, and which must not end the
+# run as if it succeeded (sys.exit(0) would exit 0 with nothing written)
+_ESCAPES = (Exception, SystemExit, KeyboardInterrupt, GeneratorExit)
+
+
+def _escape_name(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (sys.exit({exc.code!r}))"
+    return type(exc).__name__
+
+
+def _import_callable(spec: str, *, error: type[BiasscopeError], what: str) -> Callable[..., Any]:
     """Import ``"package.module:function"`` or ``"path/to/file.py:function"``.
 
     Args:
         spec: the factory string.
         error: the error class to raise (ModelLoadError or DataLoadError).
         what: what the factory builds, for messages ("model", "data").
-        option: the command-line option that took the string, for messages.
     """
     form = (
         f"Write it as 'package.module:function' (an importable module) or "
@@ -87,35 +96,12 @@ def _import_callable(
         raise error(f"The {what} factory must be a string, got {type(spec).__name__}. {form}")
     parts = split_spec(spec)
     if parts is None:
-        raise error(f"The {what} factory {spec!r} ({option}) is malformed. {form}")
+        raise error(f"The {what} factory {spec!r} is malformed. {form}")
     target, attr = parts
     if _is_file_target(target):
-        module = _import_file(target, spec=spec, error=error, what=what, option=option)
+        module = _import_file(target, spec=spec, error=error, what=what)
     else:
-        if not all(p.isidentifier() for p in target.split(".")):
-            raise error(f"The {what} factory {spec!r} ({option}) is malformed: {target!r} is not a "
-                        f"module name. {form}")
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and target.startswith(exc.name) and (
-                exc.name == target or target.startswith(exc.name + ".")
-            ):
-                raise error(
-                    f"The {what} factory {spec!r} ({option}) names module {target!r}, which cannot "
-                    f"be imported ({exc}). Install the package or run from the directory that "
-                    f"holds it (it must be on PYTHONPATH), or give a file path instead: "
-                    f"'path/to/file.py:{attr}'."
-                ) from exc
-            raise error(
-                f"Importing module {target!r} for the {what} factory {spec!r} failed: {exc}. "
-                f"Install the missing dependency {exc.name!r} or fix the import in {target!r}."
-            ) from exc
-        except Exception as exc:
-            raise error(
-                f"Importing module {target!r} for the {what} factory {spec!r} raised "
-                f"{type(exc).__name__}: {exc}. Fix the error in that module and try again."
-            ) from exc
+        module = _import_module(target, attr, spec=spec, error=error, what=what, form=form)
     obj: Any = module
     for name in attr.split("."):
         if not hasattr(obj, name):
@@ -123,26 +109,67 @@ def _import_callable(
                 n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
             )
             raise error(
-                f"The {what} factory {spec!r} ({option}): {target!r} has no attribute {attr!r}. "
+                f"The {what} factory {spec!r}: {target!r} has no attribute {attr!r}. "
                 f"Callables it defines: {', '.join(available) or 'none'}. Fix the name after ':'."
             )
         obj = getattr(obj, name)
-    if not callable(obj):
-        raise error(
-            f"The {what} factory {spec!r} ({option}) names {attr!r}, a {type(obj).__name__}, "
-            f"which is not callable. Point it at a function that takes no arguments and returns "
-            f"the {what}."
-        )
+    _check_factory_object(obj, spec=spec, attr=attr, error=error, what=what)
     return obj
 
 
-def _import_file(
-    target: str, *, spec: str, error: type[BiasscopeError], what: str, option: str
+def _check_factory_object(
+    obj: Any, *, spec: str, attr: str, error: type[BiasscopeError], what: str
+) -> None:
+    """A factory must be a Python function (or method) or a class: builtins such as
+    ``os.abort`` or ``sys.exit`` are refused before anything is called."""
+    if not callable(obj):
+        raise error(
+            f"The {what} factory {spec!r} names {attr!r}, a {type(obj).__name__}, which is not "
+            f"callable. Point it at a function that takes no arguments and returns the {what}."
+        )
+    function = getattr(obj, "__func__", obj)  # a bound or class method: its function
+    if inspect.isfunction(function) or inspect.isclass(obj):
+        return
+    kind = "a built-in function" if inspect.isbuiltin(obj) else f"a {type(obj).__name__} object"
+    raise error(
+        f"The {what} factory {spec!r} names {attr!r}, {kind}, not a Python function or class. "
+        f"A factory must be a Python function (or class) that takes no arguments and returns "
+        f"the {what}; write one, e.g. 'my_project/build.py:make_{what}'."
+    )
+
+
+def _import_module(
+    target: str, attr: str, *, spec: str, error: type[BiasscopeError], what: str, form: str
 ) -> Any:
+    if not all(p.isidentifier() for p in target.split(".")):
+        raise error(
+            f"The {what} factory {spec!r} is malformed: {target!r} is not a module name. {form}"
+        )
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (exc.name == target or target.startswith(exc.name + ".")):
+            raise error(
+                f"The {what} factory {spec!r} names module {target!r}, which cannot be imported "
+                f"({exc}). Install the package or run from the directory that holds it (it must "
+                f"be on PYTHONPATH), or give a file path instead: 'path/to/file.py:{attr}'."
+            ) from exc
+        raise error(
+            f"Importing module {target!r} for the {what} factory {spec!r} failed: {exc}. "
+            f"Install the missing dependency {exc.name!r} or fix the import in {target!r}."
+        ) from exc
+    except _ESCAPES as exc:
+        raise error(
+            f"Importing module {target!r} for the {what} factory {spec!r} raised "
+            f"{_escape_name(exc)}: {first_line(exc)}. Fix that module and try again."
+        ) from exc
+
+
+def _import_file(target: str, *, spec: str, error: type[BiasscopeError], what: str) -> Any:
     path = Path(target)
     if not path.is_file():
         raise error(
-            f"The {what} factory {spec!r} ({option}) points at {target!r}, which is not a file. "
+            f"The {what} factory {spec!r} points at {target!r}, which is not a file. "
             f"Check the path (relative paths start from the current directory: {os.getcwd()})."
         )
     resolved = path.resolve()
@@ -161,11 +188,11 @@ def _import_file(
     sys.path.insert(0, parent)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except _ESCAPES as exc:
         sys.modules.pop(name, None)
         raise error(
-            f"Running the {what} factory file {target!r} raised {type(exc).__name__}: {exc}. "
-            "Fix the error in that file (or a module it imports) and try again."
+            f"Running the {what} factory file {target!r} raised {_escape_name(exc)}: "
+            f"{first_line(exc)}. Fix the error in that file (or a module it imports) and try again."
         ) from exc
     finally:
         try:
@@ -175,23 +202,34 @@ def _import_file(
     return module
 
 
-def call_factory(spec: str, *, error: type[BiasscopeError], what: str, option: str) -> Any:
-    fn = _import_callable(spec, error=error, what=what, option=option)
+def call_factory(spec: str, *, error: type[BiasscopeError], what: str) -> Any:
+    """Import and call a factory string; whatever it raises (``sys.exit`` and Ctrl-C
+    included) becomes ``error`` naming the factory.
+
+    Args:
+        spec: ``"package.module:function"`` or ``"path/to/file.py:function"``.
+        error: the error class to raise (ModelLoadError or DataLoadError).
+        what: what the factory builds, for messages ("model", "data").
+    """
+    fn = _import_callable(spec, error=error, what=what)
     try:
         return fn()
     except BiasscopeError:
         raise
-    except Exception as exc:
+    except _ESCAPES as exc:
         raise error(
-            f"The {what} factory {spec!r} ({option}) raised {type(exc).__name__}: {exc}. "
-            f"It is called with no arguments and must return the {what}; fix the function "
-            "(or wrap it in one that supplies its arguments)."
+            f"The {what} factory {spec!r} raised {_escape_name(exc)}: {first_line(exc)}. It is "
+            f"called with no arguments and must return the {what}; fix the function (or wrap it "
+            "in one that supplies its arguments)."
         ) from exc
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The first line of an exception's message (at most 300 characters, no terminal codes)."""
+    text = _ANSI_RE.sub("", str(exc)).strip().splitlines()
     return text[0][:300] if text else ""
 
 

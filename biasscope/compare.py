@@ -1,14 +1,35 @@
-"""CI gates over two audits: before and after a fix (or two versions of a model)."""
+"""CI gates over audits: ``compare`` of two audits (before and after a fix, or two versions
+of a model) and the ``fail_on`` gate of one audit. Torch-free."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DataLoadError
 from .results import AuditResult
+from .verdict import reliance_shares
 
-__all__ = ["Gate", "check_comparable", "evaluate_gates", "parse_min_share"]
+__all__ = [
+    "FAIL_ON",
+    "Gate",
+    "Headline",
+    "check_comparable",
+    "compare_gates",
+    "evaluate_gates",
+    "fail_on_gate",
+    "headline",
+    "load_audit",
+    "parse_min_share",
+]
+
+#: ``fail_on`` level -> the verdicts that fail it (the top-level ``ignored`` list covers
+#: every sense of ignored, e.g. ``unused``)
+FAIL_ON = ("ignored", "weak")
 
 
 @dataclass(frozen=True)
@@ -20,77 +41,224 @@ class Gate:
     detail: str
 
 
-def parse_min_share(specs: list[str]) -> dict[str, float]:
-    """``["text=0.2", ...]`` -> ``{"text": 0.2}``."""
+@dataclass(frozen=True)
+class Headline:
+    """The one-line outcome of a set of gates.
+
+    ``status``: ``"failed"`` (a gate failed), ``"passed"`` (every gate passed and no modality
+    is ignored or weak), ``"passed_ungated"`` (the gates passed, but a modality is ignored or
+    weak and no gate asked about it: ``ungated`` maps it to its verdict), or ``"no_gates"``.
+    """
+
+    status: str
+    failed: list[str] = field(default_factory=list)
+    ungated: dict[str, str] = field(default_factory=dict)
+
+
+def load_audit(path: str | os.PathLike[str]) -> AuditResult:
+    """Read an audit.json, with a specific message for a folder, a JSON that is not an
+    object, and a file that is not a biasscope audit."""
+    path = Path(path)
+    if path.is_dir():
+        hint = " (it holds an audit.json: give that file)" if (path / "audit.json").is_file() else ""
+        raise DataLoadError(f"{path} is a folder, not an audit JSON{hint}; give the audit.json file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataLoadError(f"No audit JSON at {path}; run `biasscope audit` first.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataLoadError(f"Cannot read {path} as an audit JSON ({exc}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataLoadError(f"{path} is not valid JSON ({exc}); give an audit.json.") from None
+    if not isinstance(data, dict):
+        raise DataLoadError(
+            f"{path} holds a JSON {type(data).__name__}, not an object: give one audit.json "
+            "written by `biasscope audit` (not a list of audits)."
+        )
+    try:
+        return AuditResult.from_dict(data)
+    except DataLoadError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataLoadError(
+            f"{path} is not a biasscope audit result ({type(exc).__name__}: {exc}); give an "
+            "audit.json written by `biasscope audit`."
+        ) from None
+
+
+def parse_min_share(specs: Sequence[str], *, parameter: str = "min_share") -> dict[str, float]:
+    """``["text=0.2", ...]`` -> ``{"text": 0.2}``; each share a finite number in [0, 1]."""
     out = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
         try:
-            out[name.strip()] = float(value)
+            share = float(value)
         except ValueError:
+            share = math.nan
             sep = ""
         if not sep or not name.strip():
-            raise ConfigError(f"Cannot read --min-share {spec!r}: write MODALITY=SHARE, e.g. text=0.2.")
+            raise ConfigError(
+                f"Cannot read {parameter} {spec!r}: write MODALITY=SHARE, e.g. text=0.2.",
+                parameter=parameter,
+            )
+        if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+            raise ConfigError(
+                f"{parameter} {spec!r}: the share must be a number in [0, 1] (got {value.strip()}).",
+                parameter=parameter,
+            )
+        out[name.strip()] = share
     return out
 
 
 _SETTINGS = ("samples", "scale", "divergence")
 
 
-def check_comparable(before: AuditResult, after: AuditResult) -> list[str]:
-    """Refuse audits of different modalities; return warnings for settings that differ
-    (their numbers are then not directly comparable)."""
+def _data_hash(result: AuditResult) -> str | None:
+    data = result.provenance.get("data")
+    return data.get("sha256") if isinstance(data, Mapping) else None
+
+
+def check_comparable(
+    before: AuditResult, after: AuditResult, *, allow_different_data: bool = False
+) -> list[str]:
+    """Refuse audits of different modalities, and of different data (their recorded sha256
+    differ) unless ``allow_different_data``; return warnings for settings that differ."""
     if sorted(before.names) != sorted(after.names):
         raise ConfigError(
             f"The audits have different modalities ({', '.join(before.names)} vs "
             f"{', '.join(after.names)}); compare audits of the same modalities."
         )
-    return [
+    a, b = _data_hash(before), _data_hash(after)
+    if a is not None and b is not None and a != b and not allow_different_data:
+        raise ConfigError(
+            f"The audits are of different data (sha256 {a[:12]}... vs {b[:12]}...): their "
+            "numbers are not comparable. Audit both models on the same data, or set "
+            "allow_different_data to compare them anyway.",
+            parameter="allow_different_data",
+        )
+    warnings = [
         f"{key} differs ({before.settings.get(key)!r} vs {after.settings.get(key)!r}): "
         "the entropy measures are not directly comparable"
         for key in _SETTINGS
         if before.settings.get(key) != after.settings.get(key)
     ]
+    if a != b and (a is None or b is None or allow_different_data):
+        warnings.append("the audits may be of different data: their numbers are not directly comparable")
+    return warnings
 
 
-def evaluate_gates(
+def _weak(result: AuditResult) -> list[str]:
+    return [m.name for m in result.modalities if m.verdict == "weak" and m.name not in result.ignored]
+
+
+def fail_on_gate(result: AuditResult, level: str) -> Gate:
+    """The ``fail_on`` gate of one audit: ``"ignored"`` fails when a modality is ignored
+    (in any sense: the result's ``ignored`` list), ``"weak"`` also when one is weak."""
+    if level not in FAIL_ON:
+        raise ConfigError(f"fail_on must be one of {', '.join(FAIL_ON)} (got {level!r}).", parameter="fail_on")
+    failing = {name: result[name].verdict for name in result.ignored}
+    if level == "weak":
+        failing.update({name: "weak" for name in _weak(result)})
+    detail = ", ".join(f"{n} is {v}" for n, v in failing.items()) or "every modality is used"
+    return Gate(f"no modality {'ignored' if level == 'ignored' else 'ignored or weak'}", not failing, detail)
+
+
+def _check_gate_values(max_drop_accuracy: float | None) -> None:
+    from .options import check_number
+
+    try:
+        check_number("max_drop_accuracy", max_drop_accuracy, low=0.0, high=1.0, optional=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} It is an accuracy drop, e.g. 0.02.", parameter="max_drop_accuracy") from None
+
+
+def compare_gates(
     before: AuditResult,
     after: AuditResult,
     *,
     fail_if_ignored: bool = False,
+    fail_if_weak: bool = False,
     max_drop_accuracy: float | None = None,
     min_share: Mapping[str, float] | None = None,
+    min_reliance_share: Mapping[str, float] | None = None,
+    allow_different_data: bool = False,
 ) -> list[Gate]:
-    """The gates asked for, each evaluated on ``after`` (and ``before`` for accuracy)."""
-    check_comparable(before, after)
+    """The gates asked for, each evaluated on ``after`` (and ``before`` for accuracy).
+
+    ``min_share`` bounds a modality's sensitivity share, ``min_reliance_share`` its share of
+    the summed permutation loss increase (what drives the verdict).
+    """
+    _check_gate_values(max_drop_accuracy)
+    for parameter, floors in (("min_share", min_share), ("min_reliance_share", min_reliance_share)):
+        for name, floor in (floors or {}).items():
+            if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor <= 1):
+                raise ConfigError(f"{parameter} for {name!r} must be a number in [0, 1] (got {floor!r}).", parameter=parameter)
+            if name not in after.names:
+                raise ConfigError(
+                    f"{parameter} names {name!r}, but the audit has modalities {', '.join(after.names)}.",
+                    parameter=parameter,
+                )
+    check_comparable(before, after, allow_different_data=allow_different_data)
     gates: list[Gate] = []
-    if fail_if_ignored:
-        ignored = after.ignored
-        gates.append(
-            Gate(
-                "no modality ignored",
-                not ignored,
-                f"ignored: {', '.join(ignored)}" if ignored else "every modality is used",
-            )
-        )
+    if fail_if_ignored and not fail_if_weak:
+        gates.append(fail_on_gate(after, "ignored"))
+    if fail_if_weak:
+        gates.append(fail_on_gate(after, "weak"))
     if max_drop_accuracy is not None:
-        if before.accuracy is None or after.accuracy is None:
-            raise ConfigError(
-                "--max-drop-accuracy needs accuracy in both audits: audit data with labels."
-            )
-        drop = before.accuracy - after.accuracy
-        gates.append(
-            Gate(
-                f"accuracy drop <= {max_drop_accuracy:g}",
-                drop <= max_drop_accuracy + 1e-12,
-                f"{before.accuracy:.4f} -> {after.accuracy:.4f} (drop {drop:+.4f})",
-            )
-        )
+        gates.append(_accuracy_gate(before, after, max_drop_accuracy))
     for name, floor in (min_share or {}).items():
-        if name not in after.names:
-            raise ConfigError(
-                f"--min-share names {name!r}, but the audit has modalities {', '.join(after.names)}."
-            )
         share = after[name].share
         gates.append(Gate(f"share of {name} >= {floor:g}", share >= floor, f"share {share:.4f}"))
+    if min_reliance_share:
+        reliance = reliance_shares(after.modalities)
+        if reliance is None:
+            raise ConfigError(
+                "min_reliance_share needs permutation scores in the after audit: audit data "
+                "with labels and permutation_repeats >= 2.",
+                parameter="min_reliance_share",
+            )
+        for name, floor in min_reliance_share.items():
+            gates.append(
+                Gate(f"reliance share of {name} >= {floor:g}", reliance[name] >= floor,
+                     f"reliance share {reliance[name]:.4f}")
+            )
     return gates
+
+
+def _accuracy_gate(before: AuditResult, after: AuditResult, max_drop: float) -> Gate:
+    if before.accuracy is None or after.accuracy is None:
+        raise ConfigError(
+            "max_drop_accuracy needs accuracy in both audits: audit data with labels.",
+            parameter="max_drop_accuracy",
+        )
+    drop = before.accuracy - after.accuracy
+    return Gate(
+        f"accuracy drop <= {max_drop:g}",
+        drop <= max_drop + 1e-12,
+        f"{before.accuracy:.4f} -> {after.accuracy:.4f} (drop {drop:+.4f})",
+    )
+
+
+def evaluate_gates(before: AuditResult, after: AuditResult, **gates: object) -> list[Gate]:
+    """The former name of :func:`compare_gates`."""
+    return compare_gates(before, after, **gates)  # type: ignore[arg-type]
+
+
+def headline(gates: Sequence[Gate], after: AuditResult, *, gated_levels: Sequence[str] = ()) -> Headline:
+    """The outcome of ``gates``: never a plain pass while a modality of ``after`` is ignored
+    or weak and no gate asked about it (``gated_levels``: which of ``"ignored"``, ``"weak"``
+    a gate covered; ``"weak"`` covers both)."""
+    failed = [g.name for g in gates if not g.passed]
+    if failed:
+        return Headline("failed", failed=failed)
+    covered = set(gated_levels) | ({"ignored"} if "weak" in gated_levels else set())
+    ungated = {}
+    if "ignored" not in covered:
+        ungated.update({name: after[name].verdict for name in after.ignored})
+    if "weak" not in covered:
+        ungated.update({name: "weak" for name in _weak(after)})
+    if not gates:
+        return Headline("no_gates", ungated=ungated)
+    return Headline("passed_ungated" if ungated else "passed", ungated=ungated)

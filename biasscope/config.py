@@ -7,12 +7,12 @@ Relative paths in the file are relative to the file's folder.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .modality import Modality
 from .verdict import Thresholds
 
 if sys.version_info >= (3, 11):
@@ -20,7 +20,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["CONFIG_NAME", "ProjectConfig", "find_config", "load_config"]
+__all__ = [
+    "CONFIG_NAME", "ProjectConfig", "config_key", "find_config", "load_config",
+    "resolve_options", "table_schema",
+]
 
 CONFIG_NAME = "biasscope.toml"
 
@@ -32,18 +35,43 @@ _TOP: dict[str, Any] = {
     "output_key": str, "output_index": int, **{t: dict for t in _TABLES},
 }
 _PATHS = {"model", "data", "factory"}
-_AUDIT: dict[str, Any] = {
-    "samples": int, "scale": _NUMBER, "seed": int, "device": str, "divergence": str,
-    "max_rows": int, "permutation_repeats": int, "shapley": bool, "out": str, "fail_on": str,
-    "plotlyjs": str,
+#: the config key of an option field, where it differs from the field's name
+_KEYS = {"lambda_": "lambda"}
+#: older spellings still read: config key -> option field
+_ALIASES = {"fix": {"steps": "max_steps"}}
+#: keys of a command's table that are not options of the verb (where to write, gates...)
+_EXTRA: dict[str, dict[str, Any]] = {
+    "audit": {"out": str, "fail_on": str, "plotlyjs": str, "batch_size": int},
+    "fix": {"data": str, "val": str, "out": str, "batch_size": int, "audit_samples": int},
 }
-_FIX: dict[str, Any] = {
-    "data": str, "val": str, "epochs": int, "steps": int, "lr": _NUMBER, "optimizer": str,
-    "lambda": (str, *_NUMBER), "estimator": str, "form": str, "samples": int, "scale": _NUMBER,
-    "seed": int, "device": str, "amp": bool, "patience": int, "checkpoint_every": int,
-    "out": str, "batch_size": int, "modality_dropout": _NUMBER, "augment": str,
-    "target_ratio": _NUMBER, "restore_best": bool,
-}
+_TYPES: dict[str, Any] = {"int": (int,), "float": _NUMBER, "str": (str,), "bool": (bool,)}
+
+
+def _options_class(table: str) -> type:
+    from .options import AuditOptions, FixOptions
+
+    return {"audit": AuditOptions, "fix": FixOptions}[table]
+
+
+def config_key(field_name: str) -> str:
+    """The ``biasscope.toml`` key of an option field (``lambda_`` -> ``lambda``)."""
+    return _KEYS.get(field_name, field_name)
+
+
+def table_schema(table: str) -> dict[str, Any]:
+    """The allowed keys of the ``[audit]`` or ``[fix]`` table with their TOML types,
+    generated from the fields of AuditOptions / FixOptions (so no option can be missing)."""
+    schema: dict[str, Any] = {}
+    for f in fields(_options_class(table)):
+        kinds: tuple[type, ...] = ()
+        for part in str(f.type).split("|"):
+            kinds += _TYPES.get(part.strip(), ())
+        schema[config_key(f.name)] = tuple(dict.fromkeys(kinds))
+    for alias, name in _ALIASES.get(table, {}).items():
+        schema[alias] = schema[config_key(name)]
+    return {**schema, **_EXTRA[table]}
+
+
 _THRESHOLDS: dict[str, Any] = {"ignored": _NUMBER, "weak": _NUMBER, "dominant": _NUMBER}
 
 
@@ -68,7 +96,7 @@ class ProjectConfig:
 
     path: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)  # top-level keys
-    modalities: list[Modality] = field(default_factory=list)
+    modalities: list[Any] = field(default_factory=list)  # Modality
     audit: dict[str, Any] = field(default_factory=dict)
     fix: dict[str, Any] = field(default_factory=dict)
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -105,11 +133,13 @@ def load_config(path: str | Path) -> ProjectConfig:
         options[key] = _resolve(base, options[key])
     mods_raw = raw.get("modalities", {})
     _check_table(f"{path} [modalities]", mods_raw, {name: str for name in mods_raw})
+    from .modality import Modality  # imports torch: only when a file names modalities
+
     modalities = [Modality.parse(f"{name}={site}") for name, site in mods_raw.items()]
     audit = dict(raw.get("audit", {}))
-    _check_table(f"{path} [audit]", audit, _AUDIT)
+    _check_table(f"{path} [audit]", audit, table_schema("audit"))
     fix = dict(raw.get("fix", {}))
-    _check_table(f"{path} [fix]", fix, _FIX)
+    _check_table(f"{path} [fix]", fix, table_schema("fix"))
     for table in (audit, fix):
         if "out" in table:
             table["out"] = _resolve(base, table["out"])
@@ -134,3 +164,44 @@ def _resolve(base: Path, value: Any) -> Any:
         file, _, fn = value.rpartition(":")
         return f"{base / file}:{fn}"
     return str(candidate)
+
+
+def _field_name(key: str, table: str) -> str:
+    by_key = {v: k for k, v in _KEYS.items()}
+    return _ALIASES.get(table, {}).get(key, by_key.get(key, key))
+
+
+def resolve_options(
+    table: str, flags: Mapping[str, Any], config: ProjectConfig | None = None
+) -> Any:
+    """The options of a verb (``table`` is ``"audit"`` or ``"fix"``): each field from
+    ``flags`` when given (not None), else the config's ``[table]``, else its top level,
+    else the default of AuditOptions / FixOptions. Invalid values raise ConfigError naming
+    the parameter (and the config file, when the value came from it).
+    """
+    from .options import options_from_mapping
+
+    cls = _options_class(table)
+    names = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config is not None:
+        where = str(config.path) if config.path else "the config"
+        for key in names & set(config.options):
+            values[key], origin[key] = config.options[key], where
+        for key, value in getattr(config, table).items():
+            name = _field_name(key, table)
+            if name in names:
+                values[name], origin[name] = value, f"{where} [{table}] {key}"
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = value
+            origin.pop(name, None)
+    if values.get("label_key") in ("", "none"):
+        values["label_key"] = None
+    try:
+        return options_from_mapping(cls, values)
+    except ConfigError as exc:
+        if exc.parameter in origin:
+            raise ConfigError(f"{origin[exc.parameter]}: {exc}") from None
+        raise

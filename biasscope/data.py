@@ -48,7 +48,7 @@ def load_data(
     text = os.fspath(source)
     path = Path(text)
     if not path.exists() and isinstance(source, str) and split_spec(text) is not None:
-        result = call_factory(text, error=DataLoadError, what="data", option="--data")
+        result = call_factory(text, error=DataLoadError, what="data")
         batches = _from_factory_result(
             result, text, label_key=label_key, batch_size=batch_size, limit=limit
         )
@@ -59,7 +59,7 @@ def load_data(
         )
     if not batches:
         raise DataLoadError(
-            f"The data {text!r} holds no examples. Point --data at a non-empty dataset."
+            f"The data {text!r} holds no examples. Give a non-empty dataset."
         )
     return batches
 
@@ -166,8 +166,8 @@ def _batches_from_columns(
         if label_key is not None and label_key not in columns:
             raise DataLoadError(
                 f"{where} has no label under {label_key!r}; its keys are "
-                f"{', '.join(map(repr, columns))}. Pass --label-key with the key that holds the "
-                "labels."
+                f"{', '.join(map(repr, columns))}. Set label_key to the key that holds the labels "
+                "(None: no labels)."
             )
     lengths: dict[str, int] = {}
     for key, t in named:
@@ -227,7 +227,7 @@ def _from_factory_result(
             raw = next(iterator)
         except StopIteration:
             break
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             raise DataLoadError(
                 f"Iterating {where} raised {type(exc).__name__}: {first_line(exc)}. Fix the "
                 "dataset (its __getitem__ / __iter__ or collate function)."
@@ -252,15 +252,15 @@ def _normalise_batch(raw: Any, where: str, *, label_key: str | None, first: bool
         if first and label_key is not None and label_key not in batch:
             raise DataLoadError(
                 f"The batches of {where} have no label under {label_key!r}; their keys are "
-                f"{', '.join(map(repr, batch))}. Pass --label-key with the key that holds the "
-                "labels."
+                f"{', '.join(map(repr, batch))}. Set label_key to the key that holds the labels "
+                "(None: no labels)."
             )
         return batch
     if isinstance(raw, (tuple, list)):
         return tuple(conv(v) for v in raw)
     raise DataLoadError(
         f"A batch of {where} is {describe_obj(raw)}. Batches must be dicts of tensors "
-        "(label under --label-key) or tuples of tensors (label last)."
+        "(label under label_key) or tuples of tensors (label last)."
     )
 
 

@@ -3,8 +3,10 @@ and compare with an unbiased reference (the paper's Colored-MNIST setting, offli
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ __all__ = ["DEMO_MODALITIES", "DemoResult", "batches_of", "run_demo"]
 #: (benchmarks/study_fix.py measures both sites).
 DEMO_MODALITIES = (Modality("image", input="image"), Modality("color", input="color"))
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int, dict[str, Any]], None]
 
 
 @dataclass
@@ -37,6 +39,38 @@ class DemoResult:
     lambda_value: float
     fix_steps: int
     settings: dict[str, Any] = field(default_factory=dict)
+    fix_target: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers of ``summary.json``: accuracies, lambda, steps, shares, settings."""
+        audits = (("baseline", self.before), ("fixed", self.after), ("reference", self.reference))
+        return {
+            "accuracy": self.accuracy, "lambda": self.lambda_value, "fix_steps": self.fix_steps,
+            "fix_target": self.fix_target,
+            "shares": {name: r.shares for name, r in audits},
+            "settings": self.settings,
+        }
+
+    def files(self, *, plotlyjs: str = "inline") -> dict[str, str]:
+        """Every file of the demo folder by name: three audits and reports, the comparison
+        (with the no-modality-ignored gate), ``summary.json``."""
+        from .compare import evaluate_gates
+        from .render import render_compare_html, render_html
+
+        files: dict[str, str] = {}
+        for name, audited in (("before", self.before), ("after", self.after), ("reference", self.reference)):
+            files[f"{name}/audit.json"] = audited.to_json()
+            files[f"{name}/report.html"] = render_html(audited, title=f"colored digits: {name}", plotlyjs=plotlyjs)
+        gates = evaluate_gates(self.before, self.after, fail_if_ignored=True)
+        files["compare.html"] = render_compare_html(self.before, self.after, gates=gates, plotlyjs=plotlyjs)
+        files["summary.json"] = json.dumps(self.summary(), indent=2, default=str)
+        return files
+
+    def write(self, out: str | Path, *, plotlyjs: str = "inline") -> dict[str, Path]:
+        """Write :meth:`files` into ``out`` as one unit (with a manifest)."""
+        from ._files import write_outputs
+
+        return write_outputs(Path(out), self.files(plotlyjs=plotlyjs), run={"command": "demo", **self.settings})
 
 
 def batches_of(data: dict[str, Tensor], batch_size: int = 128) -> list[dict[str, Tensor]]:
@@ -58,7 +92,10 @@ def run_demo(
     The audits run on the validation split, drawn like the training data (the colour
     agrees with the label 99% of the time): that is where the bias lives.
     """
-    report = progress or (lambda stage, done, total: None)
+    def report(stage: str, done: int, total: int, info: dict[str, Any] | None = None) -> None:
+        if progress is not None:
+            progress(stage, done, total, info or {})
+
     n_train, n_eval, epochs = (1500, 300, 8) if fast else (3000, 1000, 15)
     train = colored_digits("train", n=n_train, seed=seed)
     val = colored_digits("val", n=n_eval, seed=seed)
@@ -79,7 +116,7 @@ def run_demo(
     val_batches = batches_of(val)
     before = audit(baseline, val_batches, DEMO_MODALITIES, **audit_options)
     options = {"seed": seed, "device": "cpu", **({"epochs": 2} if fast else {}), **(fix_options or {})}
-    fixed = fix(baseline, batches_of(train, 64), DEMO_MODALITIES, **options)
+    fixed = fix(baseline, batches_of(train, 64), DEMO_MODALITIES, progress=report, **options)
     after = audit(fixed.model, val_batches, DEMO_MODALITIES, **audit_options)
     ref = audit(reference, val_batches, DEMO_MODALITIES, **audit_options)
     models: dict[str, nn.Module] = {"baseline": baseline, "fixed": fixed.model, "reference": reference}
@@ -88,7 +125,7 @@ def run_demo(
         result.provenance["demo"] = {"model": name, "accuracy": acc[name]}
     return DemoResult(
         before=before, after=after, reference=ref, accuracy=acc,
-        lambda_value=fixed.lambda_value, fix_steps=fixed.steps,
+        lambda_value=fixed.lambda_value, fix_steps=fixed.steps, fix_target=fixed.target,
         settings={"fast": fast, "seed": seed, "n_train": n_train, "n_eval": n_eval,
                   "baseline_epochs": epochs, "fix": fixed.settings},
     )

@@ -10,11 +10,20 @@ __all__ = [
     "DataLoadError",
     "ModelOutputError",
     "ConfigError",
+    "OutputPathError",
 ]
 
 
 class BiasscopeError(Exception):
-    """Base class of every error biasscope raises on purpose."""
+    """Base class of every error biasscope raises on purpose.
+
+    ``parameter`` names the option at fault (``samples``) when there is one, so that a front
+    end can name its own spelling of it (the CLI's ``--samples``).
+    """
+
+    def __init__(self, *args: object, parameter: str | None = None) -> None:
+        super().__init__(*args)
+        self.parameter = parameter
 
 
 class ModalityError(BiasscopeError):
@@ -35,3 +44,8 @@ class ModelOutputError(BiasscopeError):
 
 class ConfigError(BiasscopeError):
     """A biasscope.toml file or a command-line option is invalid."""
+
+
+class OutputPathError(ConfigError):
+    """An output path cannot be written (a file where a folder is needed, read-only, an
+    input path...); raised before any work is done."""

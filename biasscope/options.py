@@ -10,6 +10,7 @@ parameter to its flag (``--samples``) with :func:`flag_name`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -28,12 +29,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
+<<<<<<< HEAD
 #: FixOptions fields that are FunctionalEntropyRegularizer keyword arguments of the same name
 #: (``FunctionalEntropyRegularizer(model, mods, **{k: getattr(options, k) for k in ...})``).
 REGULARIZER_OPTIONS = (
     "estimator", "form", "samples", "scale", "divergence", "seed", "max_rows",
     "detach_clean", "term_examples", "term_every",
 )
+=======
+#: how fix picks the modality that ModDrop permutes (besides a modality name)
+AUGMENT_RULES = ("reliance", "sensitivity")
+>>>>>>> main
 
 
 def flag_name(parameter: str) -> str:
@@ -42,7 +48,7 @@ def flag_name(parameter: str) -> str:
 
 
 def _fail(name: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{name} must be {valid} (got {value!r}).")
+    return ConfigError(f"{name} must be {valid} (got {value!r}).", parameter=name)
 
 
 def _is_int(value: Any) -> bool:
@@ -86,6 +92,19 @@ def check_number(
         if high is not None:
             parts.append(f"<= {high:g}")
         raise _fail(name, value, " ".join(parts) + (" or None" if optional else ""))
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str, value: Any) -> None:
+    """``value`` a device string torch can run on (``auto``, ``cpu``, ``mps``, ``cuda``,
+    ``cuda:N``) or a ``torch.device`` object."""
+    if isinstance(value, str) and _DEVICE.fullmatch(value):
+        return
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return
+    raise _fail(name, value, "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -137,8 +156,7 @@ class AuditOptions:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
-        if not isinstance(self.device, str) or not self.device:
-            raise _fail("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_device("device", self.device)
         check_choice("divergence", self.divergence, DIVERGENCES)
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
@@ -175,11 +193,25 @@ class FixOptions:
     """Every option of :func:`biasscope.fix` with its default (see its docstring for the
     meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`).
 
+<<<<<<< HEAD
     The regularizer's cost and gradient (issue 12): ``detach_clean`` stops the term's gradient
     through the clean prediction (off: the paper's objective); ``term_examples`` scores each
     modality on at most that many examples of the batch (None: all), ``term_every`` computes
     the term on every n-th step only (weighted by n). Pass them to the regularizer with
     :data:`REGULARIZER_OPTIONS`."""
+=======
+    The target and the guard (issue-level summary; details in :func:`biasscope.fix`):
+        augment: the modality ModDrop permutes: ``"reliance"`` (the one whose permutation
+            raises the loss most on a held batch, chosen once), ``"sensitivity"`` (the largest
+            score I_m at each step) or a modality name.
+        reliance_examples, reliance_repeats: the held batch (examples of the validation data,
+            else of the first training batches) and the permutations averaged to measure reliance.
+        guard: on the validation data, stop when the in-distribution accuracy falls by more
+            than ``guard_tolerance`` while the decorrelated proxy (accuracy with the target
+            permuted across examples) does not rise by more than ``guard_tolerance``.
+        max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
+    """
+>>>>>>> main
 
     epochs: int = 10
     max_steps: int | None = None
@@ -208,7 +240,12 @@ class FixOptions:
     max_rows: int = 4096
     modality_dropout: float = 0.5
     modality_noise: float = 0.0
-    augment: str = "dominant"
+    augment: str = "reliance"
+    reliance_examples: int = 512
+    reliance_repeats: int = 3
+    guard: bool = True
+    guard_tolerance: float = 0.03
+    max_drop_accuracy: float | None = None
     lambda_warmup: int = 0
     label_key: str | None = "label"
     detach_clean: bool = False
@@ -218,7 +255,7 @@ class FixOptions:
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
         check_int("max_steps", self.max_steps, low=1, optional=True)
-        check_number("lr", self.lr, low=0.0, strict_low=True)
+        check_number("lr", self.lr, low=0.0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_number("weight_decay", self.weight_decay, low=0.0)
         if self.lambda_ != "auto":
@@ -231,6 +268,7 @@ class FixOptions:
         check_number("scale", self.scale, low=0.0, strict_low=True)
         check_choice("divergence", self.divergence, DIVERGENCES)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
+        check_device("device", self.device)
         check_number("max_grad_norm", self.max_grad_norm, low=0.0, strict_low=True, optional=True)
         check_int("patience", self.patience, low=1, optional=True)
         check_choice("monitor", self.monitor, MONITORS)
@@ -239,11 +277,22 @@ class FixOptions:
         check_int("max_rows", self.max_rows, low=1)
         check_number("modality_dropout", self.modality_dropout, low=0.0, high=1.0)
         check_number("modality_noise", self.modality_noise, low=0.0)
+        if not isinstance(self.augment, str) or not self.augment:
+            raise _fail("augment", self.augment, f"{' or '.join(AUGMENT_RULES)} or a modality name")
+        check_int("reliance_examples", self.reliance_examples, low=2)
+        check_int("reliance_repeats", self.reliance_repeats, low=1, high=1000)
+        check_number("guard_tolerance", self.guard_tolerance, low=0.0, high=1.0)
+        check_number("max_drop_accuracy", self.max_drop_accuracy, low=0.0, high=1.0, optional=True)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
+<<<<<<< HEAD
         if not isinstance(self.detach_clean, bool):
             raise _fail("detach_clean", self.detach_clean, "True or False")
         check_int("term_examples", self.term_examples, low=2, optional=True)
         check_int("term_every", self.term_every, low=1)
+=======
+        if self.label_key is not None and not isinstance(self.label_key, str):
+            raise _fail("label_key", self.label_key, "a string or None")
+>>>>>>> main
 
     def replace(self, **changes: Any) -> FixOptions:
         return replace(self, **changes)

@@ -1,7 +1,16 @@
 """What the commands share: consoles, error-to-exit-code mapping, progress display, and
-resolving model/data/modality options from flags and biasscope.toml."""
+resolving model/data/modality options from flags and biasscope.toml.
 
+No torch (nor any library module that imports it) at module level: ``biasscope --help``
+must start fast. The library is imported inside the functions that need it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,52 +20,124 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from biasscope import BiasscopeError, Modality, OutputSpec
-from biasscope.config import ProjectConfig, find_config, load_config
-from biasscope.errors import ConfigError
-from biasscope._sources import fingerprint
-from biasscope.data import load_data
-from biasscope.loading import LoadedModel, load_model
+from biasscope.errors import BiasscopeError, ConfigError
+from biasscope.options import AuditOptions, FixOptions, flag_name
 
 console = Console()
 err_console = Console(stderr=True)
 
-EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: what the command is doing now, to name user code that exits or crashes
+_stage = {"now": "starting"}
+
+#: parameter names (with an underscore, so never an English word) that library messages may
+#: name; the CLI shows them as flags
+_PARAMETERS = sorted(
+    {n for cls in (AuditOptions, FixOptions) for n in cls.__dataclass_fields__ if "_" in n.strip("_")}
+    | {"output_key", "output_index", "label_key", "trust_pickle", "hf_class", "batch_size",
+       "fail_on", "min_share", "min_reliance_share", "max_drop_accuracy", "allow_different_data"},
+    key=len, reverse=True,
+)
+_TS_TRACE = re.compile(r"\n?\s*Traceback of TorchScript.*?\n(?=[^\n]*\b\w+(Error|Exception)\b: )", re.S)
+
+
+def set_stage(text: str) -> None:
+    """Record what the command runs now (named if user code exits or crashes there)."""
+    _stage["now"] = text
+
+
+def error_text(exc: BaseException, *, debug: bool = False) -> str:
+    """A library error's message with parameters shown as flags (``max_rows`` ->
+    ``--max-rows``) and, unless ``debug``, a TorchScript interpreter trace cut to its error
+    line."""
+    text = str(exc)
+    parameter = getattr(exc, "parameter", None)
+    names = ([parameter] if parameter else []) + _PARAMETERS
+    for name in dict.fromkeys(names):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag_name(name), text)
+    if not debug and "Traceback of TorchScript" in text:
+        text = _TS_TRACE.sub(" ", text)
+        text = re.sub(r"\n\s*Traceback of TorchScript.*", " (rerun with --debug for the TorchScript trace)", text, flags=re.S)
+    return text
+
+
+def _print_error(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+
+
+def _quiet_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C outside a command's body (start-up, imports): no traceback, exit 130."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 (a closed stream: nothing to flush)
+            pass
+    os.write(2, b"interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def quiet_interrupts() -> None:
+    """Install the start-up Ctrl-C handler (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _quiet_interrupt)
+
+
+@contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """Within a command's body Ctrl-C raises KeyboardInterrupt (so fix can checkpoint)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
 def guarded(debug: bool) -> Iterator[None]:
-    """Turn a BiasscopeError into a one-paragraph message and exit code 2 (``--debug``
-    shows the traceback instead); Ctrl-C exits 130."""
+    """Map what ends a command to an exit code: a BiasscopeError to its message and 2
+    (``--debug`` shows the traceback instead); SystemExit from user code to 2 (never a
+    success); Ctrl-C to 130."""
+    set_stage("starting")
     try:
-        yield
+        with _interrupts_raise():
+            yield
     except BiasscopeError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        _print_error(error_text(exc))
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
+    except SystemExit as exc:  # the CLI exits with typer.Exit: this came from user code
+        _print_error(
+            f"User code called sys.exit({exc.code!r}) while {_stage['now']}; biasscope stops "
+            "here with no output. A factory must return its object, and a model's forward "
+            "must not exit."
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     except Exception as exc:  # not foreseen: still a message, not a traceback
         if debug:
             raise
-        err_console.print(
-            f"[bold red]error:[/] an unexpected {type(exc).__name__}: {escape(str(exc))}\n"
+        _print_error(
+            f"an unexpected {type(exc).__name__} while {_stage['now']}: {error_text(exc)}\n"
             "biasscope did not foresee this input. Rerun with --debug for the traceback, and "
-            "please report it with the model's and data's shapes.",
-            highlight=False,
+            "please report it with the model's and data's shapes."
         )
         raise typer.Exit(EXIT_USAGE) from None
 
 
 class ProgressDisplay:
-    """A rich progress bar per stage, fed by the library's ``(stage, done, total)`` callback;
-    silent when ``quiet`` or when stderr is not a terminal."""
+    """A rich progress bar per stage, fed by the library's ``(stage, done, total, info)``
+    callback; silent when ``quiet`` or when stderr is not a terminal."""
 
     LABELS = {
         "baseline": "training baseline + reference",
@@ -67,6 +148,8 @@ class ProgressDisplay:
     }
 
     def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.enabled = not quiet and err_console.is_terminal
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
@@ -78,7 +161,7 @@ class ProgressDisplay:
         )
         self.tasks: dict[str, Any] = {}
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
         if not self.enabled:
             return
         if stage not in self.tasks:
@@ -99,20 +182,22 @@ class ProgressDisplay:
 class Inputs:
     """The resolved inputs of a command: the model, data and modalities to use."""
 
-    config: ProjectConfig
-    loaded: LoadedModel
-    modalities: list[Modality]
-    output: OutputSpec
+    config: Any  # biasscope.config.ProjectConfig
+    loaded: Any  # biasscope.loading.LoadedModel
+    modalities: list[Any]
+    output: Any  # biasscope.OutputSpec
     label_key: Optional[str]
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def read_config(path: Optional[Path]) -> ProjectConfig:
+def read_config(path: Optional[Path]) -> Any:
+    from biasscope.config import ProjectConfig, find_config, load_config
+
     found = find_config(path)
     return load_config(found) if found is not None else ProjectConfig()
 
 
-def pick(flag: Any, config: ProjectConfig, key: str, default: Any = None, table: Optional[dict] = None) -> Any:
+def pick(flag: Any, config: Any, key: str, default: Any = None, table: Optional[dict] = None) -> Any:
     """A flag's value if given, else the config's (in ``table`` first, then top level), else the default."""
     if flag is not None and flag != [] and flag != ():
         return flag
@@ -121,7 +206,23 @@ def pick(flag: Any, config: ProjectConfig, key: str, default: Any = None, table:
     return config.get(key, default)
 
 
-def resolve_modalities(flags: list[str], config: ProjectConfig, preset: Optional[str], module: Any) -> list[Modality]:
+@contextmanager
+def working_folder_importable() -> Iterator[None]:
+    """While factories and pickled models load, ``package.module`` resolves from the working
+    folder (as with ``python -m``); sys.path is restored after."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def resolve_modalities(flags: list[str], config: Any, preset: Optional[str], module: Any) -> list[Any]:
+    from biasscope import Modality
     from biasscope.presets import preset_modalities
 
     if flags:
@@ -139,10 +240,20 @@ def resolve_modalities(flags: list[str], config: ProjectConfig, preset: Optional
     )
 
 
+def model_source(model: Optional[str], config: Any) -> str:
+    path = pick(model, config, "model")
+    if path is None:
+        raise ConfigError(
+            "No model given: pass the model file as the first argument, or set model = "
+            "\"path\" in biasscope.toml."
+        )
+    return path
+
+
 def load_inputs(
     *,
     model: Optional[str],
-    config: ProjectConfig,
+    config: Any,
     factory: Optional[str],
     kind: Optional[str],
     trust_pickle: bool,
@@ -153,21 +264,22 @@ def load_inputs(
     output_key: Optional[str],
     output_index: Optional[int],
 ) -> Inputs:
-    path = pick(model, config, "model")
-    if path is None:
-        raise ConfigError(
-            "No model given: pass the model file as the first argument, or set model = "
-            "\"path\" in biasscope.toml."
+    from biasscope import OutputSpec
+    from biasscope.loading import load_model
+
+    path = model_source(model, config)
+    factory = pick(factory, config, "factory")
+    set_stage(f"loading the model {path!r}" + (f" with the factory {factory!r} (--factory)" if factory else ""))
+    with working_folder_importable():
+        loaded = load_model(
+            path,
+            factory=factory,
+            kind=pick(kind, config, "kind"),
+            trust_pickle=bool(trust_pickle or config.get("trust_pickle", False)),
+            hf_class=pick(hf_class, config, "hf_class"),
         )
-    loaded = load_model(
-        path,
-        factory=pick(factory, config, "factory"),
-        kind=pick(kind, config, "kind"),
-        trust_pickle=bool(trust_pickle or config.get("trust_pickle", False)),
-        hf_class=pick(hf_class, config, "hf_class"),
-    )
     modalities = [] if modality is None else resolve_modalities(modality, config, preset, loaded.module)
-    key = pick(label_key, config, "label_key", "label")
+    key = pick(label_key, config, "label_key", AuditOptions().label_key)
     preset_name = preset or config.get("preset")
     if preset_name:  # a preset carries where its models' logits are; flags and config win
         from biasscope.presets import preset_output
@@ -178,30 +290,56 @@ def load_inputs(
         )
     else:
         output = OutputSpec(
-            key=pick(output_key, config, "output_key", "logits"),
+            key=pick(output_key, config, "output_key", OutputSpec().key),
             index=pick(output_index, config, "output_index"),
         )
     provenance = {
         "model": {"path": str(path), "sha256": loaded.sha256, "kind": loaded.kind},
     }
+    if factory:
+        provenance["model"]["factory"] = str(factory)
     return Inputs(config, loaded, modalities, output, None if key in ("", "none") else key, provenance)
 
 
+def input_paths(*sources: Any) -> list[str]:
+    """The files a run reads (model, data, config, and the file of a ``file.py:function``
+    factory): no output may be written over one."""
+    paths = []
+    for source in sources:
+        if not source:
+            continue
+        text = str(source)
+        target, sep, attr = text.rpartition(":")
+        paths.append(target if sep and target.endswith(".py") and attr.isidentifier() else text)
+    return paths
+
+
+#: batches of this many examples when neither --batch-size nor the config sets it
+DEFAULT_BATCH_SIZE = 64
+
+
 def read_data(source: Optional[str], *, label_key: Optional[str], batch_size: int, limit: Optional[int], what: str = "data") -> tuple[list, dict]:
+    from biasscope.data import load_data
+    from biasscope.report import data_provenance
+
     if source is None:
         raise ConfigError(
             f"No {what} given: pass --{what} FILE_OR_FACTORY, or set {what} = \"path\" in biasscope.toml."
         )
-    batches = load_data(source, label_key=label_key, batch_size=batch_size, limit=limit)
-    info = {"path": str(source)}
-    if Path(source).exists():
-        info["sha256"] = fingerprint(source)
-    return batches, info
+    set_stage(f"loading the {what} {str(source)!r} (--{what})")
+    with working_folder_importable():
+        batches = load_data(source, label_key=label_key, batch_size=batch_size, limit=limit)
+    set_stage("running the model")
+    return batches, data_provenance(source)
 
 
 def version_string() -> str:
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
     from biasscope import __version__
 
-    return f"biasscope {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})"
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover
+        torch_version = "not installed"
+    return f"biasscope {__version__} (torch {torch_version}, python {sys.version.split()[0]})"

@@ -1,11 +1,20 @@
-"""Typer options shared by the commands that load a model and data."""
+"""Typer options shared by the commands that load a model and data. Defaults shown in the
+help come from :mod:`biasscope.options` (torch-free), never written here."""
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
-from biasscope.presets import PRESETS
+from biasscope.options import AuditOptions
+
+_AUDIT = AuditOptions()
+
+
+def default(value: Any) -> str:
+    """The ``[default: X]`` text of a help line (escaped for rich markup)."""
+    return f"\\[default: {value}]"
+
 
 Model = typer.Argument(None, help="Model file or Hugging Face directory (default: model in biasscope.toml).", show_default=False)
 Factory = typer.Option(None, "--factory", help="package.module:function or path/file.py:function that builds the module (state dicts, .ckpt).")
@@ -13,17 +22,17 @@ Kind = typer.Option(None, "--kind", help="Force the model format: torchscript, e
 TrustPickle = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled module (runs code from the file).")
 HfClass = typer.Option(None, "--hf-class", help="transformers class for a Hugging Face directory, e.g. ViltForQuestionAnswering.")
 Modalities = typer.Option([], "--modality", "-m", help="NAME=input:KEY_OR_INDEX or NAME=layer:dotted.path (repeat per modality).")
-Preset = typer.Option(None, "--preset", help=f"Fill the modality layers for a known architecture: {', '.join(PRESETS)} (instead of --modality).")
+Preset = typer.Option(None, "--preset", help="Fill the modality layers for a known architecture, e.g. vilt, visualbert, clip, lxmert (instead of --modality; an unknown name lists them).")
 Data = typer.Option(None, "--data", "-d", help=".pt / .npz / .safetensors file, or package.module:function / file.py:function.")
-LabelKey = typer.Option(None, "--label-key", help="Key of the label in dict batches \\[default: label]; 'none' for unlabelled data.")
+LabelKey = typer.Option(None, "--label-key", help=f"Key of the label in dict batches {default(_AUDIT.label_key)}; 'none' for unlabelled data.")
 BatchSize = typer.Option(None, "--batch-size", help="Batch size \\[default: 64].")
 Limit = typer.Option(None, "--limit", help="Use at most N examples.")
 OutputKey = typer.Option(None, "--output-key", help="Entry of a dict/ModelOutput that holds the logits \\[default: logits].")
 OutputIndex = typer.Option(None, "--output-index", help="Element of a tuple output that holds the logits \\[default: 0].")
-Device = typer.Option(None, "--device", help="auto (CUDA when available), cpu, cuda, cuda:N \\[default: auto].")
-Seed = typer.Option(None, "--seed", help="Seed of every random draw \\[default: 0].")
+Device = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda, cuda:N {default(_AUDIT.device)}.")
+Seed = typer.Option(None, "--seed", help=f"Seed of every random draw {default(_AUDIT.seed)}.")
 Config = typer.Option(None, "--config", help="biasscope.toml to read (default: ./biasscope.toml when present).")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 Debug = typer.Option(False, "--debug", help="Show the traceback of errors.")
 
-__all__ = ["Path", "List", "Optional"]
+__all__ = ["Path", "List", "Optional", "default"]

@@ -4,19 +4,45 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-
-from biasscope import audit
-from biasscope.errors import ConfigError
 from rich.markup import escape
 
-from biasscope._files import write_atomic
-from biasscope.render import audit_summary, render_html
+from biasscope.errors import ConfigError
+from biasscope.options import AuditOptions
 
 from . import _options as o
-from ._common import EXIT_GATE, ProgressDisplay, console, guarded, load_inputs, pick, read_config, read_data
+from ._common import (
+    DEFAULT_BATCH_SIZE, EXIT_GATE, ProgressDisplay, console, guarded, input_paths, load_inputs, model_source,
+    pick, read_config, read_data, set_stage,
+)
 from .main import app
 
-FAIL_ON = {"ignored": ("ignored",), "weak": ("ignored", "weak")}
+_D = AuditOptions()
+FAIL_ON = ("ignored", "weak")
+
+
+def _max_rows(value: Optional[str]) -> object:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"max_rows must be a positive integer or auto (got {value!r}).", parameter="max_rows") from None
+
+
+def _run_settings(cfg: object, fail_on: Optional[str], plotlyjs: Optional[str], batch_size: Optional[int]) -> tuple:
+    """The run's settings that are not audit options: the gate, the page's plotly.js, the
+    batch size (flag > config > default), each checked."""
+    table = cfg.audit  # type: ignore[attr-defined]
+    fail_on = pick(fail_on, cfg, "fail_on", None, table)
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise ConfigError(f"fail_on must be 'ignored' or 'weak' (got {fail_on!r}).", parameter="fail_on")
+    plotlyjs = pick(plotlyjs, cfg, "plotlyjs", "inline", table)
+    if plotlyjs not in ("inline", "cdn"):
+        raise ConfigError(f"plotlyjs must be 'inline' or 'cdn' (got {plotlyjs!r}).", parameter="plotlyjs")
+    size = pick(batch_size, cfg, "batch_size", DEFAULT_BATCH_SIZE, table)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1 (got {size!r}).", parameter="batch_size")
+    return fail_on, plotlyjs, size
 
 
 @app.command("audit")
@@ -34,17 +60,22 @@ def audit_command(
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
-    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Gaussian samples per example and modality \\[default: 32]."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s: z ~ N(0, s^2 sigma^2) per feature \\[default: 1.0]."),
-    divergence: Optional[str] = typer.Option(None, "--divergence", help="kl (default) or official (the paper code's BCE)."),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Largest expanded batch run at once: lower it to bound memory \\[default: 4096]."),
-    permutation_repeats: Optional[int] = typer.Option(None, "--permutation-repeats", help="Shuffles per modality for the permutation score \\[default: 10]."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-k", help=f"Gaussian samples per example and modality {o.default(_D.samples)}."),
+    scale: Optional[float] = typer.Option(None, "--scale", help=f"Noise scale s: z ~ N(0, s^2 sigma^2) per feature {o.default(_D.scale)}."),
+    divergence: Optional[str] = typer.Option(None, "--divergence", help=f"kl or official (the paper code's BCE) {o.default(_D.divergence)}."),
+    max_rows: Optional[str] = typer.Option(None, "--max-rows", help=f"Largest expanded batch run at once (or auto): lower it to bound memory {o.default(_D.max_rows)}."),
+    permutation_repeats: Optional[int] = typer.Option(None, "--permutation-repeats", help=f"Shuffles per modality for the permutation score {o.default(_D.permutation_repeats)}."),
     no_shapley: bool = typer.Option(False, "--no-shapley", help="Skip the modality Shapley values."),
+    no_tensorization: bool = typer.Option(False, "--no-tensorization", help="Skip the joint-perturbation (tensorization) check."),
+    no_output_check: bool = typer.Option(False, "--no-output-check", help="Audit even an output that does not look like logits of the label classes."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="Skip probing each modality's representation for the label."),
+    explain: Optional[int] = typer.Option(None, "--explain", help=f"Attribute this many examples inside the modality each depends on most; 0 skips {o.default(_D.explain)}."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=f"Forward-pass precision on CUDA: fp32, bf16 or fp16 {o.default(_D.precision)}."),
     device: Optional[str] = o.Device,
     seed: Optional[int] = o.Seed,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder \\[default: ./biasscope-report]."),
     plotlyjs: Optional[str] = typer.Option(None, "--plotlyjs", help="inline (default: works offline) or cdn (small file)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 when a modality is ignored (ignored) or ignored/weak (weak)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 when a modality is ignored in any sense (ignored, also unused) or ignored/weak (weak)."),
     config: Optional[Path] = o.Config,
     quiet: bool = o.Quiet,
     debug: bool = o.Debug,
@@ -52,52 +83,51 @@ def audit_command(
     """Audit MODEL on DATA: per-modality functional entropy, Fisher and Poincare bounds,
     permutation and Shapley checks; writes report.html and audit.json, prints the verdict."""
     with guarded(debug):
+        from biasscope.config import resolve_options
+        from biasscope.report import AUDIT_FILES, audit_report, check_output_folder
+
         cfg = read_config(config)
         table = cfg.audit
-        fail_on = pick(fail_on, cfg, "fail_on", None, table)
-        if fail_on is not None and fail_on not in FAIL_ON:
-            raise ConfigError(f"--fail-on must be 'ignored' or 'weak', got {fail_on!r}.")
-        plotlyjs = pick(plotlyjs, cfg, "plotlyjs", "inline", table)
-        if plotlyjs not in ("inline", "cdn"):
-            raise ConfigError(f"--plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}.")
+        options = resolve_options("audit", {
+            "samples": samples, "scale": scale, "divergence": divergence, "max_rows": _max_rows(max_rows),
+            "permutation_repeats": permutation_repeats, "device": device, "seed": seed,
+            "label_key": label_key, "limit": limit, "precision": precision,
+            "shapley": False if no_shapley else None,
+            "tensorization": False if no_tensorization else None,
+            "check_output": False if no_output_check else None,
+            "probe": False if no_probe else None, "explain": explain,
+        }, cfg)
+        fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
+        source = pick(data, cfg, "data")
+        out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path)
+        check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
-            hf_class=hf_class, modality=modality, preset=preset, label_key=label_key,
+            hf_class=hf_class, modality=modality, preset=preset, label_key=options.label_key or "none",
             output_key=output_key, output_index=output_index,
         )
-        batches, data_info = read_data(
-            pick(data, cfg, "data"),
-            label_key=inputs.label_key,
-            batch_size=pick(batch_size, cfg, "batch_size", 64),
-            limit=pick(limit, cfg, "limit"),
-        )
+        batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
         with ProgressDisplay(quiet) as progress:
-            result = audit(
-                inputs.loaded.module,
-                batches,
-                inputs.modalities,
-                samples=pick(samples, cfg, "samples", 32, table),
-                scale=pick(scale, cfg, "scale", 1.0, table),
-                seed=pick(seed, cfg, "seed", 0, table),
-                device=pick(device, cfg, "device", "auto", table),
-                divergence=pick(divergence, cfg, "divergence", "kl", table),
-                label_key=inputs.label_key,
-                output=inputs.output,
-                max_rows=pick(max_rows, cfg, "max_rows", 4096, table),
-                thresholds=cfg.thresholds,
-                permutation_repeats=pick(permutation_repeats, cfg, "permutation_repeats", 10, table),
-                shapley=not no_shapley and table.get("shapley", True),
-                progress=progress,
+            report = audit_report(
+                inputs.loaded.module, batches, inputs.modalities, options=options,
+                output=inputs.output, thresholds=cfg.thresholds, progress=progress,
+                provenance={**inputs.provenance, "data": data_info}, plotlyjs=plotlyjs,
             )
-        result.provenance.update(inputs.provenance, data=data_info)
-        out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
-        html = render_html(result, plotlyjs=plotlyjs)  # render both before writing either
-        json_path = result.save(out_dir / "audit.json")
-        html_path = write_atomic(out_dir / "report.html", html)
-        console.print(audit_summary(result, width=console.width))
-        console.print(f"report: {escape(str(html_path))}  json: {escape(str(json_path))}", highlight=False)
-        failing = [m for m in result.modalities if fail_on is not None and m.verdict in FAIL_ON[fail_on]]
-        if failing:
-            names = ", ".join(f"{m.name} is {m.verdict}" for m in failing)
-            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(names)}", highlight=False)
+        set_stage(f"writing the report to {str(out_dir)!r}")
+        paths = report.write(out_dir)
+        console.print(_summary(report.result))
+        console.print(
+            f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
+            highlight=False,
+        )
+        gate = report.gate(fail_on)
+        if gate is not None and not gate.passed:
+            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
             raise typer.Exit(EXIT_GATE)
+
+
+def _summary(result: object) -> object:
+    from biasscope.render import audit_summary
+
+    return audit_summary(result, width=console.width)

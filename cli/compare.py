@@ -6,43 +6,72 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from biasscope.compare import check_comparable, evaluate_gates, parse_min_share
-from biasscope.render import compare_table, write_compare_html
-from biasscope.results import AuditResult
-
 from . import _options as o
-from ._common import EXIT_GATE, console, err_console, guarded
+from ._common import EXIT_GATE, console, err_console, guarded, set_stage
 from .main import app
+
+
+def _headline_text(status: str, failed: list, ungated: dict) -> str:
+    if status == "failed":
+        return f"[bold red]FAILED[/]: {escape(', '.join(failed))}"
+    concerns = ", ".join(f"{n} is {v}" for n, v in ungated.items())
+    if status == "no_gates":
+        note = f"; not gated: {escape(concerns)}" if concerns else ""
+        return f"[yellow]no gates asked[/] (pass --fail-if-ignored, --fail-if-weak, --min-share...){note}"
+    if status == "passed_ungated":
+        return (
+            f"[yellow]gates passed, but not gated:[/] {escape(concerns)} "
+            "(add --fail-if-weak / --fail-if-ignored to gate it)"
+        )
+    return "[green]PASSED[/]: every gate passed and no modality is ignored or weak"
 
 
 @app.command("compare")
 def compare_command(
     before: Path = typer.Argument(..., help="audit.json before (e.g. of the original model)."),
     after: Path = typer.Argument(..., help="audit.json after (e.g. of the fixed model)."),
-    fail_if_ignored: bool = typer.Option(False, "--fail-if-ignored", help="Exit 1 if any modality is still ignored after."),
-    max_drop_accuracy: Optional[float] = typer.Option(None, "--max-drop-accuracy", help="Exit 1 if accuracy drops by more than X (e.g. 0.02)."),
-    min_share: List[str] = typer.Option([], "--min-share", help="MODALITY=X: exit 1 if its share after is below X (repeatable)."),
+    fail_if_ignored: bool = typer.Option(False, "--fail-if-ignored", help="Exit 1 if any modality is still ignored (in any sense, also unused) after."),
+    fail_if_weak: bool = typer.Option(False, "--fail-if-weak", help="Exit 1 if any modality is still weak or ignored after."),
+    max_drop_accuracy: Optional[float] = typer.Option(None, "--max-drop-accuracy", help="Exit 1 if accuracy drops by more than X, in [0, 1] (e.g. 0.02)."),
+    min_share: List[str] = typer.Option([], "--min-share", help="MODALITY=X: exit 1 if its sensitivity share after is below X (repeatable)."),
+    min_reliance_share: List[str] = typer.Option([], "--min-reliance-share", help="MODALITY=X: exit 1 if its reliance share (of the permutation loss increase) after is below X (repeatable)."),
+    allow_different_data: bool = typer.Option(False, "--allow-different-data", help="Compare audits whose data differ (their sha256); refused otherwise."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the side-by-side HTML page here (e.g. compare.html)."),
     plotlyjs: str = typer.Option("inline", "--plotlyjs", help="inline or cdn."),
     debug: bool = o.Debug,
 ) -> None:
     """Compare BEFORE and AFTER audits; exit 1 when a gate fails, 2 on bad input."""
     with guarded(debug):
-        a, b = AuditResult.load(before), AuditResult.load(after)
-        gates = evaluate_gates(
-            a, b,
-            fail_if_ignored=fail_if_ignored,
-            max_drop_accuracy=max_drop_accuracy,
-            min_share=parse_min_share(min_share),
+        from biasscope.compare import check_comparable, compare_gates, headline, load_audit, parse_min_share
+        from biasscope.errors import ConfigError
+        from biasscope.report import check_output_file
+
+        if plotlyjs not in ("inline", "cdn"):
+            raise ConfigError(f"plotlyjs must be 'inline' or 'cdn' (got {plotlyjs!r}).", parameter="plotlyjs")
+        shares = parse_min_share(min_share, parameter="min_share")
+        reliance = parse_min_share(min_reliance_share, parameter="min_reliance_share")
+        if out is not None:
+            check_output_file(out, inputs=[before, after])
+        set_stage("reading the audits")
+        a, b = load_audit(before), load_audit(after)
+        gates = compare_gates(
+            a, b, fail_if_ignored=fail_if_ignored, fail_if_weak=fail_if_weak,
+            max_drop_accuracy=max_drop_accuracy, min_share=shares, min_reliance_share=reliance,
+            allow_different_data=allow_different_data,
         )
-        for warning in check_comparable(a, b):
+        for warning in check_comparable(a, b, allow_different_data=allow_different_data):
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        from biasscope.render import compare_table, write_compare_html
+
         console.print(compare_table(a, b))
         for gate in gates:
             mark = "[green]PASS[/]" if gate.passed else "[bold red]FAIL[/]"
             console.print(f"{mark} {escape(gate.name)}: {escape(gate.detail)}", highlight=False)
+        levels = ["weak"] if fail_if_weak else (["ignored"] if fail_if_ignored else [])
+        head = headline(gates, b, gated_levels=levels)
+        console.print(_headline_text(head.status, head.failed, head.ungated), highlight=False)
         if out is not None:
             write_compare_html(a, b, out, plotlyjs=plotlyjs, gates=gates)
             console.print(f"comparison: {escape(str(out))}", highlight=False)
-        if not all(g.passed for g in gates):
+        if head.status == "failed":
             raise typer.Exit(EXIT_GATE)

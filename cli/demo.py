@@ -1,16 +1,8 @@
 """``biasscope demo``: the colored-digits loop (biased model, audit, fix, audit, compare)."""
 
-import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-
-from biasscope.compare import evaluate_gates
-from biasscope.demo import run_demo
-from biasscope.render import compare_table, write_compare_html, write_html
-from biasscope._files import write_atomic
 
 from . import _options as o
 from ._common import ProgressDisplay, console, guarded
@@ -29,18 +21,15 @@ def demo_command(
     """Train a colour-shortcut model on the bundled colored digits, audit it, fix it with the
     `biasscope fix` defaults, audit again, and compare with an unbiased reference."""
     with guarded(debug):
-        with ProgressDisplay(quiet) as progress:
-            result = run_demo(fast=fast, seed=seed, progress=progress)
-        for name, audited in (("before", result.before), ("after", result.after), ("reference", result.reference)):
-            audited.save(out / name / "audit.json")
-            write_html(audited, out / name / "report.html", title=f"colored digits: {name}", plotlyjs=plotlyjs)
-        gates = evaluate_gates(result.before, result.after, fail_if_ignored=True)
-        write_compare_html(result.before, result.after, out / "compare.html", gates=gates, plotlyjs=plotlyjs)
-        write_atomic(out / "summary.json", json.dumps({
-            "accuracy": result.accuracy, "lambda": result.lambda_value, "fix_steps": result.fix_steps,
-            "shares": {k: r.shares for k, r in (("baseline", result.before), ("fixed", result.after), ("reference", result.reference))},
-            "settings": result.settings,
-        }, indent=2, default=str))
+        from rich.markup import escape
+        from rich.table import Table
+
+        from biasscope.demo import run_demo
+        from biasscope.render import compare_table
+
+        with ProgressDisplay(quiet) as display:
+            result = run_demo(fast=fast, seed=seed, progress=lambda stage, done, total, info=None: display(stage, done, total))
+        result.write(out, plotlyjs=plotlyjs)
 
         console.print(compare_table(result.before, result.after))
         table = Table(title="Accuracy (colour agrees with the digit 99% in train/val; random or gray at test)")

@@ -1,80 +1,76 @@
-"""``biasscope fix``: fine-tune with the functional-entropy regularizer, then audit again."""
+"""``biasscope fix``: fine-tune with the functional-entropy regularizer, then audit again.
+Parses the options, shows progress, maps the outcome to an exit code; the work is
+:func:`biasscope.workflow.fix_and_audit`."""
 
-import csv
-import io
-import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from biasscope import audit
-from biasscope.errors import ConfigError
-from biasscope.fix import FixInterrupted, fix
-from biasscope.loading import save_model
-from biasscope.render import compare_table, write_compare_html, write_html
-from biasscope._files import write_atomic
+from biasscope.options import AuditOptions, FixOptions
 
 from . import _options as o
 from ._common import ProgressDisplay, console, err_console, guarded, load_inputs, pick, read_config, read_data
 from .main import app
 
+D = FixOptions()
 
-class TrainingDisplay:
-    """One progress bar over the steps, with the latest loss, CE, term and scores."""
 
-    def __init__(self, quiet: bool, total: Optional[int]) -> None:
-        self.enabled = not quiet and err_console.is_terminal
+class FixDisplay:
+    """The audits' progress bars, and one bar over the fix steps with the latest numbers."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.stages = ProgressDisplay(quiet)
+        self.enabled = self.stages.enabled
         self.progress = Progress(
             TextColumn("fix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[metrics]}"), console=err_console, transient=True,
         )
-        self.task = self.progress.add_task("fix", total=total, metrics="")
+        self.task = None
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
         if not self.enabled:
             return
-        scores = " ".join(f"{k}={v:.3g}" for k, v in record["scores"].items())
-        val = f" val_acc={record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
-        self.progress.update(
-            self.task, completed=record["step"],
-            metrics=f"loss={record['loss']:.4f} ce={record['ce']:.4f} reg={record['reg']:.4g} {scores}{val}",
-        )
-
-    def __enter__(self) -> "TrainingDisplay":
-        if self.enabled:
+        if stage != "fix":
+            self.stages(stage, done, total)
+            return
+        if self.task is None:
             self.progress.start()
+            self.task = self.progress.add_task("fix", total=total or None, metrics="")
+        r = info or {}
+        scores = " ".join(f"{k}={v:.3g}" for k, v in r.get("scores", {}).items())
+        val = f" val_acc={r['val_accuracy']:.3f} proxy={r['val_proxy_accuracy']:.3f}" if "val_accuracy" in r else ""
+        metrics = f"loss={r.get('loss', 0):.4f} ce={r.get('ce', 0):.4f} reg={r.get('reg', 0):.4g} {scores}{val}"
+        self.progress.update(self.task, completed=done, metrics=metrics)
+
+    def __enter__(self) -> "FixDisplay":
+        self.stages.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
+    def __exit__(self, *exc: Any) -> None:
+        if self.task is not None:
             self.progress.stop()
+        self.stages.__exit__(*exc)
 
 
-def _log_csv(history: list) -> str:
-    names = sorted({k for r in history for k in r.get("scores", {})})
-    cols = ["step", "epoch", "loss", "ce", "reg", "lambda", *[f"score_{n}" for n in names], "val_loss", "val_accuracy"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    writer.writeheader()
-    for r in history:
-        writer.writerow({**r, **{f"score_{k}": v for k, v in r.get("scores", {}).items()}})
-    return buf.getvalue()
+def _lambda(value: Any) -> Any:
+    from biasscope.errors import ConfigError
 
-
-def _output_path(out: Path, loaded) -> Path:
-    if loaded.kind == "hf":
-        return out / "model"
-    return out / f"model{loaded.path.suffix or '.pt'}"
+    if value == "auto" or value is None:
+        return "auto"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--lambda must be a number or auto, got {value!r}.") from None
 
 
 @app.command("fix")
 def fix_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (file or factory)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation data: early stopping, best weights, and the before/after audits."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data: the guard, early stopping, best weights, the ModDrop target, and the before/after audits."),
     modality: List[str] = o.Modalities,
     factory: Optional[str] = o.Factory,
     kind: Optional[str] = o.Kind,
@@ -86,100 +82,116 @@ def fix_command(
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training data \\[default: 10]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=f"Passes over the training data \\[default: {D.epochs}]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimisation steps."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate \\[default: 1e-3]."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default), adamw or sgd."),
-    lambda_: Optional[str] = typer.Option(None, "--lambda", help="Weight of the regularizer, or auto (calibrated on the first batches) \\[default: auto]."),
-    estimator: Optional[str] = typer.Option(None, "--estimator", help="fisher (log-Sobolev bound, default) or poincare (variance variant)."),
-    form: Optional[str] = typer.Option(None, "--form", help="Form of the term: log_share (default, scale-free), inverse (the paper's ||1/I||_2), log_inverse, mean_log."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="Noise samples per example in the regularizer \\[default: 4]."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Noise scale s \\[default: 1.0]."),
-    modality_dropout: Optional[float] = typer.Option(None, "--modality-dropout", help="ModDrop rate on the --augment modality in the cross-entropy pass \\[default: 0.5; 0 for the regularizer alone]."),
-    augment: Optional[str] = typer.Option(None, "--augment", help="Which modality ModDrop permutes: dominant (largest score at each step, default) or a modality name."),
-    target_ratio: Optional[float] = typer.Option(None, "--target-ratio", help="With --lambda auto: the term's gradient norm as a multiple of the cross-entropy's \\[default: 1.0]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"Learning rate \\[default: {D.lr:g}]."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"adam, adamw or sgd \\[default: {D.optimizer}]."),
+    lambda_: Optional[str] = typer.Option(None, "--lambda", help=f"Weight of the regularizer, or auto (calibrated on the first batches) \\[default: {D.lambda_}]."),
+    estimator: Optional[str] = typer.Option(None, "--estimator", help=f"fisher (log-Sobolev bound) or poincare (variance variant) \\[default: {D.estimator}]."),
+    form: Optional[str] = typer.Option(None, "--form", help=f"Form of the term \\[default: {D.form}]."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-k", help=f"Noise samples per example in the regularizer \\[default: {D.samples}]."),
+    scale: Optional[float] = typer.Option(None, "--scale", help=f"Noise scale s \\[default: {D.scale:g}]."),
+    modality_dropout: Optional[float] = typer.Option(None, "--modality-dropout", help=f"ModDrop rate on the --augment modality in the cross-entropy pass; 0 for the regularizer alone \\[default: {D.modality_dropout:g}]."),
+    augment: Optional[str] = typer.Option(None, "--augment", help=f"Which modality ModDrop permutes: reliance (the one the model relies on most, measured by permutation), sensitivity (largest score at each step) or a modality name \\[default: {D.augment}]."),
+    target_ratio: Optional[float] = typer.Option(None, "--target-ratio", help=f"With --lambda auto: the term's gradient norm as a multiple of the cross-entropy's \\[default: {D.target_ratio:g}]."),
+    guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", help="With --val: stop (exit 1, report written) when in-distribution accuracy falls while the decorrelated accuracy does not rise \\[default: on]."),
+    guard_tolerance: Optional[float] = typer.Option(None, "--guard-tolerance", help=f"The guard's tolerance on both accuracies \\[default: {D.guard_tolerance:g}]."),
+    max_drop_accuracy: Optional[float] = typer.Option(None, "--max-drop-accuracy", help="With --val: a hard bound on the in-distribution accuracy drop (exit 1 when exceeded)."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
     restore_best: bool = typer.Option(False, "--restore-best", help="Keep the best validation weights, not the last (only when --val is free of the bias)."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Write a checkpoint every N steps \\[default: 50]."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help=f"Write a checkpoint every N steps \\[default: {D.checkpoint_every}]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT/checkpoints."),
-    audit_samples: int = typer.Option(32, "--audit-samples", help="Samples per example in the before/after audits."),
+    audit_samples: Optional[int] = typer.Option(None, "--audit-samples", help=f"Samples per example in the before/after audits \\[default: {AuditOptions().samples}]."),
     device: Optional[str] = o.Device,
     seed: Optional[int] = o.Seed,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder \\[default: ./biasscope-fix]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (not the input model's) \\[default: ./biasscope-fix]."),
     config: Optional[Path] = o.Config,
     quiet: bool = o.Quiet,
     debug: bool = o.Debug,
 ) -> None:
-    """Fine-tune MODEL on --data with the functional-entropy regularizer; write the model in its
-    input format (never over the input), a training log, and audits before and after."""
+    """Fine-tune MODEL on --data with the functional-entropy regularizer and ModDrop; write the
+    model in its input format (never over the input), a training log, and audits before and
+    after. Exit 1 when the guard stopped a fix that made the model worse (reports written)."""
     with guarded(debug):
+        from biasscope.workflow import check_output_folder
+
         cfg = read_config(config)
         table = cfg.fix
+        out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
+        if pick(model, cfg, "model") is not None:  # before any work: never write beside or over the input
+            check_output_folder(out_dir, pick(model, cfg, "model"))
+        flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
+                     samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
+                     target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
+                     max_drop_accuracy=max_drop_accuracy, lambda_=lambda_, guard=guard, amp=amp or None,
+                     restore_best=restore_best or None, device=device, seed=seed)
+        options = _fix_options(cfg, table, flags)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=label_key,
             output_key=output_key, output_index=output_index,
         )
+        options = options.replace(label_key=inputs.label_key)
         size = pick(batch_size, cfg, "batch_size", 64, table)
         train, train_info = read_data(pick(data, cfg, "data", None, table), label_key=inputs.label_key, batch_size=size, limit=pick(limit, cfg, "limit"))
         val_source = pick(val, cfg, "val", None, table)
-        val_batches = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None)[0] if val_source else None
-        lam = pick(lambda_, cfg, "lambda", "auto", table)
-        if lam != "auto":
-            try:
-                lam = float(lam)
-            except ValueError:
-                raise ConfigError(f"--lambda must be a number or auto, got {lam!r}.") from None
-        out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
-        dev = pick(device, cfg, "device", "auto", table)
-        run_seed = pick(seed, cfg, "seed", 0, table)
-        audit_data = val_batches or train
-        common = dict(label_key=inputs.label_key, output=inputs.output, device=dev, seed=run_seed)
-        with ProgressDisplay(quiet) as progress:
-            before = audit(inputs.loaded.module, audit_data, inputs.modalities, samples=audit_samples, thresholds=cfg.thresholds, progress=progress, **common)
-        options = {k: v for k, v in dict(
-            epochs=pick(epochs, cfg, "epochs", None, table), max_steps=pick(steps, cfg, "steps", None, table),
-            lr=pick(lr, cfg, "lr", None, table), optimizer=pick(optimizer, cfg, "optimizer", None, table),
-            estimator=pick(estimator, cfg, "estimator", None, table), form=pick(form, cfg, "form", None, table),
-            samples=pick(samples, cfg, "samples", None, table), scale=pick(scale, cfg, "scale", None, table),
-            patience=pick(patience, cfg, "patience", None, table),
-            modality_dropout=pick(modality_dropout, cfg, "modality_dropout", None, table),
-            augment=pick(augment, cfg, "augment", None, table),
-            target_ratio=pick(target_ratio, cfg, "target_ratio", None, table),
-            checkpoint_every=pick(checkpoint_every, cfg, "checkpoint_every", None, table),
-        ).items() if v is not None}
-        total = options.get("max_steps") or options.get("epochs", fix.__kwdefaults__["epochs"]) * len(train)
-        try:
-            with TrainingDisplay(quiet, total) as shown:
-                result = fix(
-                    inputs.loaded.module, train, inputs.modalities, val_data=val_batches, lambda_=lam,
-                    amp=amp or bool(table.get("amp", False)), checkpoint_dir=out_dir / "checkpoints",
-                    restore_best=restore_best or bool(table.get("restore_best", False)),
-                    resume=resume, progress=shown, **common, **options,
-                )
-        except FixInterrupted as exc:
-            err_console.print(
-                f"[yellow]interrupted after {exc.result.steps} steps[/]; the last checkpoint is in "
-                f"{out_dir / 'checkpoints'}: run the same command with --resume to continue."
+        val_batches, val_info = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None, what="val") if val_source else (None, None)
+        provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "factory": pick(factory, cfg, "factory"),
+                      "preset": pick(preset, cfg, "preset"), "output_key": inputs.output.key, "output_index": inputs.output.index}
+        audit_options = {"samples": pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)}
+        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
+        report.write(out_dir)
+        _show(report, out_dir, options)
+        if report.guard_tripped:
+            err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
+            raise typer.Exit(1)
+
+
+def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
+    """FixOptions from the flags given, else the [fix] table, else the defaults."""
+    values = {k: pick(v, cfg, "steps" if k == "max_steps" else k, None, table) for k, v in flags.items()}
+    values["lambda_"] = _lambda(values["lambda_"] if values["lambda_"] is not None else pick(None, cfg, "lambda", None, table))
+    return FixOptions(**{k: v for k, v in values.items() if v is not None})
+
+
+def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: FixOptions, audit_options: dict,
+         provenance: dict, *, resume: bool, quiet: bool) -> Any:
+    """fix_and_audit with the progress display; an interrupt exits 130 with where to resume."""
+    from biasscope.fix import FixInterrupted
+    from biasscope.workflow import fix_and_audit
+
+    try:
+        with FixDisplay(quiet) as shown:
+            return fix_and_audit(
+                inputs.loaded, train, inputs.modalities, out=out_dir, val_data=val, options=options,
+                audit_options=audit_options, output=inputs.output, thresholds=inputs.config.thresholds,
+                resume=resume, provenance=provenance, progress=shown,
+                resume_hint="run the same biasscope fix command again with --resume",
             )
-            raise typer.Exit(130) from None
-        model_path = save_model(inputs.loaded, result.model, _output_path(out_dir, inputs.loaded))
-        write_atomic(out_dir / "training_log.csv", _log_csv(result.history))
-        write_atomic(out_dir / "training_log.json", json.dumps({
-            "lambda": result.lambda_value, "calibration": result.calibration, "steps": result.steps,
-            "best_step": result.best_step, "stopped_early": result.stopped_early, "device": result.device,
-            "settings": result.settings, "history": result.history,
-        }, indent=2, default=str))
-        with ProgressDisplay(quiet) as progress:
-            after = audit(result.model, audit_data, inputs.modalities, samples=audit_samples, thresholds=cfg.thresholds, progress=progress, **common)
-        for name, res in (("before", before), ("after", after)):
-            res.provenance.update(inputs.provenance, data=train_info if val_source is None else {"path": val_source})
-            res.save(out_dir / name / "audit.json")
-            write_html(res, out_dir / name / "report.html")
-        write_compare_html(before, after, out_dir / "compare.html")
-        how = "auto: the term's gradient norm = the cross-entropy's" if lam == "auto" else "given"
-        console.print(f"lambda = {result.lambda_value:.4g} ({how}), {result.steps} steps on {result.device}", highlight=False)
-        console.print(compare_table(before, after))
-        console.print(f"[bold]before:[/] {escape(before.sentence)}\n[bold]after:[/]  {escape(after.sentence)}", highlight=False)
-        console.print(f"model: {model_path}  log: {out_dir / 'training_log.csv'}  comparison: {out_dir / 'compare.html'}", highlight=False)
+    except FixInterrupted as exc:
+        err_console.print(
+            f"[yellow]interrupted after {exc.result.steps} steps[/]; the last checkpoint is in "
+            f"{out_dir / 'checkpoints'} ({out_dir / 'STATUS'} says what is missing): run the same "
+            "command with --resume to continue."
+        )
+        raise typer.Exit(130) from None
+
+
+def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
+    from rich.markup import escape
+
+    from biasscope.render import compare_table
+
+    r = report.fix
+    how = "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto" else "given"
+    console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {r.device}", highlight=False)
+    t = r.target or {}
+    reliance = ", ".join(f"{k} {v:.3g}" for k, v in (t.get("reliance") or {}).items())
+    console.print(f"ModDrop target: {t.get('modality') or 'per step'} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
+    for d in r.diagnostics:
+        if d.code != "fix_guard_tripped":
+            err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)}", highlight=False)
+    console.print(compare_table(report.before, report.after))
+    console.print(f"[bold]before:[/] {escape(report.before.sentence)}\n[bold]after:[/]  {escape(report.after.sentence)}", highlight=False)
+    console.print(f"model: {report.model_path}  log: {out_dir / 'training_log.csv'}  comparison: {out_dir / 'compare.html'}", highlight=False)

@@ -1,14 +1,40 @@
-"""``biasscope``: audit a multimodal classifier for ignored modalities, fix it, compare."""
+"""``biasscope``: audit a multimodal classifier for ignored modalities, fix it, compare.
+
+Start-up imports no torch: the commands import the library inside their bodies."""
+
+from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
-import typer
 
-from ._common import console, version_string
+def _interrupted_at_startup(kind: type, value: BaseException, tb: object) -> None:
+    """Ctrl-C while the command line is still importing: no traceback, exit 130."""
+    if issubclass(kind, KeyboardInterrupt):
+        os.write(2, b"interrupted\n")
+        os._exit(130)
+    sys.__excepthook__(kind, value, tb)  # type: ignore[arg-type]
 
-app = typer.Typer(
+
+if sys.excepthook is sys.__excepthook__:
+    sys.excepthook = _interrupted_at_startup
+
+from typing import Any, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from ._common import console, quiet_interrupts, version_string  # noqa: E402
+
+
+class _App(typer.Typer):
+    """The ``biasscope`` program: until a command's body runs, Ctrl-C exits 130 quietly."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        quiet_interrupts()
+        return super().__call__(*args, **kwargs)
+
+
+app = _App(
     name="biasscope",
     help="Does your multimodal classifier ignore a modality? Audit it, fix it, gate CI on it.",
     no_args_is_help=True,
@@ -30,9 +56,6 @@ def main(
     ),
 ) -> None:
     """Modality-bias diagnostics for multimodal PyTorch classifiers."""
-    # like `python -m`: factories and pickled models' classes import from the working folder
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
 
 
 from . import audit as _audit  # noqa: E402  (the commands register themselves on ``app``)

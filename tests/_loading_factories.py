@@ -106,3 +106,59 @@ def make_bad_dataset() -> Dataset:
             raise KeyError(i)
 
     return Broken()
+
+
+# ----------------------------------------------------------------- factories that escape
+
+
+def make_exit() -> nn.Module:
+    import sys
+
+    sys.exit(0)
+
+
+def make_interrupt() -> nn.Module:
+    raise KeyboardInterrupt
+
+
+def data_exit() -> list:
+    import sys
+
+    sys.exit(3)
+
+
+class ExitingDataset(Dataset):
+    """A dataset whose items call sys.exit (a crash while the data is read)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        raise SystemExit(0)
+
+
+def make_exiting_dataset() -> Dataset:
+    return ExitingDataset()
+
+
+class Builder:
+    """Factories may be classes or methods: both are Python code."""
+
+    def __init__(self) -> None:
+        self.fc = nn.Linear(6, 3)
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        return nn.Linear(6, 3)
+
+
+class _Callable:
+    def __call__(self) -> nn.Module:
+        return nn.Linear(6, 3)
+
+
+CALLABLE_INSTANCE = _Callable()
+
+
+class ArgsTuple(tuple):
+    """A harmless tuple subclass: unpickling it needs more than weights_only allows."""

@@ -89,7 +89,7 @@ def test_each_format_round_trips_and_the_input_is_untouched(project, model, extr
     loaded = bs.load_model(written, factory="fixmodels.py:build" if kind == "state_dict" else None, trust_pickle=kind == "pickle")
     assert loaded.kind == kind
     original = bs.load_model(project / model, factory="fixmodels.py:build" if kind == "state_dict" else None, trust_pickle=kind == "pickle")
-    x = torch.load(project / "val.pt")
+    x = torch.load(project / "val.pt", weights_only=True)
     changed = not torch.allclose(loaded.module(x["image"][:16], x["meta"][:16]), original.module(x["image"][:16], x["meta"][:16]))
     assert changed  # the fine-tuned weights were written, not the input's
     if kind == "export":  # a dynamic batch stays dynamic
@@ -110,14 +110,16 @@ def test_resume_continues_to_the_same_model(project):
     part = runner.invoke(app, ["fix", *common, "--steps", "6", "--out", "part"], catch_exceptions=False)
     assert part.exit_code == 0
     # simulate an interruption after step 4: keep the step-4 checkpoint, resume from it
-    ckpt = torch.load(project / "part" / "checkpoints" / "fix_checkpoint.pt", weights_only=False)
+    from biasscope._checkpoint import CheckpointStore
+
+    ckpt = CheckpointStore(project / "part" / "checkpoints").load()["trainer"]
     assert ckpt["step"] == 6
     first = runner.invoke(app, ["fix", *common, "--steps", "6", "--out", "resumed"], catch_exceptions=False)
     assert first.exit_code == 0
     again = runner.invoke(app, ["fix", *common, "--steps", "6", "--out", "resumed", "--resume"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
-    a = torch.load(project / "full" / "model.pt")
-    b = torch.load(project / "resumed" / "model.pt")
+    a = torch.load(project / "full" / "model.pt", weights_only=True)
+    b = torch.load(project / "resumed" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

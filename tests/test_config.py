@@ -70,3 +70,46 @@ def test_find_config(tmp_path):
     assert find_config(cwd=tmp_path) == path
     with pytest.raises(ConfigError, match="No config file"):
         find_config(tmp_path / "other.toml")
+
+
+def test_schema_has_every_option():
+    """The [audit] and [fix] tables accept every field of AuditOptions / FixOptions, by
+    construction, with the field's type."""
+    from dataclasses import fields
+
+    from biasscope.config import config_key, table_schema
+    from biasscope.options import AuditOptions, FixOptions
+
+    for table, cls in (("audit", AuditOptions), ("fix", FixOptions)):
+        schema = table_schema(table)
+        for f in fields(cls):
+            assert config_key(f.name) in schema, (table, f.name)
+    assert table_schema("fix")["lambda"] == (int, float, str)
+    assert table_schema("audit")["samples"] == (int,)
+
+
+def test_resolve_options_precedence(tmp_path):
+    """flags > [audit] table > top level > AuditOptions defaults."""
+    from biasscope.config import resolve_options
+    from biasscope.options import AuditOptions
+
+    cfg = load_config(_write(tmp_path, 'limit = 50\nlabel_key = "none"\n[audit]\nsamples = 8\nseed = 3\n'))
+    opts = resolve_options("audit", {"seed": 7, "scale": None}, cfg)
+    assert (opts.samples, opts.seed, opts.limit, opts.label_key) == (8, 7, 50, None)
+    assert opts.scale == AuditOptions().scale
+    fix = resolve_options("fix", {}, load_config(_write(tmp_path, '[fix]\nsteps = 5\nlambda = 0.5\n')))
+    assert (fix.max_steps, fix.lambda_) == (5, 0.5)
+
+
+def test_resolve_options_errors_name_their_origin(tmp_path):
+    from biasscope.config import resolve_options
+
+    cfg = load_config(_write(tmp_path, "[audit]\nsamples = 1\n"))
+    with pytest.raises(ConfigError, match=r"\[audit\] samples: samples must be an integer in \[2,") as info:
+        resolve_options("audit", {}, cfg)
+    assert info.value.parameter is None  # from the file: no flag to name
+    with pytest.raises(ConfigError) as info:
+        resolve_options("audit", {"samples": 1}, cfg)
+    assert info.value.parameter == "samples"
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(_write(tmp_path, "[fix]\nbogus = 1\n"))

@@ -130,7 +130,7 @@ def test_data_errors(tmp_path: Path) -> None:
     assert "image: 5, label: 4" in str(info.value)
     nolabel = tmp_path / "nolabel.pt"
     torch.save({"image": torch.zeros(5, 2), "y": torch.zeros(5)}, nolabel)
-    with pytest.raises(DataLoadError, match="--label-key") as info:
+    with pytest.raises(DataLoadError, match="Set label_key") as info:
         load_data(nolabel)
     assert "'image', 'y'" in str(info.value)
     assert sizes(load_data(nolabel, label_key="y")) == [5]
@@ -159,5 +159,5 @@ def test_data_factory_errors() -> None:
         load_data("_loading_factories:no_such_fn")
     with pytest.raises(DataLoadError, match="not a torch Dataset|Return a torch Dataset"):
         load_data("_loading_factories:make_net")
-    with pytest.raises(DataLoadError, match="--label-key"):
+    with pytest.raises(DataLoadError, match="Set label_key"):
         load_data("_loading_factories:make_loader", label_key="target")

@@ -1,0 +1,207 @@
+"""Running under ``torchrun``: PyTorch's own distributed runtime (torch.distributed; gloo on
+CPU, NCCL on CUDA), with the few collectives the audit and fix need.
+
+Every function also works in a single process (no ``torchrun``, or world size 1): the
+shard is everything, gathers and sums return their input, and this process writes.
+
+Errors: a rank that fails between two sync points must not leave the others waiting in a
+collective. Local work runs inside :func:`sync_point`, which all-reduces an error flag on
+the way out (normal or not), so every rank learns of a failure on any rank at the same
+point and raises; torchrun's agent stops the group when a rank exits with an error.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import BiasscopeError
+
+__all__ = [
+    "RankEnv",
+    "RemoteRankError",
+    "all_reduce_sum",
+    "barrier",
+    "gather_rows",
+    "is_distributed",
+    "is_writer",
+    "process_group",
+    "rank_device",
+    "shard",
+    "shard_bounds",
+    "sync_point",
+    "torchrun_env",
+]
+
+#: how long a collective waits for the other ranks before failing (a rank stuck in a model
+#: pass longer than this is taken as lost)
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+class RemoteRankError(BiasscopeError):
+    """Another process of the ``torchrun`` group failed; its message is quoted."""
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """This process's place in the group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def torchrun_env() -> RankEnv | None:
+    """The (RANK, WORLD_SIZE, LOCAL_RANK) torchrun sets, or None outside torchrun."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(n in os.environ for n in names):
+        return None
+    rank, world, local = (int(os.environ[n]) for n in names)
+    return RankEnv(rank=rank, world_size=world, local_rank=local)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes outputs: rank 0, or the only process."""
+    return _rank() == 0
+
+
+def rank_device(device: str | torch.device = "auto") -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` under torchrun when CUDA is asked for
+    (``"auto"`` with CUDA present, or ``"cuda"``), else the device as given (CPU for auto)."""
+    env = torchrun_env()
+    wants_cuda = str(device) == "cuda" or (str(device) == "auto" and torch.cuda.is_available())
+    if wants_cuda and env is not None:
+        return torch.device("cuda", env.local_rank)
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextmanager
+def process_group(
+    *, device: str | torch.device = "auto", timeout: timedelta = DEFAULT_TIMEOUT
+) -> Iterator[RankEnv]:
+    """Join the torchrun group for the duration of the block (NCCL when this rank's device
+    is CUDA, else gloo) and leave it after; outside torchrun, or when a group already
+    exists (the caller owns it), yield this process's place and do nothing."""
+    env = torchrun_env()
+    if env is None or env.world_size == 1 or (dist.is_available() and dist.is_initialized()):
+        yield RankEnv(_rank(), _world(), env.local_rank if env else 0)
+        return
+    dev = rank_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    try:
+        yield env
+    finally:
+        dist.destroy_process_group()
+
+
+def shard_bounds(n_examples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of ``rank``'s contiguous share of n examples; the first n % world
+    ranks hold one more, so shares differ by at most one and follow the global order."""
+    base, extra = divmod(n_examples, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def shard(n_examples: int) -> range:
+    """The global indices of this process's examples (all of them in a single process)."""
+    return range(*shard_bounds(n_examples, _rank(), _world()))
+
+
+def _collective_device(tensor: Tensor) -> torch.device:
+    """NCCL moves CUDA tensors only; gloo moves CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's (n_r, *rest) tensor along dim 0 in rank order, on every rank
+    (rows of unequal shards padded for the transfer). With :func:`shard` this is the global
+    example order. Returns a tensor on ``tensor``'s device."""
+    if not is_distributed():
+        return tensor
+    home, dev = tensor.device, _collective_device(tensor)
+    is_bool = tensor.dtype == torch.bool
+    local = (tensor.to(torch.uint8) if is_bool else tensor).to(dev).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(_world())]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=dev))
+    counts = [int(s) for s in sizes]
+    longest = max(counts)
+    padded = local.new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    out = torch.cat([p[:c] for p, c in zip(parts, counts)])
+    return (out.bool() if is_bool else out).to(home)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The element-wise sum of ``tensor`` over all ranks (a new tensor, on its device)."""
+    if not is_distributed():
+        return tensor.clone()
+    total = tensor.to(_collective_device(tensor)).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(tensor.device)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _error_summary(exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+@contextmanager
+def sync_point(stage: str) -> Iterator[None]:
+    """Run local work (no collectives inside); on the way out all ranks agree on whether
+    any of them failed. The failing rank re-raises its own error; the others raise
+    :class:`RemoteRankError` quoting it, instead of waiting in the next collective."""
+    if not is_distributed():
+        yield
+        return
+    failure: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:  # noqa: BLE001 - re-raised below after telling the others
+        failure = exc
+    dev = _collective_device(torch.empty(0))
+    flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64, device=dev)
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    if int(flag) == 0:
+        return
+    messages: list[str | None] = [None] * _world()
+    dist.all_gather_object(messages, None if failure is None else _error_summary(failure))
+    if failure is not None:
+        raise failure
+    quoted = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
+    raise RemoteRankError(f"Another process failed during {stage} ({quoted}); see its log above.")

@@ -1,0 +1,284 @@
+"""The training state of one fix run and its steps: calibrate lambda, choose the ModDrop
+target from reliance, take a step (CE on the ModDrop-augmented batch + lambda * term),
+validate (loss, accuracy, the guard's decorrelated proxy), and state_dict/load_state_dict
+for exact resume."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._batch import Batch, OutputSpec, call_model, split_batch
+from ._fixdata import first_examples
+from ._guard import Guard
+from ._moddrop import ModDrop, held_performance, measure_reliance
+from .errors import ConfigError, DataLoadError
+from .modality import Modality, intervene
+from .options import FixOptions
+from .regularizer import FunctionalEntropyRegularizer, calibrate_lambda
+
+__all__ = ["Trainer"]
+
+_NOT_REGULARIZER = {"self", "model", "modalities", "output", "sigmas"}
+
+
+def _regularizer(model: nn.Module, mods: Sequence[Modality], o: FixOptions, output: OutputSpec):
+    """The regularizer with every FixOptions field it takes (by parameter name)."""
+    params = inspect.signature(FunctionalEntropyRegularizer).parameters
+    values = o.as_dict()
+    kwargs = {k: values[k] for k in params if k in values and k not in _NOT_REGULARIZER}
+    return FunctionalEntropyRegularizer(model, mods, output=output, **kwargs)
+
+
+def _optimizer(o: FixOptions, params: list[Tensor]) -> torch.optim.Optimizer:
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+class Trainer:
+    """One fix run: the model being trained (a copy, on ``device``), its optimizer, the
+    regularizer, ModDrop, the guard and the history."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modalities: Sequence[Modality],
+        options: FixOptions,
+        *,
+        device: torch.device,
+        output: OutputSpec,
+        val_data: Any = None,
+    ) -> None:
+        o = self.options = options
+        self.model, self.modalities, self.device, self.output = model, list(modalities), device, output
+        self.reg = _regularizer(model, self.modalities, o, output)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("The model has no trainable parameters (requires_grad=False everywhere).")
+        self.optimizer = _optimizer(o, self.params)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=o.amp)
+        self.moddrop = ModDrop(self.modalities, dropout=o.modality_dropout, noise=o.modality_noise)
+        self.aug_generator = torch.Generator(device=device).manual_seed(o.seed + 1)
+        self.val = None if val_data is None else [split_batch(b, label_key=o.label_key) for b in val_data]
+        if self.val is not None and any(b.label is None for b in self.val):
+            raise DataLoadError("The validation data has no labels; fix needs labelled val_data.")
+        if self.val is not None and not any(b.size for b in self.val):
+            raise DataLoadError("The validation data is empty.")
+        self.step_count, self.position = 0, (0, 0)  # steps taken; (epoch, batch index) next
+        self.lam: float | None = None if o.lambda_ == "auto" else float(o.lambda_)
+        self.calibration: dict[str, Any] | None = None
+        self.target: dict[str, Any] | None = None
+        self.guard: Guard | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"step": None, "metric": None, "state": None, "waited": 0}
+        self.stopped_early = False
+        self.held: list[Batch] = []
+
+    def autocast(self):
+        if self.options.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return nullcontext()
+
+    # -- before the first step ------------------------------------------------------------
+
+    def calibrate(self, batches: Sequence[Batch]) -> None:
+        """Lambda from the first batches when ``lambda_="auto"`` and not yet calibrated."""
+        if self.lam is not None:
+            return
+        o = self.options
+        cal = calibrate_lambda(
+            self.reg, [b.to(self.device) for b in batches], target_ratio=o.target_ratio,
+            criterion=o.calibration, autocast=self.autocast,
+        )
+        self.lam, self.calibration = cal.lambda_value, cal.as_dict()
+
+    def choose_target(self, training: Sequence[Batch]) -> None:
+        """The held set (validation data, else the first training batches), the reliance on
+        each modality there, the ModDrop target and the guard (skipped when resumed)."""
+        o = self.options
+        source = "validation" if self.val is not None else "training"
+        held = first_examples(self.val if self.val is not None else training, o.reliance_examples)
+        self.held = [b.to(self.device) for b in held]
+        if self.target is not None:
+            return
+        reliance = measure_reliance(
+            self.model, self.held, self.modalities, device=self.device, output=self.output,
+            repeats=o.reliance_repeats, seed=o.seed + 2,
+        )
+        relied = max(reliance, key=reliance.get)
+        names = [m.name for m in self.modalities]
+        if o.augment in names:
+            modality, rule = o.augment, "given"
+        elif o.augment == "sensitivity" or not reliance[relied] > 0:
+            modality, rule = None, "sensitivity"  # per step: the largest score I_m
+        else:
+            modality, rule = relied, "reliance"
+        self.target = {
+            "modality": modality, "rule": rule, "reliance": reliance, "relied_upon": relied,
+            "held": {"source": source, "examples": sum(b.size for b in self.held)},
+        }
+        self._make_guard()
+        if self.val is not None:
+            self.guard.begin(self._measure(), _cpu_state(self.model))
+
+    def _make_guard(self) -> None:
+        o, t = self.options, self.target
+        watched = t["modality"] or t["relied_upon"]
+        self.guard = Guard(
+            modality=watched, pushed=[m.name for m in self.modalities if m.name != watched],
+            enabled=o.guard, tolerance=o.guard_tolerance, max_drop_accuracy=o.max_drop_accuracy,
+        )
+
+    # -- a step -----------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        o = self.options
+        ends = o.max_steps is not None and self.step_count >= o.max_steps
+        return self.stopped_early or ends or (self.guard is not None and self.guard.trip is not None)
+
+    def _forward(self, b: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor], str | None, float]:
+        o, per_step = self.options, self.target["modality"] is None
+        if self.lam > 0:
+            term, scores = self.reg(b)
+        elif per_step and self.moddrop.active:  # the scores only pick the target
+            with torch.no_grad():
+                term, scores = self.reg(b)
+        else:
+            term, scores = torch.zeros((), device=self.device), {}
+        target = self.target["modality"]
+        if self.moddrop.active and per_step:
+            target = max(scores, key=lambda k: float(scores[k].detach()))
+        transforms = self.moddrop.transforms(b, target, self.aug_generator) if target else {}
+        with intervene(self.model, b, transforms) as bb:
+            ce = F.cross_entropy(call_model(self.model, bb, self.output).float(), b.label)
+        warm = min(1.0, (self.step_count + 1) / o.lambda_warmup) if o.lambda_warmup else 1.0
+        lam_now = self.lam * warm
+        return ce, term, scores, target if transforms else None, lam_now
+
+    def step(self, batch: Batch, epoch: int, index: int, last: bool) -> dict[str, Any]:
+        """One optimisation step on ``batch``, then validation when due; returns its record."""
+        o = self.options
+        b = batch.to(self.device)
+        if b.label is None:
+            raise DataLoadError("The training data has no labels; fix needs labelled batches.")
+        with self.autocast():
+            ce, term, scores, target, lam_now = self._forward(b)
+            loss = ce + lam_now * term.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        record: dict[str, Any] = {
+            "step": self.step_count + 1, "epoch": epoch, "loss": float(loss.detach().cpu()),
+            "ce": float(ce.detach().cpu()), "reg": float(term.detach().cpu()), "lambda": lam_now,
+            "scores": {k: float(v.detach().cpu()) for k, v in scores.items()},
+        }
+        if target is not None:
+            record["augmented"] = target
+        if torch.isfinite(loss):
+            self.scaler.scale(loss).backward()
+            if o.max_grad_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, o.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            record["skipped"] = True  # a non-finite loss: no update
+        self.step_count += 1
+        self.position = (epoch + 1, 0) if last else (epoch, index + 1)
+        due = o.eval_every is not None and self.step_count % o.eval_every == 0
+        ends = o.max_steps is not None and self.step_count >= o.max_steps
+        if self.val is not None and (due or (o.eval_every is None and (last or ends))):
+            record.update(self.validate())
+        self.history.append(record)
+        return record
+
+    # -- validation -----------------------------------------------------------------------
+
+    def _measure(self) -> dict[str, float]:
+        return held_performance(
+            self.model, self.val, self.modalities, self.guard.modality, device=self.device,
+            output=self.output, seed=self.options.seed + 3,
+        )
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss, accuracy and decorrelated proxy; updates the best weights, early
+        stopping and the guard."""
+        o = self.options
+        metrics = self._measure()
+        best, value = self.best, metrics[o.monitor]
+        if best["metric"] is None:
+            better = True
+        else:
+            better = value < best["metric"] if o.monitor == "val_loss" else value > best["metric"]
+        if better:
+            state = _cpu_state(self.model) if o.restore_best else None
+            best.update(step=self.step_count, metric=value, waited=0, state=state)
+        else:
+            best["waited"] += 1
+            self.stopped_early = o.patience is not None and best["waited"] >= o.patience
+        self.guard.check(self.step_count, metrics, lambda: _cpu_state(self.model))
+        return metrics
+
+    # -- the end --------------------------------------------------------------------------
+
+    def final_weights(self) -> None:
+        """Load the weights fix returns: the guard's kept ones when it tripped, else the best
+        validation weights with ``restore_best``, else the last."""
+        if self.guard is not None and self.guard.trip is not None and self.guard.kept_state is not None:
+            self.model.load_state_dict(self.guard.kept_state)
+        elif self.val is not None and self.options.restore_best and self.best["state"] is not None:
+            self.model.load_state_dict(self.best["state"])
+
+    def reliance_after(self) -> dict[str, float]:
+        """Reliance on each modality over the held set, with the current weights."""
+        o = self.options
+        return measure_reliance(
+            self.model, self.held, self.modalities, device=self.device, output=self.output,
+            repeats=o.reliance_repeats, seed=o.seed + 2,
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rng["regularizer"] = self.reg.get_rng_state()
+        rng["augment"] = self.aug_generator.get_state()
+        return {
+            "step": self.step_count, "position": list(self.position), "model": _cpu_state(self.model),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "lambda": self.lam, "calibration": self.calibration, "target": self.target,
+            "guard": None if self.guard is None else self.guard.state_dict(),
+            "history": self.history, "best": self.best, "stopped_early": self.stopped_early, "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step_count, self.position = state["step"], tuple(state["position"])
+        self.lam, self.calibration, self.target = state["lambda"], state["calibration"], state["target"]
+        self.history, self.best, self.stopped_early = state["history"], state["best"], state["stopped_early"]
+        if self.target is not None:
+            self._make_guard()
+            if state["guard"] is not None:
+                self.guard.load_state_dict(state["guard"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.reg.set_rng_state(rng["regularizer"])
+        self.aug_generator.set_state(rng["augment"])

@@ -1,0 +1,139 @@
+"""The audit workflow as the CLI runs it, in the library: audit, render, gate, write the
+report folder as one unit. ``biasscope audit`` only parses its flags, shows progress and
+maps errors to exit codes around these calls."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ._files import MANIFEST_NAME, check_output_file, check_output_folder, write_atomic, write_outputs
+from .compare import Gate, fail_on_gate
+from .options import AuditOptions
+from .results import AuditResult
+
+__all__ = [
+    "AUDIT_FILES",
+    "MANIFEST_NAME",
+    "AuditReport",
+    "audit_report",
+    "check_output_file",
+    "check_output_folder",
+    "data_provenance",
+    "read_manifest",
+    "write_atomic",
+    "write_outputs",
+]
+
+#: the files an audit report folder holds (beside the manifest)
+AUDIT_FILES = ("audit.json", "report.html")
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """An audit's result with its rendered HTML page, ready to be written."""
+
+    result: AuditResult
+    html: str
+
+    def files(self) -> dict[str, str]:
+        return {"audit.json": self.result.to_json(), "report.html": self.html}
+
+    def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write audit.json and report.html into ``out_dir`` as one unit (staged, renamed,
+        the manifest ``biasscope-manifest.json`` last). Returns the written paths."""
+        folder = check_output_folder(out_dir, AUDIT_FILES)
+        from . import __version__
+
+        run = {"command": "audit", "biasscope": __version__, "pid": os.getpid()}
+        return write_outputs(folder, self.files(), run=run)
+
+    def gate(self, fail_on: str | None) -> Gate | None:
+        """The ``fail_on`` gate (``"ignored"`` or ``"weak"``), or None when not asked."""
+        return None if fail_on is None else fail_on_gate(self.result, fail_on)
+
+
+def _run_audit(
+    model: Any,
+    data: Iterable[Any],
+    modalities: Sequence[Any],
+    options: AuditOptions,
+    **kw: Any,
+) -> AuditResult:
+    from .audit import audit
+
+    params = inspect.signature(audit).parameters
+    if "options" in params:
+        return audit(model, data, modalities, options=options, **kw)
+    # an audit() that still takes its options one by one
+    chosen = {k: v for k, v in options.as_dict().items() if k in params}
+    return audit(model, data, modalities, **chosen, **kw)
+
+
+def audit_report(
+    model: Any,
+    data: Iterable[Any],
+    modalities: Sequence[Any],
+    *,
+    options: AuditOptions | None = None,
+    output: Any = None,
+    thresholds: Any = None,
+    progress: Callable[..., None] | None = None,
+    provenance: dict[str, Any] | None = None,
+    plotlyjs: str = "inline",
+    title: str | None = None,
+    **overrides: Any,
+) -> AuditReport:
+    """Audit ``model`` (see :func:`biasscope.audit`) and render its report page.
+
+    Args:
+        options: the audit's options; ``overrides`` (AuditOptions fields) change some of them.
+        provenance: added to the result's provenance (e.g. the model's and data's paths and
+            sha256).
+        plotlyjs: ``"inline"`` (the page works offline) or ``"cdn"``.
+    Returns:
+        An :class:`AuditReport`; ``.write(out_dir)`` writes it.
+    """
+    from .options import check_choice
+    from .render import render_html
+
+    check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))
+    options = (options or AuditOptions()).replace(**overrides) if overrides else (options or AuditOptions())
+    result = _run_audit(
+        model, data, modalities, options, output=output, thresholds=thresholds, progress=progress
+    )
+    if provenance:
+        result = replace(result, provenance={**result.provenance, **provenance})
+    return AuditReport(result, render_html(result, plotlyjs=plotlyjs, title=title))
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The manifest of a report folder when every file it lists is present with its
+    recorded sha256 (a complete output), else None."""
+    import hashlib
+    import json
+
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        for name, digest in manifest["files"].items():
+            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest
+
+
+def data_provenance(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an audit records of its data: the path (or factory string) and, for a file or
+    folder, its sha256 (the fingerprint ``compare`` checks)."""
+    from ._sources import fingerprint
+
+    info: dict[str, Any] = {"path": str(source)}
+    if Path(source).exists():
+        info["sha256"] = fingerprint(source)
+    return info

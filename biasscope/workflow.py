@@ -1,0 +1,244 @@
+"""The fix workflow as one library call: audit the input model, fix it, save the fixed
+model in its input format, audit it again, and return a report (audits, training log,
+comparison) whose ``write(out)`` writes the folder as one unit.
+
+    report = fix_and_audit(load_model("model.pt"), train, modalities, out="fixed", val_data=val)
+    report.write("fixed")       # before/, after/, compare.html, training_log.{csv,json}
+    report.guard_tripped        # True when the guard stopped a fix that made things worse
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._batch import OutputSpec
+from ._files import write_atomic, write_outputs
+from ._sources import fingerprint
+from .audit import audit
+from .compare import Gate
+from .errors import ConfigError
+from .fix import FixInterrupted, FixResult, fix, resolve_fix_options
+from .loading import LoadedModel, save_model
+from .modality import Modality
+from .options import FixOptions
+from .results import AuditResult
+
+__all__ = ["STATUS_NAME", "FixReport", "check_output_folder", "fix_and_audit"]
+
+STATUS_NAME = "STATUS"
+Progress = Callable[[str, int, int, dict[str, Any]], None]
+
+
+def check_output_folder(out: str | Path, model_path: str | Path) -> Path:
+    """Refuse an output folder that is, contains, or lies inside the input model's folder
+    (fix would write beside, or over, its input). Returns ``out`` as a Path."""
+    out, src = Path(out).resolve(), Path(model_path).resolve()
+    folder = src if src.is_dir() else src.parent
+    if out == folder or out in folder.parents or (src.is_dir() and src in out.parents):
+        raise ConfigError(
+            f"out ({out}) holds the input model {src}: fix writes the fixed model, checkpoints "
+            "and reports there, next to or over its input. Choose an output folder outside "
+            f"{folder}."
+        )
+    return Path(out)
+
+
+def _status(out: Path, lines: list[str]) -> None:
+    write_atomic(out / STATUS_NAME, "\n".join(lines) + "\n")
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    found = {"biasscope": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for name in ("safetensors", "transformers", "numpy"):
+        try:
+            found[name] = __import__(name).__version__
+        except Exception:  # not installed: nothing to record
+            continue
+    return found
+
+
+def _model_info(path: Path, kind: str) -> dict[str, Any]:
+    return {"path": str(path), "sha256": fingerprint(path), "kind": kind}
+
+
+def _fix_summary(result: FixResult) -> dict[str, Any]:
+    target = result.target or {}
+    summary: dict[str, Any] = {
+        "steps": result.steps, "lambda": result.lambda_value,
+        "augmented": target.get("modality"), "target_rule": target.get("rule"),
+        "reliance_before": target.get("reliance"), "reliance_after": result.reliance_after,
+    }
+    if result.guard is not None:
+        g = result.guard
+        summary["guard"] = {"tripped": g["tripped"], "start": g["start"], "trip": g["trip"]}
+    return summary
+
+
+def _guard_gates(result: FixResult) -> list[Gate] | None:
+    """The guard as gates of the compare page: the accuracy and the decorrelated proxy."""
+    g = result.guard
+    if g is None or g["start"] is None:
+        return None
+    last = g["trip"] or next((h for h in reversed(result.history) if "val_accuracy" in h), g["start"])
+    s = g["start"]
+    detail = (
+        f"in-distribution accuracy {s['val_accuracy']:.4f} -> {last['val_accuracy']:.4f}; "
+        f"decorrelated accuracy ({g['modality']} permuted) {s['val_proxy_accuracy']:.4f} -> "
+        f"{last['val_proxy_accuracy']:.4f}"
+    )
+    gates = []
+    if g["enabled"]:
+        no_gain = g["trip"] is not None and g["trip"]["reason"] == "no_gain"
+        gates.append(Gate(f"fix guard (tolerance {g['tolerance']:g})", not no_gain, detail))
+    if g["max_drop_accuracy"] is not None:
+        hit = g["trip"] is not None and g["trip"]["reason"] == "max_drop_accuracy"
+        gates.append(Gate(f"fix accuracy drop <= {g['max_drop_accuracy']:g}", not hit, detail))
+    return gates
+
+
+@dataclass
+class FixReport:
+    """What :func:`fix_and_audit` returns: the two audits, the fix result, the written model."""
+
+    before: AuditResult
+    after: AuditResult
+    fix: FixResult
+    model_path: Path
+    gates: list[Gate] | None = None
+
+    @property
+    def guard_tripped(self) -> bool:
+        return self.fix.guard_tripped
+
+    @property
+    def message(self) -> str:
+        """The guard's message when it tripped (empty otherwise)."""
+        return self.fix.guard["message"] if self.guard_tripped else ""
+
+    def training_log(self) -> dict[str, Any]:
+        r = self.fix
+        return {
+            "lambda": r.lambda_value, "calibration": r.calibration, "steps": r.steps,
+            "best_step": r.best_step, "stopped_early": r.stopped_early, "device": r.device,
+            "target": r.target, "guard": r.guard, "reliance_after": r.reliance_after,
+            "diagnostics": [dataclasses.asdict(d) for d in r.diagnostics],
+            "settings": r.settings, "history": r.history,
+        }
+
+    def training_log_csv(self) -> str:
+        history = self.fix.history
+        names = sorted({k for r in history for k in r.get("scores", {})})
+        cols = ["step", "epoch", "loss", "ce", "reg", "lambda", *[f"score_{n}" for n in names],
+                "augmented", "val_loss", "val_accuracy", "val_proxy_accuracy"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for r in history:
+            writer.writerow({**r, **{f"score_{k}": v for k, v in r.get("scores", {}).items()}})
+        return buf.getvalue()
+
+    def files(self, *, plotlyjs: str = "inline") -> dict[str, str]:
+        """Every report file by its name in the output folder."""
+        from .render import render_compare_html, render_html
+
+        return {
+            "before/audit.json": self.before.to_json(),
+            "before/report.html": render_html(self.before, plotlyjs=plotlyjs),
+            "after/audit.json": self.after.to_json(),
+            "after/report.html": render_html(self.after, plotlyjs=plotlyjs),
+            "compare.html": render_compare_html(self.before, self.after, gates=self.gates, plotlyjs=plotlyjs),
+            "training_log.csv": self.training_log_csv(),
+            "training_log.json": json.dumps(self.training_log(), indent=2, default=str),
+        }
+
+    def write(self, out: str | Path, *, plotlyjs: str = "inline") -> dict[str, Path]:
+        """Write the reports into ``out`` as one unit (with a manifest) and remove the folder's
+        ``STATUS`` file (which says what is missing while a run is unfinished)."""
+        out = Path(out)
+        run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps,
+               "guard_tripped": self.guard_tripped}
+        written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run)
+        (out / STATUS_NAME).unlink(missing_ok=True)
+        return written
+
+
+def _model_dest(out: Path, loaded: LoadedModel) -> Path:
+    return out / "model" if loaded.kind == "hf" else out / f"model{loaded.path.suffix or '.pt'}"
+
+
+def fix_and_audit(
+    loaded: LoadedModel,
+    data: Iterable[Any],
+    modalities: Sequence[Modality],
+    *,
+    out: str | Path,
+    val_data: Iterable[Any] | None = None,
+    options: FixOptions | None = None,
+    audit_options: dict[str, Any] | None = None,
+    output: OutputSpec | None = None,
+    thresholds: Any = None,
+    resume: bool = False,
+    provenance: dict[str, Any] | None = None,
+    resume_hint: str = "call again with resume=True",
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> FixReport:
+    """Audit ``loaded.module``, fix it, save the fixed model into ``out`` in the input's
+    format, audit the fixed model; return the :class:`FixReport` (call ``.write(out)``).
+
+    Args:
+        out: the output folder: refused up front when it holds the input model. Checkpoints
+            go to ``out/checkpoints``; a ``STATUS`` file there says what is missing until the
+            report is written (an interrupted run leaves it, with how to resume).
+        val_data: the validation data of :func:`fix`, also the data of both audits (else
+            ``data``).
+        audit_options: audit keyword options (``samples``, ...); seed, device and label key
+            default to the fix's.
+        provenance: recorded in both audits (``data``: the audited data's ``path`` and
+            ``sha256``; ``train_data``, ``factory``, ``preset``, ``output_key``, ...).
+        resume_hint: the sentence of ``STATUS`` that says how to resume.
+        overrides: :class:`FixOptions` fields.
+    """
+    opts = resolve_fix_options(options, overrides)
+    out = check_output_folder(out, loaded.path)
+    out.mkdir(parents=True, exist_ok=True)
+    report = progress or (lambda stage, done, total, info: None)
+    audited = val_data if val_data is not None else data
+    if not isinstance(audited, (list, tuple)):
+        audited = list(audited)
+    kw = {"seed": opts.seed, "device": opts.device, "label_key": opts.label_key, **(audit_options or {})}
+    kw.update(output=output, thresholds=thresholds, progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
+    _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    before = audit(loaded.module, audited, modalities, **kw)
+    _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    try:
+        result = fix(loaded.module, data, modalities, val_data=val_data, options=opts, output=output,
+                     checkpoint_dir=out / "checkpoints", resume=resume, progress=report)
+    except FixInterrupted as exc:
+        _status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+        raise
+    model_path = save_model(loaded, result.model, _model_dest(out, loaded))
+    _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    after = audit(result.model, audited, modalities, **kw)
+    common = {**(provenance or {}), "versions": _versions()}
+    source = _model_info(loaded.path, loaded.kind)
+    before = dataclasses.replace(before, provenance={**before.provenance, **common, "model": source})
+    after = dataclasses.replace(
+        after,
+        provenance={**after.provenance, **common, "model": _model_info(model_path, loaded.kind),
+                    "input_model": source, "fix": _fix_summary(result)},
+        diagnostics=[*after.diagnostics, *result.diagnostics],
+    )
+    return FixReport(before, after, result, model_path, _guard_gates(result))
