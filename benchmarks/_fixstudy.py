@@ -29,6 +29,8 @@ def run_fix(model, data, modalities, *, val_data=None, **overrides):
     has its old keyword signature, the regularizer-only options reach the regularizer through
     a partial (the restructured fix takes every FixOptions field)."""
     accepted = inspect.signature(biasscope.fix).parameters
+    if "options" in accepted:  # the FixOptions fix: every field is an override
+        return biasscope.fix(model, data, modalities, val_data=val_data, **overrides)
     defaults = FixOptions()
     extra = {
         k: overrides.pop(k, getattr(defaults, k)) for k in _REGULARIZER_ONLY if k not in accepted

@@ -29,17 +29,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
-<<<<<<< HEAD
-#: FixOptions fields that are FunctionalEntropyRegularizer keyword arguments of the same name
-#: (``FunctionalEntropyRegularizer(model, mods, **{k: getattr(options, k) for k in ...})``).
-REGULARIZER_OPTIONS = (
-    "estimator", "form", "samples", "scale", "divergence", "seed", "max_rows",
-    "detach_clean", "term_examples", "term_every",
-)
-=======
 #: how fix picks the modality that ModDrop permutes (besides a modality name)
 AUGMENT_RULES = ("reliance", "sensitivity")
->>>>>>> main
 
 
 def flag_name(parameter: str) -> str:
@@ -193,13 +184,12 @@ class FixOptions:
     """Every option of :func:`biasscope.fix` with its default (see its docstring for the
     meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`).
 
-<<<<<<< HEAD
     The regularizer's cost and gradient (issue 12): ``detach_clean`` stops the term's gradient
     through the clean prediction (off: the paper's objective); ``term_examples`` scores each
     modality on at most that many examples of the batch (None: all), ``term_every`` computes
-    the term on every n-th step only (weighted by n). Pass them to the regularizer with
-    :data:`REGULARIZER_OPTIONS`."""
-=======
+    the term on every n-th step only (weighted by n) -- the regularizer takes every FixOptions
+    field of the same name.
+
     The target and the guard (issue-level summary; details in :func:`biasscope.fix`):
         augment: the modality ModDrop permutes: ``"reliance"`` (the one whose permutation
             raises the loss most on a held batch, chosen once), ``"sensitivity"`` (the largest
@@ -211,7 +201,6 @@ class FixOptions:
             permuted across examples) does not rise by more than ``guard_tolerance``.
         max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
     """
->>>>>>> main
 
     epochs: int = 10
     max_steps: int | None = None
@@ -284,15 +273,12 @@ class FixOptions:
         check_number("guard_tolerance", self.guard_tolerance, low=0.0, high=1.0)
         check_number("max_drop_accuracy", self.max_drop_accuracy, low=0.0, high=1.0, optional=True)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
-<<<<<<< HEAD
         if not isinstance(self.detach_clean, bool):
             raise _fail("detach_clean", self.detach_clean, "True or False")
         check_int("term_examples", self.term_examples, low=2, optional=True)
         check_int("term_every", self.term_every, low=1)
-=======
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
->>>>>>> main
 
     def replace(self, **changes: Any) -> FixOptions:
         return replace(self, **changes)

@@ -235,21 +235,25 @@ class FunctionalEntropyRegularizer(nn.Module):
         return self._generator
 
     def get_rng_state(self) -> dict[str, Any] | None:
-        """The generator's state and the call count (for checkpoints); None before first use."""
+        """The generator's state, the call count and the last scores (for checkpoints, so that
+        a resumed run equals an uninterrupted one); None before first use."""
         if self._generator is None:
             return None
         return {
             "device": str(self._generator.device),
             "state": self._generator.get_state(),
             "calls": self.calls,
+            "last_scores": {k: v.cpu() for k, v in self._last_scores.items()},
         }
 
     def set_rng_state(self, state: Mapping[str, Any] | None) -> None:
         if state is None:
-            self._generator, self.calls = None, 0
+            self._generator, self.calls, self._last_scores = None, 0, {}
             return
         self.generator(state["device"]).set_state(state["state"].cpu())
         self.calls = int(state.get("calls", 0))
+        device = self._generator.device if self._generator is not None else "cpu"
+        self._last_scores = {k: v.to(device) for k, v in state.get("last_scores", {}).items()}
 
     # -- the scores and the term --------------------------------------------------------------
 
