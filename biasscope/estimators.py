@@ -34,24 +34,32 @@ _JACKKNIFE_ELEMENTS = 1 << 22  # elements of one (rows, K, B) block of the delet
 _PAIRWISE_MAX_K = 512  # above this K, the O(K B) delete-one form (its O(1/K) term is tiny)
 
 
-def kl_divergence(clean_logits: Tensor, perturbed_logits: Tensor) -> Tensor:
+def kl_divergence(clean_logits: Tensor, perturbed_logits: Tensor, *, detach: bool = True) -> Tensor:
     """KL(p_clean || p_perturbed) per row, in float64; 0 when the logits are equal, never
-    negative. The gradient flows through ``perturbed_logits`` only."""
-    log_p = F.log_softmax(clean_logits.detach().double(), dim=-1)
+    negative.
+
+    ``detach`` stops the gradient through the clean reference (the audit's measure); the
+    regularizer passes False so that its term is differentiated through p_clean as well.
+    """
+    clean = clean_logits.detach() if detach else clean_logits
+    log_p = F.log_softmax(clean.double(), dim=-1)
     log_q = F.log_softmax(perturbed_logits.double(), dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
     return kl.clamp_min(0.0)
 
 
-def official_divergence(clean_logits: Tensor, perturbed_logits: Tensor) -> Tensor:
+def official_divergence(
+    clean_logits: Tensor, perturbed_logits: Tensor, *, detach: bool = True
+) -> Tensor:
     """The official code's f, in float64: binary cross-entropy with logits of the perturbed
     logits against the clean probabilities, averaged over classes.
 
     Unlike KL it is not zero at z = 0 (it includes the clean prediction's own binary
     entropy, a constant offset per example) and treats each class as an independent
-    Bernoulli; kept for comparability.
+    Bernoulli; kept for comparability. ``detach`` as in :func:`kl_divergence`.
     """
-    target = F.softmax(clean_logits.detach().double(), dim=-1)
+    clean = clean_logits.detach() if detach else clean_logits
+    target = F.softmax(clean.double(), dim=-1)
     bce = F.binary_cross_entropy_with_logits(perturbed_logits.double(), target, reduction="none")
     return bce.mean(dim=-1)
 
