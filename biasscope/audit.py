@@ -198,11 +198,11 @@ def audit(
     labelled = _usable_labels(batches)
 
     with on_device(model, dev):
-        pred, check = _clean_predictions(model, batches, output, dev, report)
-        early = _output_diagnostics(check, options.check_output)
-        report("scale", 0, 1, {})
+        report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
         sigmas = representation_std(model, (b.to(dev) for b in batches), modalities, output)
         report("scale", 1, 1, {})
+        _, check = _clean_predictions(model, batches, output, dev, report)
+        early = _output_diagnostics(check, options.check_output)
         state = EntropyState(
             model, modalities, sigmas, samples=options.samples, scale=options.scale,
             divergence=options.divergence, output=output,

@@ -24,8 +24,8 @@ BELOW_CHANCE_P = 1e-3
 _OUTPUT_FIX = (
     "Choose the entry of the model's output that holds the class logits with the `output_key` "
     "parameter (a dict or ModelOutput) or `output_index` (a tuple), or wrap the model so "
-    "that it returns one row of class scores per example; set `check_output=False` to "
-    "audit this output anyway."
+    "that it returns one row of class scores per example; or turn this check off "
+    "(`check_output=False`) to audit the output anyway."
 )
 
 
@@ -62,18 +62,18 @@ def output_problems(check: OutputCheck) -> list[str]:
         problems.append(
             f"it has {check.width} columns but the labels go up to {classes[-1]}"
         )
+    if check.width == classes[-1] + 1:
+        return problems  # one column per label class: a poor model is not a wrong output
     n = len(labels)
     correct = sum(p == y for p, y in zip(check.predictions, labels))
     chance = 1.0 / len(classes)
     outside = sum(p not in set(classes) for p in check.predictions) / n
-    if len(classes) > 1 and (
-        _binomial_cdf(correct, n, chance) < BELOW_CHANCE_P
-        or (check.width > len(classes) and outside > 0.5 and correct / n < chance)
-    ):
+    if len(classes) > 1 and (_binomial_cdf(correct, n, chance) < BELOW_CHANCE_P or (outside > 0.5 and correct / n < chance)):
         problems.append(
-            f"its accuracy is {100 * correct / n:.1f}%, below the chance rate "
-            f"{100 * chance:.1f}% of {len(classes)} label classes ({100 * outside:.0f}% of the "
-            f"predictions are classes the labels never take; {check.width} columns)"
+            f"it has {check.width} columns for labels 0..{classes[-1]}, and its accuracy is "
+            f"{100 * correct / n:.1f}%, below the chance rate {100 * chance:.1f}% of "
+            f"{len(classes)} label classes ({100 * outside:.0f}% of the predictions are classes "
+            "the labels never take)"
         )
     return problems
 
