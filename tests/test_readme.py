@@ -21,9 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-#: pages whose blocks train or load heavier models (a Hugging Face model, a Lightning-style
-#: checkpoint): still run in CI, marked slow
-SLOW_PAGES = {"huggingface.md", "lightning.md"}
+#: pages whose blocks need an optional extra (skipped without it)
+NEEDS = {"huggingface.md": "transformers"}
 
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 _MARK = re.compile(r"<!--\s*(save-as|not-run)\s*:?\s*([^>]*?)\s*-->\s*$")
@@ -42,8 +41,7 @@ def python_blocks(text: str) -> list[tuple[int, str, str | None, str | None]]:
 
 
 def _param(page: Path) -> object:
-    marks = [pytest.mark.slow] if page.name in SLOW_PAGES else []
-    return pytest.param(page, id=page.name, marks=marks)
+    return pytest.param(page, id=page.name)
 
 
 def test_block_parser_sees_markers() -> None:
@@ -57,6 +55,8 @@ def test_block_parser_sees_markers() -> None:
 def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
+    if page.name in NEEDS:
+        pytest.importorskip(NEEDS[page.name])
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # scripts import the files earlier blocks saved
     namespace: dict = {"__name__": "__readme__"}
