@@ -23,22 +23,29 @@ __all__ = [
 ]
 
 
-def kl_divergence(clean_logits: Tensor, perturbed_logits: Tensor) -> Tensor:
-    """KL(p_clean || p_perturbed) per row; 0 when the logits are equal, never negative."""
-    log_p = F.log_softmax(clean_logits.detach(), dim=-1)
+def kl_divergence(clean_logits: Tensor, perturbed_logits: Tensor, *, detach: bool = True) -> Tensor:
+    """KL(p_clean || p_perturbed) per row; 0 when the logits are equal, never negative.
+
+    ``detach`` stops the gradient through the clean reference (the audit's measure); the
+    regularizer passes False so that its term is differentiated through p_clean as well.
+    """
+    log_p = F.log_softmax(clean_logits.detach() if detach else clean_logits, dim=-1)
     log_q = F.log_softmax(perturbed_logits, dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
     return kl.clamp_min(0.0)
 
 
-def official_divergence(clean_logits: Tensor, perturbed_logits: Tensor) -> Tensor:
+def official_divergence(
+    clean_logits: Tensor, perturbed_logits: Tensor, *, detach: bool = True
+) -> Tensor:
     """The official code's f: binary cross-entropy with logits of the perturbed logits
     against the clean probabilities, averaged over classes.
 
     Unlike KL it is not zero at z = 0 (it includes the clean prediction's own binary
     entropy) and treats each class as an independent Bernoulli; kept for comparability.
+    ``detach`` as in :func:`kl_divergence`.
     """
-    target = F.softmax(clean_logits.detach(), dim=-1)
+    target = F.softmax(clean_logits.detach() if detach else clean_logits, dim=-1)
     bce = F.binary_cross_entropy_with_logits(perturbed_logits, target, reduction="none")
     return bce.mean(dim=-1)
 
