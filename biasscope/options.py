@@ -34,7 +34,11 @@ AUGMENT_RULES = ("reliance", "sensitivity")
 
 
 def flag_name(parameter: str) -> str:
-    """The command-line flag of a parameter: ``max_rows`` -> ``--max-rows``."""
+    """The command-line flag of a parameter: ``max_rows`` -> ``--max-rows``.
+
+    >>> flag_name("max_rows"), flag_name("lambda_")
+    ('--max-rows', '--lambda')
+    """
     return "--" + parameter.rstrip("_").replace("_", "-")
 
 
@@ -106,6 +110,14 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class AuditOptions:
     """Every option of :func:`biasscope.audit` with its default.
+
+    >>> options = AuditOptions(samples=8)
+    >>> options.samples, options.replace(seed=1).seed
+    (8, 1)
+    >>> AuditOptions(samples=1)
+    Traceback (most recent call last):
+    ...
+    biasscope.errors.ConfigError: samples must be an integer in [2, 100000] (got 1).
 
     Attributes:
         samples: K, Gaussian samples per example and modality.
