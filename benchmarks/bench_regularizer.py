@@ -1,7 +1,9 @@
 """Cost of the functional-entropy regularizer: one regularized training step (CE + lambda *
 term, backward, optimizer step) against a plain cross-entropy step on the same model and
 batch, as time and peak-memory ratios, for K in (4, 8, 16) samples and M in (2, 3, 5)
-modalities.
+modalities -- with the term on the whole batch (``full``) and at fix's defaults
+(``FixOptions``: the term on ``term_examples`` examples, every ``term_every``-th step; the
+gradient through the clean prediction in both).
 
 Timing: both kinds of step alternate in one process (the minimum of ``--repeats`` runs,
 after warm-up). Peak memory of one step: on CUDA ``torch.cuda.max_memory_allocated`` over
@@ -31,7 +33,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from biasscope import Modality  # noqa: E402
+from biasscope.options import FixOptions  # noqa: E402
 from biasscope.regularizer import FunctionalEntropyRegularizer  # noqa: E402
+
+DEFAULTS = FixOptions()
 
 
 class LateFusion(nn.Module):
@@ -53,7 +58,7 @@ class LateFusion(nn.Module):
         )
 
 
-def setup(m: int, k: int, args, device: torch.device):
+def setup(m: int, k: int, args, device: torch.device, **knobs):
     torch.manual_seed(0)
     model = LateFusion(m, args.dim, args.hidden).to(device).train()
     xs = tuple(torch.randn(args.batch, args.dim, device=device) for _ in range(m))
@@ -63,7 +68,7 @@ def setup(m: int, k: int, args, device: torch.device):
         if args.site == "input"
         else [Modality(f"m{i}", layer=f"encoders.{i}") for i in range(m)]
     )
-    reg = FunctionalEntropyRegularizer(model, mods, samples=k)
+    reg = FunctionalEntropyRegularizer(model, mods, samples=k, **knobs)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = (*xs, label)
 
@@ -166,13 +171,25 @@ def main() -> None:
         f"site={args.site}  threads={torch.get_num_threads()}  memory: {what}"
     )
     print(
-        f"{'K':>3} {'M':>2} {'plain ms':>9} {'reg ms':>9} {'time x':>7} "
-        f"{'plain MiB':>10} {'reg MiB':>9} {'mem x':>6}"
+        f"{'K':>3} {'M':>2} {'plain ms':>9} {'full ms':>9} {'full x':>7} {'dflt ms':>8} "
+        f"{'dflt x':>7} {'plain MiB':>10} {'full MiB':>9} {'mem x':>6}"
     )
+    print(f"defaults: term_examples={DEFAULTS.term_examples}, term_every={DEFAULTS.term_every}")
+    knobs = dict(term_examples=DEFAULTS.term_examples, term_every=DEFAULTS.term_every)
     for k in ks:
         for m in (2, 3, 5):
             plain, regularized = setup(m, k, args, device)
             tp, tr = time_steps(plain, regularized, device, repeats)
+            plain_d, regularized_d = setup(m, k, args, device, **knobs)
+            # term_every > 1: the mean over a cycle of term_every steps
+            cycle = DEFAULTS.term_every
+
+            def cycle_step() -> None:
+                for _ in range(cycle):
+                    regularized_d()
+
+            tpd, trd = time_steps(plain_d, cycle_step, device, repeats)
+            trd /= cycle
             if device.type == "cuda":
                 mp, mr = cuda_peak(plain, device), cuda_peak(regularized, device)
             else:
@@ -182,7 +199,11 @@ def main() -> None:
             else:
                 ratio = mr / mp if mp > 0 else float("nan")
                 mem = f"{mp / 2**20:10.1f} {mr / 2**20:9.1f} {ratio:6.1f}"
-            print(f"{k:>3} {m:>2} {tp * 1e3:9.2f} {tr * 1e3:9.2f} {tr / tp:7.1f} {mem}", flush=True)
+            print(
+                f"{k:>3} {m:>2} {tp * 1e3:9.2f} {tr * 1e3:9.2f} {tr / tp:7.1f} "
+                f"{trd * 1e3:8.2f} {trd / tpd:7.1f} {mem}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

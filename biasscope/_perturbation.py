@@ -113,17 +113,28 @@ def _accumulate(store: dict[str, list], name: str, h: Tensor) -> None:
 class CleanPass:
     """The clean logits and representations of ``batch`` repeated k times, computed once
     per k. The reference is run at the same expanded size as the perturbed pass, so an
-    ignored modality gives bit-identical logits and f == 0 exactly."""
+    ignored modality gives bit-identical logits and f == 0 exactly.
+
+    ``with_grad`` keeps the graph of the clean pass (when grad is enabled), so that a term
+    built on it is differentiated through p_clean too (the regularizer); by default the
+    pass runs under no_grad (the audit)."""
 
     def __init__(
-        self, model: nn.Module, batch: Batch, modalities: Sequence[Modality], output: OutputSpec
+        self,
+        model: nn.Module,
+        batch: Batch,
+        modalities: Sequence[Modality],
+        output: OutputSpec,
+        *,
+        with_grad: bool = False,
     ) -> None:
         self.model, self.batch, self.modalities, self.output = model, batch, modalities, output
+        self.with_grad = with_grad
         self._cache: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
 
     def __call__(self, k: int) -> tuple[Tensor, dict[str, Tensor]]:
         if k not in self._cache:
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.with_grad and torch.is_grad_enabled()):
                 self._cache[k] = capture(self.model, self.batch.repeat(k), self.modalities, self.output)
         return self._cache[k]
 
@@ -149,14 +160,17 @@ def perturbation_samples(
     create_graph: bool = False,
     offsets: Mapping[Modality, Tensor] | None = None,
     clean: CleanPass | None = None,
+    detach_clean: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Perturb the given modalities jointly, ``h_m + z_m`` with z_m ~ N(0, diag(s^2 sigma_m^2)).
 
     ``offsets`` adds a fixed (B, *feat) noise to other modalities in every sample (to
     evaluate f with those coordinates frozen, for the tensorization check). ``clean``
-    shares the clean expanded passes between calls on the same batch.
+    shares the clean expanded passes between calls on the same batch. ``detach_clean=False``
+    differentiates f (and q) through the clean prediction as well (give a ``clean`` built
+    ``with_grad``; one is built so when ``clean`` is None).
 
-    Returns ``f`` of shape (K, B), f = D(p_clean, p_perturbed), and per modality ``q`` of
+    Returns ``f`` of shape (K, B) in float64, f = D(p_clean, p_perturbed), and per modality ``q`` of
     shape (K, B), q = <Sigma grad_z f, grad_z f> (empty when ``gradients`` is False).
     """
     if divergence not in DIVERGENCES:
@@ -165,7 +179,9 @@ def perturbation_samples(
         )
     div = DIVERGENCES[divergence]
     modalities = list(sigmas)
-    clean = clean or CleanPass(model, batch, [*modalities, *(offsets or {})], output)
+    clean = clean or CleanPass(
+        model, batch, [*modalities, *(offsets or {})], output, with_grad=not detach_clean
+    )
     per_chunk = max(1, max_rows // batch.size)
     fs: list[Tensor] = []
     qs: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
@@ -186,7 +202,8 @@ def perturbation_samples(
         with torch.set_grad_enabled(gradients):
             with intervene(model, rows, transforms) as b:
                 logits = check_finite(call_model(model, b, output))
-            f = div(clean_logits.float(), logits.float())
+            # float64 from the logits (design: KL of 1e-7 is common); keeps FD checks exact
+            f = div(clean_logits.double(), logits.double(), detach=detach_clean)
             fs.append(f.view(k, batch.size))
             if not gradients:
                 continue
@@ -198,7 +215,7 @@ def perturbation_samples(
             for m, z, g in zip(modalities, zs, grads):
                 g = torch.zeros_like(z) if g is None else g
                 sigma2 = (scale * sigmas[m].to(g.device)).square()
-                qs[m.name].append(quadratic_form(g.float(), sigma2).view(k, batch.size))
+                qs[m.name].append(quadratic_form(g.double(), sigma2).view(k, batch.size))
     f_all = torch.cat(fs, dim=0)
     q_all = {name: torch.cat(v, dim=0) for name, v in qs.items() if v}
     return f_all, q_all

@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .audit import audit
-from .datasets import TwoModalityNet, accuracy, colored_digits, train_plain
+from .datasets import BENCHMARKS, TwoModalityNet, accuracy, benchmark_data, train_plain
 from .fix import fix
 from .modality import Modality
 from .results import AuditResult
@@ -81,13 +81,17 @@ def batches_of(data: dict[str, Tensor], batch_size: int = 128) -> list[dict[str,
 
 def run_demo(
     *,
+    benchmark: str = "colored",
     fast: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
     fix_options: dict[str, Any] | None = None,
 ) -> DemoResult:
-    """Run the whole loop on the bundled colored digits (CPU, about a minute; ``fast``
-    for a few-second smoke version with fewer examples and steps).
+    """Run the whole loop on a bundled benchmark (CPU, about a minute; ``fast`` for a
+    few-second smoke version with fewer examples and steps).
+
+    ``benchmark``: ``"colored"`` (the colour is a pure shortcut) or ``"both"`` (the colour
+    also carries a genuine part of the label, see :func:`biasscope.datasets.both_needed`).
 
     The audits run on the validation split, drawn like the training data (the colour
     agrees with the label 99% of the time): that is where the bias lives.
@@ -97,18 +101,24 @@ def run_demo(
             progress(stage, done, total, info or {})
 
     n_train, n_eval, epochs = (1500, 300, 8) if fast else (3000, 1000, 15)
-    train = colored_digits("train", n=n_train, seed=seed)
-    val = colored_digits("val", n=n_eval, seed=seed)
-    splits = {
-        "train": train,
-        "val": val,
-        "test_random": colored_digits("test", n=n_eval, seed=seed),
-        "test_gray": colored_digits("test", n=n_eval, colors="gray", seed=seed),
-    }
+    if benchmark not in BENCHMARKS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"benchmark must be one of {', '.join(BENCHMARKS)} (got {benchmark!r}).")
+
+    def data(split: str, decorrelated: bool | None = None, n: int = n_eval) -> dict[str, Tensor]:
+        return benchmark_data(benchmark, split, n=n, seed=seed, decorrelated=decorrelated)
+
+    train, val = data("train", n=n_train), data("val")
+    splits = {"train": train, "val": val, "test_random": data("test")}
+    if benchmark == "colored":
+        from .datasets import colored_digits
+
+        splits["test_gray"] = colored_digits("test", n=n_eval, colors="gray", seed=seed)
     report("baseline", 0, 2)
     baseline = train_plain(TwoModalityNet(seed=seed), train, epochs=epochs, seed=seed)
     report("baseline", 1, 2)
-    unbiased = colored_digits("train", n=n_train, colors="random", seed=seed)
+    unbiased = data("train", decorrelated=True, n=n_train)
     reference = train_plain(TwoModalityNet(seed=seed), unbiased, epochs=epochs, seed=seed)
     report("baseline", 2, 2)
 
@@ -126,6 +136,6 @@ def run_demo(
     return DemoResult(
         before=before, after=after, reference=ref, accuracy=acc,
         lambda_value=fixed.lambda_value, fix_steps=fixed.steps, fix_target=fixed.target,
-        settings={"fast": fast, "seed": seed, "n_train": n_train, "n_eval": n_eval,
+        settings={"benchmark": benchmark, "fast": fast, "seed": seed, "n_train": n_train, "n_eval": n_eval,
                   "baseline_epochs": epochs, "fix": fixed.settings},
     )

@@ -34,7 +34,11 @@ AUGMENT_RULES = ("reliance", "sensitivity")
 
 
 def flag_name(parameter: str) -> str:
-    """The command-line flag of a parameter: ``max_rows`` -> ``--max-rows``."""
+    """The command-line flag of a parameter: ``max_rows`` -> ``--max-rows``.
+
+    >>> flag_name("max_rows"), flag_name("lambda_")
+    ('--max-rows', '--lambda')
+    """
     return "--" + parameter.rstrip("_").replace("_", "-")
 
 
@@ -106,6 +110,14 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class AuditOptions:
     """Every option of :func:`biasscope.audit` with its default.
+
+    >>> options = AuditOptions(samples=8)
+    >>> options.samples, options.replace(seed=1).seed
+    (8, 1)
+    >>> AuditOptions(samples=1)
+    Traceback (most recent call last):
+    ...
+    biasscope.errors.ConfigError: samples must be an integer in [2, 100000] (got 1).
 
     Attributes:
         samples: K, Gaussian samples per example and modality.
@@ -184,6 +196,12 @@ class FixOptions:
     """Every option of :func:`biasscope.fix` with its default (see its docstring for the
     meaning of each; the regularizer's own options mirror :class:`FunctionalEntropyRegularizer`).
 
+    The regularizer's cost and gradient (issue 12): ``detach_clean`` stops the term's gradient
+    through the clean prediction (off: the paper's objective); ``term_examples`` scores each
+    modality on at most that many examples of the batch (None: all), ``term_every`` computes
+    the term on every n-th step only (weighted by n) -- the regularizer takes every FixOptions
+    field of the same name.
+
     The target and the guard (issue-level summary; details in :func:`biasscope.fix`):
         augment: the modality ModDrop permutes: ``"reliance"`` (the one whose permutation
             raises the loss most on a held batch, chosen once), ``"sensitivity"`` (the largest
@@ -231,6 +249,9 @@ class FixOptions:
     max_drop_accuracy: float | None = None
     lambda_warmup: int = 0
     label_key: str | None = "label"
+    detach_clean: bool = False
+    term_examples: int | None = 16
+    term_every: int = 2
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
@@ -264,6 +285,10 @@ class FixOptions:
         check_number("guard_tolerance", self.guard_tolerance, low=0.0, high=1.0)
         check_number("max_drop_accuracy", self.max_drop_accuracy, low=0.0, high=1.0, optional=True)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
+        if not isinstance(self.detach_clean, bool):
+            raise _fail("detach_clean", self.detach_clean, "True or False")
+        check_int("term_examples", self.term_examples, low=2, optional=True)
+        check_int("term_every", self.term_every, low=1)
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
 

@@ -23,11 +23,21 @@ __all__ = [
     "AuditResult",
     "Diagnostic",
     "SEVERITIES",
+    "VERDICTS",
+    "NOT_USED",
+    "Ranking",
+    "ShareComparison",
+    "Agreement",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: verdict ``unused``, reliance shares, ``reliance_measurable``, ``chance_accuracy`` and the
+#: agreement analysis; version 1 files are still read (the new fields take their defaults)
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MEASURES = ("functional_entropy", "fisher_bound", "variance", "poincare_bound")
-VERDICTS = ("ignored", "weak", "ok", "dominant")
+VERDICTS = ("ignored", "unused", "weak", "ok", "dominant")
+#: the verdicts of a modality the model does not use for its predictions (``AuditResult.ignored``)
+NOT_USED = ("ignored", "unused")
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class ModalityResult:
     per_example: dict[str, list[float]]  # measure -> value per example
     permutation: PermutationScore | None = None
     verdict: str = "ok"
+    reliance_share: float | None = None  # of the summed permutation loss increase
 
     def measure(self, name: str) -> Estimate:
         return getattr(self, name)
@@ -134,6 +145,58 @@ class JointCheck:
         return not (self.entropy_gap.ci_high < 0 or self.variance_gap.ci_high < 0)
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """The order of modalities under one measure, most important first; ties grouped."""
+
+    measure: str
+    values: dict[str, float]
+    groups: tuple[tuple[str, ...], ...]
+
+    @property
+    def top(self) -> tuple[str, ...]:
+        return self.groups[0] if self.groups else ()
+
+    @property
+    def order_text(self) -> str:
+        return " > ".join(" = ".join(g) for g in self.groups)
+
+    @property
+    def key(self) -> tuple[frozenset[str], ...]:
+        return tuple(frozenset(g) for g in self.groups)
+
+
+@dataclass(frozen=True)
+class ShareComparison:
+    """One modality's share of the sensitivity (functional entropy) and of the reliance
+    (permutation loss increase), and whether they disagree in size."""
+
+    modality: str
+    sensitivity: float
+    reliance: float
+    disagree: bool
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Do the measures agree? The order under each measure, and the sizes of the
+    sensitivity and reliance shares side by side (``shares`` empty without reliance)."""
+
+    rankings: tuple[Ranking, ...]
+    same_order: bool
+    same_top: bool
+    shares: tuple[ShareComparison, ...]
+    text: str
+
+    @property
+    def sizes_agree(self) -> bool:
+        return not any(s.disagree for s in self.shares)
+
+    @property
+    def agree(self) -> bool:
+        return self.same_order and self.sizes_agree
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else (0.0 if a == 0 else math.inf)
 
@@ -153,6 +216,9 @@ class AuditResult:
     sentence: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    reliance_measurable: bool | None = None  # None: no labels or no permutation score
+    chance_accuracy: float | None = None  # the majority-class rate of the labels
+    agreement: Agreement | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __getitem__(self, name: str) -> ModalityResult:
@@ -167,7 +233,22 @@ class AuditResult:
 
     @property
     def ignored(self) -> list[str]:
-        return [m.name for m in self.modalities if m.verdict == "ignored"]
+        """The modalities the model does not use for its predictions: ``ignored`` (the output
+        does not depend on it) or ``unused`` (noise there moves the output, shuffling it
+        costs nothing); each modality's ``verdict`` says which."""
+        return [m.name for m in self.modalities if m.verdict in NOT_USED]
+
+    def failing(self, fail_on: str) -> list[str]:
+        """The modalities that fail a ``fail_on`` gate: ``"ignored"`` (ignored or unused) or
+        ``"weak"`` (also weak)."""
+        levels = {"ignored": NOT_USED, "weak": (*NOT_USED, "weak")}
+        if fail_on not in levels:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"fail_on must be one of {', '.join(levels)} (got {fail_on!r}).", parameter="fail_on"
+            )
+        return [m.name for m in self.modalities if m.verdict in levels[fail_on]]
 
     @property
     def shares(self) -> dict[str, float]:
@@ -177,6 +258,9 @@ class AuditResult:
         data = asdict(self)
         data = {"schema_version": self.schema_version, "ignored": self.ignored, **data}
         data["verdicts"] = {m.name: m.verdict for m in self.modalities}
+        if self.agreement is not None:
+            data["agreement"]["sizes_agree"] = self.agreement.sizes_agree
+            data["agreement"]["agree"] = self.agreement.agree
         if self.joint is not None:
             data["joint"]["entropy_ratio"] = self.joint.entropy_ratio
             data["joint"]["variance_ratio"] = self.joint.variance_ratio
@@ -193,10 +277,11 @@ class AuditResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise DataLoadError(
                 f"This audit JSON has schema version {version!r}; this biasscope reads "
-                f"version {SCHEMA_VERSION}. Re-run `biasscope audit` with this version."
+                f"versions {', '.join(map(str, READABLE_SCHEMAS))}. Re-run the audit with "
+                "this version of biasscope."
             )
         mods = [_modality_from_dict(m) for m in data["modalities"]]
         joint = data.get("joint")
@@ -214,6 +299,9 @@ class AuditResult:
             sentence=data.get("sentence", ""),
             provenance=dict(data.get("provenance", {})),
             diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
+            reliance_measurable=data.get("reliance_measurable"),
+            chance_accuracy=data.get("chance_accuracy"),
+            agreement=_agreement_from_dict(data.get("agreement")),
             schema_version=version,
         )
 
@@ -267,7 +355,24 @@ def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
             scope=perm.get("scope", "global"),
         ),
         verdict=d.get("verdict", "ok"),
+        reliance_share=d.get("reliance_share"),
         **{m: _est(d[m]) for m in MEASURES},
+    )
+
+
+def _agreement_from_dict(d: dict[str, Any] | None) -> Agreement | None:
+    if d is None:
+        return None
+    return Agreement(
+        rankings=tuple(
+            Ranking(r["measure"], {k: _num(v) for k, v in r["values"].items()},
+                    tuple(tuple(g) for g in r["groups"]))
+            for r in d["rankings"]
+        ),
+        same_order=bool(d["same_order"]),
+        same_top=bool(d["same_top"]),
+        shares=tuple(ShareComparison(**s) for s in d.get("shares", [])),
+        text=d.get("text", ""),
     )
 
 

@@ -21,7 +21,7 @@ def _mods(n, *, layer=False):
     return [bs.Modality(f"m{i}", input=i) for i in range(n)]
 
 
-FAST = dict(samples=8, permutation_repeats=3, shapley=False)
+FAST = dict(samples=8, permutation_repeats=8, shapley=False)
 
 
 @pytest.mark.parametrize("layer", [False, True])
@@ -235,3 +235,24 @@ def test_half_precision_model_gives_exact_zero_for_an_ignored_modality():
     data = [tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in b) for b in labelled_by(Branches((5, 3), ignore={1}), tuple_data((5, 3)))]
     result = bs.audit(model, data, _mods(2, layer=True), **FAST)
     assert result["m1"].functional_entropy.mean == 0.0 and result["m0"].functional_entropy.mean > 0
+
+
+def test_options_object_overrides_and_four_argument_progress():
+    calls = []
+    opts = bs.AuditOptions(samples=4, permutation_repeats=2, shapley=False)
+    result = bs.audit(Branches((5, 3)), tuple_data((5, 3)), _mods(2), options=opts, seed=3,
+                      progress=lambda stage, done, total, info: calls.append((stage, done, total, info)))
+    assert result.settings["samples"] == 4 and result.settings["seed"] == 3
+    assert ("entropy", 2, 2, {}) in calls and any(c[0] == "permutation" for c in calls)
+    with pytest.raises(bs.ConfigError, match="Unknown audit option"):
+        bs.audit(Branches((5, 3)), tuple_data((5, 3)), _mods(2), sampels=4)
+
+
+def test_result_is_consistent_without_mutation():
+    model = Branches((5, 3), ignore={1})
+    result = bs.audit(model, labelled_by(model, tuple_data((5, 3))), _mods(2), **FAST)
+    assert result.agreement is not None and result.reliance_measurable is True
+    shares = {s.modality: (s.sensitivity, s.reliance) for s in result.agreement.shares}
+    assert shares["m1"] == (0.0, 0.0) and shares["m0"] == (1.0, 1.0)
+    assert result["m0"].reliance_share == 1.0 and result["m1"].verdict == "ignored"
+    assert [d.code for d in result.diagnostics] == ["site_unreachable"]

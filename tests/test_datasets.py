@@ -317,3 +317,49 @@ def test_accuracy_counts_correct_predictions() -> None:
     assert accuracy(Fixed(), data, batch_size=3) == 0.75
     with pytest.raises(ConfigError):
         accuracy(Fixed(), {"x": data["x"]})
+
+
+# -- both-needed digits (issue 12, item 4) -----------------------------------------------------
+
+
+def test_both_needed_label_needs_the_digit_and_the_brightness():
+    from biasscope.datasets import BRIGHT_VALUES, both_needed, colored_digits
+
+    d = both_needed("test", n=2000, seed=3)
+    digit = colored_digits("test", n=2000, seed=3, colors="gray")["label"]
+    assert torch.equal(d["image"], colored_digits("test", n=2000, seed=3, colors="gray")["image"])
+    bright = (d["color"].max(dim=1).values < sum(BRIGHT_VALUES) / 2).long()  # read from colour
+    assert torch.equal(d["label"], (digit + 5 * bright) % 10)
+    # without the colour the best guess from the digit is right half the time (<= 55%)
+    best = sum(
+        int(torch.bincount(d["label"][digit == k], minlength=10).max()) for k in range(10)
+    )
+    assert 0.45 < best / 2000 <= 0.55
+
+
+def test_both_needed_hue_is_a_training_shortcut_only():
+    from biasscope.datasets import both_needed, hue_rgb
+
+    def hue_agreement(data):
+        palette = hue_rgb(torch.arange(10), torch.ones(10))
+        # normalise the brightness away, then the nearest hue
+        rgb = data["color"] / data["color"].max(dim=1, keepdim=True).values
+        nearest = torch.cdist(rgb, palette).argmin(dim=1)
+        return float((nearest == data["label"]).float().mean())
+
+    assert hue_agreement(both_needed("train", n=2000)) > 0.97
+    assert hue_agreement(both_needed("test", n=2000)) < 0.2
+    a, b = both_needed("val", n=50, seed=1), both_needed("val", n=50, seed=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_benchmark_registry():
+    from biasscope.datasets import BENCHMARKS, benchmark_data, both_needed
+
+    assert set(BENCHMARKS) == {"colored", "both"}
+    got = benchmark_data("both", "train", n=20, seed=2, decorrelated=True)
+    assert torch.equal(got["color"], both_needed("train", n=20, seed=2, hues="random")["color"])
+    with pytest.raises(ConfigError, match="colored, both"):
+        benchmark_data("nope", "train")
+    with pytest.raises(ConfigError, match="hues"):
+        both_needed("train", hues="gray")

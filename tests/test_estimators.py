@@ -13,6 +13,7 @@ from biasscope.estimators import (
     functional_entropy,
     kl_divergence,
     official_divergence,
+    plugin_entropy,
     poincare_bound,
     quadratic_form,
     variance,
@@ -30,8 +31,10 @@ def test_entropy_of_constant_and_zero_is_zero():
 def test_entropy_of_two_point_function():
     # f in {0, 1} with equal weight: E[f log f] = 0, E[f] = 1/2  ->  Ent = log(2) / 2
     f = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
-    assert functional_entropy(f).item() == pytest.approx(math.log(2) / 2)
-    assert variance(f).item() == pytest.approx(0.25)
+    assert plugin_entropy(f).item() == pytest.approx(math.log(2) / 2)
+    # K = 2: each delete-one entropy is 0, so the jackknife is 2 x the plug-in value
+    assert functional_entropy(f).item() == pytest.approx(math.log(2))
+    assert variance(f).item() == pytest.approx(0.5)  # K/(K-1) x the population 0.25
 
 
 def _gaussian(n, sigma, seed=0):
@@ -77,7 +80,7 @@ def test_kl_is_zero_on_equal_logits_and_positive_otherwise():
     other = logits + torch.randn(6, 5)
     p, q = logits.softmax(-1), other.softmax(-1)
     expected = (p * (p.log() - q.log())).sum(-1)
-    assert torch.allclose(kl_divergence(logits, other), expected, atol=1e-6)
+    assert torch.allclose(kl_divergence(logits, other), expected.double(), atol=1e-6)
     assert (kl_divergence(logits, other) > 0).all()
 
 
@@ -87,7 +90,7 @@ def test_official_divergence_is_bce_against_clean_probabilities():
     p = logits.softmax(-1)
     s = torch.sigmoid(pert)
     expected = -(p * s.log() + (1 - p) * (1 - s).log()).mean(-1)
-    assert torch.allclose(official_divergence(logits, pert), expected, atol=1e-6)
+    assert torch.allclose(official_divergence(logits, pert), expected.double(), atol=1e-6)
     # unlike KL it is not zero at z = 0
     assert (official_divergence(logits, logits) > 0).all()
 
@@ -112,3 +115,73 @@ def test_bounds_hold_for_random_smooth_functions():
         poi_err = 4 * q.std().item() / math.sqrt(f.shape[0])
         assert ent <= fis + fis_err
         assert var <= poi + poi_err
+
+
+def test_constant_f_is_exactly_zero_in_every_estimator():
+    # the official divergence's constant offset (or any value whose mean rounds) gives exact 0
+    for value in (0.1, 0.6931471805599453, 1e-7, 3.0):
+        f = torch.full((8, 5), value, dtype=torch.float64)
+        assert functional_entropy(f).abs().max().item() == 0.0
+        assert plugin_entropy(f).abs().max().item() == 0.0
+        assert variance(f).abs().max().item() == 0.0
+
+
+def test_entropy_keeps_its_digits_at_small_divergences():
+    # f = c (1 + eps z): Ent ~ c eps^2 Var(z) / 2, far below float rounding of c log c
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+    c, eps = 0.7, 1e-6
+    f = c * (1 + eps * z)
+    assert plugin_entropy(f).item() == pytest.approx(c * eps**2 / 2, rel=0.02)
+
+
+def test_divergences_are_float64_from_the_logits():
+    logits = torch.randn(4, 3)
+    pert = logits + 1e-4 * torch.randn(4, 3)
+    kl = kl_divergence(logits, pert)
+    assert kl.dtype == torch.float64
+    p = logits.double().log_softmax(-1)
+    expected = (p.exp() * (p - pert.double().log_softmax(-1))).sum(-1)
+    assert torch.allclose(kl, expected, rtol=1e-9, atol=1e-18)
+    assert official_divergence(logits, pert).dtype == torch.float64
+
+
+def _coverage(k: int, *, reps: int = 200, n: int = 64, seed: int = 0) -> tuple[float, float]:
+    """Share of ``reps`` simulated audits whose reported 95% interval (mean over ``n``
+    examples of the per-example estimate from ``k`` samples) covers the true mean, on
+    f = exp(a.z), z ~ N(0, I): Ent = |a|^2/2 e^{|a|^2/2}, Var = e^{2|a|^2} - e^{|a|^2}."""
+    from biasscope._stats import mean_interval
+
+    norm = torch.linspace(0.2, 0.75, n, dtype=torch.float64)  # |a| per example
+    ent_true = float((norm**2 / 2 * torch.exp(norm**2 / 2)).mean())
+    var_true = float((torch.exp(2 * norm**2) - torch.exp(norm**2)).mean())
+    g = torch.Generator().manual_seed(seed)
+    f = torch.exp(norm * torch.randn(k, reps, n, generator=g, dtype=torch.float64))  # a.z ~ N(0, |a|^2)
+    ent, var = functional_entropy(f).numpy(), variance(f).numpy()
+    covered = np.zeros(2)
+    for r in range(reps):
+        for i, (values, truth) in enumerate(((ent[r], ent_true), (var[r], var_true))):
+            est = mean_interval(values, method="bootstrap", seed=r)
+            covered[i] += est.ci_low <= truth <= est.ci_high
+    return covered[0] / reps, covered[1] / reps
+
+
+@pytest.mark.parametrize("k", [8, 32])
+def test_reported_interval_covers_the_closed_form_truth(k):
+    ent_cov, var_cov = _coverage(k)
+    assert ent_cov >= 0.90 and var_cov >= 0.90
+
+
+def test_plugin_entropy_alone_would_not_cover():
+    # the check above can fail: the plug-in estimator's bias at K = 8 sinks its coverage
+    from biasscope._stats import mean_interval
+
+    norm = torch.linspace(0.2, 0.75, 256, dtype=torch.float64)
+    truth = float((norm**2 / 2 * torch.exp(norm**2 / 2)).mean())
+    f = torch.exp(norm * torch.randn(8, 50, 256, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    plug = plugin_entropy(f).numpy()
+    hits = sum(
+        (lambda e: e.ci_low <= truth <= e.ci_high)(mean_interval(plug[r], method="bootstrap", seed=r))
+        for r in range(50)
+    )
+    assert hits / 50 < 0.8

@@ -292,3 +292,115 @@ def test_bad_options_raise():
         FunctionalEntropyRegularizer(model, MODS, samples=1)
     with pytest.raises(ConfigError, match="criterion"):
         calibrate_lambda(FunctionalEntropyRegularizer(model, MODS), [make_data()], criterion="loss")
+
+
+# -- the gradient of the term (issue 12, item 1) ----------------------------------------------
+
+
+def _float64_setup(detach_clean: bool, form: str, model: nn.Module | None = None):
+    model = model if model is not None else GatedNet(seed=3).double().eval()
+    data = {k: (v.double() if v.is_floating_point() else v) for k, v in make_data(n=12).items()}
+    sigmas = {"a": torch.full((4,), 0.4), "b": torch.linspace(0.2, 0.6, 3)}
+
+    def term_at() -> torch.Tensor:
+        # fixed noise: a fresh regularizer (its generator reset from the seed) per evaluation
+        reg = FunctionalEntropyRegularizer(
+            model, MODS, samples=4, seed=5, sigmas=sigmas, form=form, detach_clean=detach_clean,
+            eps=1e-12,  # the floor is detached by design: keep it negligible for the FD check
+        )
+        return reg(data)[0]
+
+    return model, term_at
+
+
+@pytest.mark.parametrize("form", ["inverse", "log_share", "min_log"])
+def test_term_gradient_matches_finite_differences(form):
+    """d term / d theta by autograd equals central finite differences of the term (float64,
+    fixed noise): the gradient flows through the perturbed *and* the clean prediction."""
+    model, term_at = _float64_setup(False, form)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(term_at(), params)
+    auto = torch.cat([g.reshape(-1) for g in grads])
+    numeric = torch.zeros_like(auto)
+    h, i = 1e-6, 0
+    with torch.no_grad():
+        for p in params:
+            flat = p.view(-1)
+            for j in range(flat.numel()):
+                old = float(flat[j])
+                flat[j] = old + h
+                up = float(term_at())
+                flat[j] = old - h
+                down = float(term_at())
+                flat[j] = old
+                numeric[i] = (up - down) / (2 * h)
+                i += 1
+    rel = float((auto - numeric).norm() / numeric.norm())
+    assert rel < 1e-4, rel
+
+
+def test_detached_clean_is_another_gradient():
+    """Detaching p_clean changes the gradient (the issue's 20-47%): the option is explicit."""
+    model, full_at = _float64_setup(False, "log_share")
+    _, detached_at = _float64_setup(True, "log_share", model)
+    params = list(model.parameters())
+    full = torch.cat([g.reshape(-1) for g in torch.autograd.grad(full_at(), params)])
+    detached = torch.cat([g.reshape(-1) for g in torch.autograd.grad(detached_at(), params)])
+    assert full_at().item() == pytest.approx(detached_at().item(), rel=1e-12)  # same value
+    assert float((full - detached).norm() / full.norm()) > 0.05
+
+
+def test_relative_floor_scales_with_the_scores():
+    """With a modality ignored outright, the inverse term is sqrt(M)-ish / (eps * mean I):
+    scaling every score by c divides it by c (no absolute 1e8)."""
+    s = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    for c in (1.0, 1e-6, 1e6):
+        got = float(regularizer_term(c * s, form="inverse", eps=1e-3))
+        assert got == pytest.approx(math.hypot(1 / (c * 1e-3), 1 / (c * 2.001)), rel=1e-9)
+    for c in (1.0, 1e-6):  # the ignored modality's log score is log(c * eps * mean I)
+        got = float(regularizer_term(c * s, form="min_log", eps=1e-3))
+        assert got == pytest.approx(-math.log(c * 1e-3), rel=1e-9)
+    for form in ("min_share", "log_share"):  # scale-free: log(1/eps) + O(1) at any scale
+        assert float(regularizer_term(1e-6 * s, form=form)) < 10.0
+
+
+def test_min_forms_closed_form():
+    s = torch.tensor([1.0, 4.0, 5.0])
+    tiny = 1e-12
+    assert float(regularizer_term(s, form="min_log", eps=tiny)) == pytest.approx(0.0, abs=1e-9)
+    assert float(regularizer_term(2 * s, form="min_log", eps=tiny)) == pytest.approx(-math.log(2))
+    assert float(regularizer_term(s, form="min_share", eps=tiny)) == pytest.approx(math.log(10))
+    assert float(regularizer_term(7 * s, form="min_share", eps=tiny)) == pytest.approx(math.log(10))
+
+
+def test_term_every_skips_and_reweights():
+    model = GatedNet().eval()
+    batch = make_data()
+    full = FunctionalEntropyRegularizer(model, MODS, samples=4, seed=1)
+    every = FunctionalEntropyRegularizer(model, MODS, samples=4, seed=1, term_every=3)
+    with torch.no_grad():
+        t_full, s_full = full(batch)
+    terms = [every(batch) for _ in range(4)]
+    assert terms[0][0].item() == pytest.approx(3 * t_full.item(), rel=1e-9)
+    for t, s in terms[1:3]:
+        assert float(t) == 0.0 and not t.requires_grad
+        assert s["a"].item() == pytest.approx(s_full["a"].item(), rel=1e-9)  # the last scores
+    assert terms[3][0].item() != 0.0 and every.calls == 4
+    state = every.get_rng_state()
+    again = FunctionalEntropyRegularizer(model, MODS, samples=4, seed=1, term_every=3)
+    again.set_rng_state(state)
+    assert again.calls == 4
+
+
+def test_term_examples_scores_a_subset():
+    """The sub-batch score equals the full score of the examples it drew (their mean)."""
+    model = GatedNet().eval()
+    batch = make_data(n=40)
+    reg = FunctionalEntropyRegularizer(model, MODS, samples=4, seed=2, term_examples=8)
+    _, scores = reg(batch)
+    plain = FunctionalEntropyRegularizer(model, MODS, samples=4, seed=2)
+    rows = torch.randperm(40, generator=plain.generator("cpu"))[:8]  # the same draw, then noise
+    _, expected = plain({k: v[rows] for k, v in batch.items()})
+    assert scores["a"].item() != pytest.approx(reg.compute(batch)[1]["a"].item(), rel=1e-3)
+    for m in MODS:
+        assert float(scores[m.name]) == pytest.approx(float(expected[m.name]), rel=1e-9)

@@ -75,10 +75,16 @@ def _expected_figures(r: AuditResult) -> int:
 
 
 def _reverdict(r: AuditResult) -> AuditResult:
+    from biasscope.agreement import analyse_agreement
+    from biasscope.verdict import reliance_shares
+
     verdicts = modality_verdicts(r.modalities, Thresholds())
+    rel = reliance_shares(r.modalities)
     for m in r.modalities:
         m.verdict = verdicts[m.name]
+        m.reliance_share = None if rel is None else rel[m.name]
     r.sentence = verdict_sentence(verdicts)
+    r.agreement = analyse_agreement(r.modalities, r.shapley)
     return r
 
 
@@ -297,7 +303,7 @@ def test_settings_provenance_and_citations(audit_result):
     assert f'title="{sha}"' in out and "models/planted.pt" in out and "data/val.pt" in out
     settings = _text(_section(out, "settings"))
     assert "samples 16" in settings and "divergence kl" in settings
-    assert "thresholds ignored=0.1, weak=0.5, dominant=1.6" in settings
+    assert "thresholds ignored=0.1, weak=0.5, dominant=1.3, disagree_factor=3, disagree_gap=0.3" in settings
     assert f"biasscope {r.provenance['versions']['biasscope']}" in settings
     assert render_html(r, plotlyjs="cdn", title="Mine").count("<title>Mine</title>") == 1
     how = _text(_section(out, "how-to-read"))
@@ -316,10 +322,11 @@ def test_verdict_rule_is_the_verdict_docstring(page):
     rule = re.search(r'<div class="rule">(.*?)</div>', page, re.S).group(1)
     doc = verdict_module.__doc__
     expected = " ".join(re.sub(r"^\s*- ", "", doc, flags=re.M).replace("`", "").split())
-    expected = expected.replace("*used*", "used").replace("*relative share*", "relative share")
+    expected = re.sub(r"\*([^*]+)\*", r"\1", expected)
     assert _text(rule) == expected
-    assert rule.count("<li>") == 6 and "<code>ignored</code>" in rule
-    assert "<em>used</em>" in rule
+    assert rule.count("<li>") == len(re.findall(r"^\s*- ", doc, flags=re.M)) >= 8
+    assert "<code>ignored</code>" in rule and "<code>unused</code>" in rule
+    assert "<em>relied upon</em>" in rule
 
 
 def test_hostile_modality_name_is_escaped(audit_result):
@@ -432,15 +439,15 @@ def test_audit_table_text(audit_result):
     a, fe = audit_result["a"], audit_result["a"].functional_entropy
     drop = a.permutation.accuracy_drop
     assert rows[at["a"]] == [
-        "a", "input:a", "dominant", "100.0%", f"{fe.mean:.3g}", f"{a.fisher_bound.mean:.3g}",
+        "a", "input:a", "dominant", "100.0%", "100.0%", f"{fe.mean:.3g}", f"{a.fisher_bound.mean:.3g}",
         f"{a.variance.mean:.3g}", f"{a.poincare_bound.mean:.3g}", f"{drop.mean:.3g}",
     ]
     # the intervals sit under their means, dimmed
     assert rows[at["a"] + 1] == [
         f"[{fe.ci_low:.3g},", f"{fe.ci_high:.3g}]", f"[{drop.ci_low:.3g},", f"{drop.ci_high:.3g}]"
     ]
-    assert rows[at["b"]] == ["b", "input:b", "ignored", "0.0%", "0", "0", "0", "0", "0"]
-    assert "perm. acc. drop" in text
+    assert rows[at["b"]] == ["b", "input:b", "ignored", "0.0%", "0.0%", "0", "0", "0", "0", "0"]
+    assert "perm. acc. drop" in text and "reliance: share of the permutation loss increase" in text
 
 
 def test_audit_table_colours_verdicts(audit_result):
@@ -554,3 +561,39 @@ def test_undefined_intervals_and_missing_breakdowns_render(audit_result):
     assert f"{r['a'].functional_entropy.mean:.3g} [" not in _text(row_a)
     text = _console_text(audit_table(r))
     assert not re.search(r"\bnan\b", text)
+
+
+def test_compact_terminal_shows_reliance_beside_sensitivity(audit_result):
+    text = _console_text(audit_summary(audit_result, width=80))
+    header = next(line for line in text.splitlines() if "verdict" in line and "modality" in line)
+    assert header.index("sens.") < header.index("reliance")
+    row = next(line.split() for line in text.splitlines() if line.split()[:1] == ["a"])
+    assert row[:4] == ["a", "dominant", "100.0%", "100.0%"]
+
+
+def test_diagnostics_lead_the_page_and_the_terminal(audit_result):
+    from biasscope.results import Diagnostic
+
+    r = copy.deepcopy(audit_result)
+    r.diagnostics = [Diagnostic("measures_disagree", "warning", "Sensitivity and reliance disagree on `a`.", "Read both.", "a")]
+    out = render_html(r, plotlyjs="cdn")
+    assert out.index('data-code="measures_disagree"') < out.index('id="measures"')
+    text = _console_text(audit_summary(r))
+    assert "warning measures_disagree: Sensitivity and reliance disagree on a. Read both." in " ".join(text.split())
+    assert text.index("measures_disagree") < text.index("Modality dependence")
+
+
+def test_agreement_section_compares_sizes(audit_result):
+    from biasscope.agreement import analyse_agreement
+
+    r = copy.deepcopy(audit_result)
+    # same order everywhere, but a's sensitivity share is 99% against a reliance share of 55%
+    for m, inc in zip(r.modalities, (1.1, 0.9)):
+        m.permutation = replace(m.permutation, loss_increase=Estimate(inc, inc - 0.05, inc + 0.05))
+    r.modalities[0].share, r.modalities[1].share = 0.99, 0.01
+    for m in r.modalities:
+        m.verdict = "ok"  # sizes are compared among the used modalities
+    r.agreement = analyse_agreement(r.modalities, [], Thresholds())
+    section = _text(_section(render_html(r, plotlyjs="cdn"), "agreement"))
+    assert "But the sizes disagree" in section and "disagree" in section
+    assert "a holds 99.0% of the sensitivity and 55.0% of the reliance" in section

@@ -6,28 +6,37 @@ import pytest
 
 from biasscope import ConfigError, Estimate, ModalityResult, Thresholds
 from biasscope.results import PermutationScore
-from biasscope.verdict import modality_verdicts, verdict_sentence
+from biasscope.verdict import (
+    Reliance,
+    modality_verdicts,
+    relied_upon,
+    reliance_status,
+    shares_disagree,
+    verdict_sentence,
+)
 
 
-def _mod(name, fe, *, low=None, drop=None):
+def _perm(drop, spread=0.01, repeats=10):
+    d = Estimate(drop, drop - spread, drop + spread)
+    return PermutationScore(d, d, d, repeats=repeats)
+
+
+def _mod(name, fe, *, low=None, drop=None, spread=0.01):
     est = Estimate(fe, fe * 0.9 if low is None else low, fe * 1.1)
-    perm = None
-    if drop is not None:
-        d = Estimate(drop, drop - 0.01, drop + 0.01)
-        perm = PermutationScore(d, d, d, repeats=5)
+    perm = None if drop is None else _perm(drop, spread)
     return ModalityResult(name, f"input:{name}", est, est, est, est, share=0.0, per_class={}, per_example={}, permutation=perm)
 
 
-def _verdicts(mods, **kw):
+def _verdicts(mods, reliance=None, **kw):
     total = sum(m.functional_entropy.mean for m in mods)
     for m in mods:
         m.share = m.functional_entropy.mean / total
-    return modality_verdicts(mods, Thresholds(**kw))
+    return modality_verdicts(mods, Thresholds(**kw), reliance=reliance)
 
 
-def test_levels_relative_to_uniform_share():
+def test_levels_relative_to_uniform_share_on_sensitivity_alone():
     v = _verdicts([_mod("a", 1.0), _mod("b", 0.5), _mod("c", 0.1), _mod("d", 0.004)])
-    # shares 0.62, 0.31, 0.062, 0.0025 -> relative 2.5, 1.24, 0.25, 0.01
+    # shares 0.62, 0.31, 0.062, 0.0025 -> relative 2.5, 1.24, 0.25, 0.01; a holds 0.62 > 1/2
     assert v == {"a": "dominant", "b": "ok", "c": "weak", "d": "ignored"}
 
 
@@ -35,17 +44,64 @@ def test_interval_touching_zero_means_ignored():
     assert _verdicts([_mod("a", 1.0), _mod("b", 1.0, low=0.0)])["b"] == "ignored"
 
 
-def test_reliance_overrides_sensitivity():
-    # sensitive to noise but permuting it costs nothing: not used (the ViLT case)
+def test_read_but_not_relied_upon_is_unused():
+    # the biased ViLT's image: noise there moves the output, shuffling it costs nothing
     v = _verdicts([_mod("image", 0.3, drop=0.0), _mod("text", 0.7, drop=0.7)])
-    assert v["image"] == "ignored"
+    assert v == {"image": "unused", "text": "dominant"}
+    assert verdict_sentence(v).startswith("The model does not rely on `image` for its predictions")
 
 
-def test_used_but_barely_sensitive_is_weak_not_ignored():
-    # the colour-shortcut model: noise in the image hardly moves the output (r = 0.05), but
-    # shuffling the image costs accuracy (q = 0.67): used, weakly
-    v = _verdicts([_mod("image", 0.025, drop=0.25), _mod("color", 0.975, drop=0.5)])
-    assert v == {"image": "weak", "color": "ok"}
+def test_colour_shortcut_is_named():
+    # 96% of the entropy and 69% of the reliance on colour: "it leans on `color`"; shape
+    # still carries 31% of the reliance, so it is used (not weak), and the sizes disagree
+    v = _verdicts([_mod("shape", 0.04, drop=0.31), _mod("color", 0.96, drop=0.69)])
+    assert v == {"shape": "ok", "color": "dominant"}
+    assert verdict_sentence(v, disagree=["shape"]) == (
+        "The model uses all 2 modalities; it leans on `color`. Sensitivity and reliance "
+        "disagree in size on `shape`: read both before acting."
+    )
+    # a shortcut that leaves little reliance on shape makes it weak
+    v = _verdicts([_mod("shape", 0.07, drop=0.06), _mod("color", 0.93, drop=0.94)])
+    assert v == {"shape": "weak", "color": "dominant"}
+
+
+def test_balanced_use_is_ok_and_most_of_one_measure_only_is_not_dominant():
+    assert _verdicts([_mod("a", 0.5, drop=0.3), _mod("b", 0.5, drop=0.3)]) == {"a": "ok", "b": "ok"}
+    # a holds 70% of the sensitivity but only 45% of the reliance: not "most of both"
+    assert _verdicts([_mod("a", 0.7, drop=0.45), _mod("b", 0.3, drop=0.55)])["a"] == "ok"
+
+
+def test_unmeasurable_reliance_falls_back_to_sensitivity():
+    # at chance: every shuffle costs ~nothing; sensitivity says a is read, b is not
+    mods = [_mod("audio", 1.0, drop=0.001), _mod("video", 0.0, low=0.0, drop=0.0)]
+    status = reliance_status(mods, accuracy=0.125, chance=0.14, n_examples=128)
+    assert not status.measurable and "accuracy 12.5%" in status.note
+    v = _verdicts(mods, reliance=status)
+    assert v == {"audio": "dominant", "video": "ignored"}
+    sentence = verdict_sentence(v, note=status.note)
+    assert "every modality" not in sentence and "Reliance not measurable" in sentence
+
+
+def test_above_chance_makes_reliance_measurable():
+    mods = [_mod("a", 1.0, drop=0.0), _mod("b", 1.0, drop=0.0)]
+    assert reliance_status(mods, accuracy=0.9, chance=0.25, n_examples=100).measurable
+    assert not reliance_status(mods, accuracy=0.27, chance=0.25, n_examples=100).measurable
+    assert not reliance_status(mods, accuracy=None, chance=None, n_examples=100).measurable
+
+
+def test_relied_upon_needs_more_than_the_shuffle_spread():
+    assert relied_upon(_perm(0.3, spread=0.01))
+    # interval excludes 0 but the spread of single shuffles covers the clean loss
+    assert not relied_upon(_perm(0.05, spread=0.04, repeats=10))
+    assert not relied_upon(_perm(0.0)) and not relied_upon(None)
+
+
+def test_disagreement_by_factor_or_gap():
+    assert shares_disagree(0.001, 0.43)  # the text+tabular case
+    assert shares_disagree(0.04, 0.31)  # factor 7.75
+    assert not shares_disagree(0.96, 0.69)  # gap 0.27, factor 1.4
+    assert not shares_disagree(0.001, 0.004)  # both negligible
+    assert shares_disagree(0.5, 0.85)
 
 
 def test_sentence():
@@ -54,14 +110,26 @@ def test_sentence():
         "No modality is ignored, but the model barely uses `b`; it leans on `a`."
     )
     assert verdict_sentence({"a": "ok", "b": "ok"}) == "The model uses all 2 modalities."
+    assert verdict_sentence({"a": "ignored", "b": "ignored"}).startswith("The model ignores every modality")
 
 
 def test_thresholds_must_be_ordered():
     with pytest.raises(ConfigError):
         Thresholds(ignored=0.6, weak=0.5)
+    with pytest.raises(ConfigError):
+        Thresholds(disagree_factor=1.0)
 
 
 def test_levels_among_used_modalities():
     # three modalities, one ignored: two equal users are both ok, not near-dominant
     v = _verdicts([_mod("a", 0.5, drop=0.3), _mod("b", 0.45, drop=0.28), _mod("c", 0.0, low=0.0, drop=0.0)])
     assert v == {"a": "ok", "b": "ok", "c": "ignored"}
+
+
+def test_thresholds_are_configurable():
+    mods = [_mod("a", 0.7, drop=0.7), _mod("b", 0.3, drop=0.3)]
+    assert _verdicts(mods)["b"] == "ok"
+    assert _verdicts(mods, weak=0.7, dominant=1.3)["b"] == "weak"
+    # weak rests on reliance when it is measurable: low sensitivity alone is not weak
+    assert _verdicts([_mod("a", 0.99, drop=0.5), _mod("b", 0.01, drop=0.5)])["b"] == "ok"
+    assert Reliance(False, "x.").note == "Reliance not measurable: x."

@@ -1,22 +1,22 @@
-"""Shared pieces of the renderers: verdict colours, number formatting, and the rank order
-of modalities under each measure ("do the measures agree?")."""
+"""Shared pieces of the renderers: verdict and severity colours, number formatting, and
+access to the result's agreement analysis and reliance shares (computed in the library)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..results import AuditResult, Estimate
+from ..results import Agreement, AuditResult, Estimate
 
 VERDICT_COLORS = {
     "ignored": "#c62828",
+    "unused": "#ad1457",
     "weak": "#c77700",
     "ok": "#2e7d32",
     "dominant": "#1565c0",
 }
 VERDICT_STYLES = {
     "ignored": "bold red",
+    "unused": "bold magenta",
     "weak": "bold yellow",
     "ok": "bold green",
     "dominant": "bold blue",
@@ -28,6 +28,7 @@ MEASURE_LABELS = {
     "poincare_bound": "Poincaré bound",
 }
 DASH = "—"
+SEVERITY_STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -60,101 +61,44 @@ def has_permutation(result: AuditResult) -> bool:
     return bool(result.modalities) and all(m.permutation is not None for m in result.modalities)
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """The order of modalities under one measure, most important first; ties grouped."""
+def agreement_of(result: AuditResult) -> Agreement:
+    """The result's agreement analysis (computed for results read from schema 1 files)."""
+    if result.agreement is not None:
+        return result.agreement
+    from ..agreement import analyse_agreement
 
-    measure: str
-    values: dict[str, float]
-    groups: tuple[tuple[str, ...], ...]
-
-    @property
-    def top(self) -> tuple[str, ...]:
-        return self.groups[0] if self.groups else ()
-
-    @property
-    def order_text(self) -> str:
-        return " > ".join(" = ".join(g) for g in self.groups)
-
-    @property
-    def key(self) -> tuple[frozenset[str], ...]:
-        return tuple(frozenset(g) for g in self.groups)
+    return analyse_agreement(result.modalities, result.shapley,
+                             reliance_measurable=result.reliance_measurable is not False)
 
 
-def _rank(measure: str, values: dict[str, float]) -> Ranking:
-    clean = {k: (v if math.isfinite(v) else -math.inf) for k, v in values.items()}
-    names = sorted(clean, key=lambda n: -clean[n])
-    scale = max((abs(v) for v in clean.values() if math.isfinite(v)), default=0.0)
-    tol = 1e-9 * scale + 1e-15
-    groups: list[list[str]] = []
-    for n in names:
-        if groups and abs(clean[groups[-1][0]] - clean[n]) <= tol:
-            groups[-1].append(n)
-        else:
-            groups.append([n])
-    return Ranking(measure, dict(values), tuple(tuple(g) for g in groups))
+def reliance_of(result: AuditResult) -> dict[str, float] | None:
+    """Each modality's reliance share (of the summed permutation loss increase), or None."""
+    if not has_permutation(result):
+        return None
+    stored = {m.name: m.reliance_share for m in result.modalities}
+    if all(v is not None for v in stored.values()):
+        return stored  # type: ignore[return-value]
+    from ..verdict import reliance_shares
+
+    return reliance_shares(result.modalities)
 
 
-def rankings(result: AuditResult) -> list[Ranking]:
-    """The rank order of modalities under every measure the result holds."""
-    mods = result.modalities
-    getters: list[tuple[str, Callable]] = [
-        ("Functional entropy share", lambda m: m.share),
-        ("Fisher bound", lambda m: m.fisher_bound.mean),
-    ]
-    if has_permutation(result):
-        getters += [
-            ("Permutation accuracy drop", lambda m: m.permutation.accuracy_drop.mean),
-            ("Permutation loss increase", lambda m: m.permutation.loss_increase.mean),
-        ]
-    out = [_rank(label, {m.name: float(get(m)) for m in mods}) for label, get in getters]
-    for s in result.shapley:
-        label = {"accuracy": "Shapley (accuracy)", "log_likelihood": "Shapley (log-likelihood)"}
-        out.append(_rank(label.get(s.metric, f"Shapley ({s.metric})"), dict(s.values)))
-    return out
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def agreement(ranks: list[Ranking]) -> tuple[bool, str]:
-    """Whether the rankings agree, and one or two sentences that say how (names in
-    backticks, as in the verdict sentence)."""
-    if not ranks or len(ranks[0].values) < 2:
-        return True, "With one modality there is nothing to rank."
-    if len({r.key for r in ranks}) == 1:
-        return True, (
-            f"All {len(ranks)} measures rank the modalities the same way: "
-            f"{_code_order(ranks[0])}."
-        )
-    tops: dict[frozenset[str], list[str]] = {}
-    for r in ranks:
-        tops.setdefault(frozenset(r.top), []).append(r.measure)
-    if len(tops) == 1:
-        top = " = ".join(f"`{n}`" for n in ranks[0].top)
-        return False, (
-            f"All measures put {top} first, but they order the other modalities "
-            "differently (see the table)."
-        )
-    parts = []
-    for top, measures in tops.items():
-        names = " = ".join(f"`{n}`" for n in sorted(top, key=list(ranks[0].values).index))
-        verb = "puts" if len(measures) == 1 else "put"
-        parts.append(f"{_join([_lower(x) for x in measures])} {verb} {names} first")
-    return False, (
-        "The measures disagree on which modality matters most: " + "; ".join(parts) + ". "
-        "Sensitivity (the entropy family) is not reliance (permutation, Shapley): read "
-        "both before acting."
-    )
-
-
-def _lower(measure: str) -> str:
-    """A measure's label inside a sentence (proper names keep their capital)."""
-    if measure.split()[0] in ("Fisher", "Shapley", "Poincaré"):
-        return measure
-    return measure[0].lower() + measure[1:]
-
-
-def _code_order(r: Ranking) -> str:
-    return " > ".join(" = ".join(f"`{n}`" for n in g) for g in r.groups)
+def bound_notes(result: AuditResult) -> list[str]:
+    """One sentence per estimate drawn above its bound: within the intervals (Monte-Carlo
+    noise) or beyond them (a violation)."""
+    notes = []
+    for m in result.modalities:
+        for measure, bound, label in (("functional_entropy", "fisher_bound", "Fisher bound"),
+                                      ("variance", "poincare_bound", "Poincaré bound")):
+            est, b = m.measure(measure), m.measure(bound)
+            if not est.mean > b.mean:
+                continue
+            beyond = est.ci_low > b.ci_high
+            notes.append(
+                f"`{m.name}`: the {MEASURE_LABELS[measure].lower()} ({fmt(est.mean)}) is drawn above "
+                f"its {label} ({fmt(b.mean)}); "
+                + ("beyond both intervals, which the inequality forbids (see the diagnostics)."
+                   if beyond else "their intervals overlap, so this is Monte-Carlo error of the "
+                   "K-sample estimates, not a violation.")
+            )
+    return notes

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .. import verdict as _verdict
 from ..results import MEASURES, AuditResult, Estimate
 from ..verdict import Thresholds
-from ._common import MEASURE_LABELS, VERDICT_COLORS, fmt, fmt_ci, has_permutation
+from ._common import MEASURE_LABELS, VERDICT_COLORS, fmt, fmt_ci, has_permutation, reliance_of
 
 __all__ = [
     "FONT",
@@ -97,7 +96,7 @@ def _thresholds(result: AuditResult) -> Thresholds:
 
 def reliance_shares(result: AuditResult) -> dict[str, float] | None:
     """Each modality's share of the summed permutation loss increase, or None."""
-    return _verdict.reliance_shares(result.modalities)
+    return reliance_of(result)
 
 
 def share_figure(result: AuditResult) -> go.Figure:
@@ -125,8 +124,8 @@ def share_figure(result: AuditResult) -> go.Figure:
     lines = [(1.0, MUTED, "solid", "uniform 1/M =")]
     lines += [(t.ignored, VERDICT_COLORS["ignored"], "dot", "ignored below"),
               (t.weak, VERDICT_COLORS["weak"], "dot", "weak below")]
-    if n > 1:
-        lines.append((t.dominant, VERDICT_COLORS["dominant"], "dot", "dominant above"))
+    if n > 1:  # dominant: most of both measures, and at least `dominant` x uniform
+        lines.append((max(t.dominant, n / 2), VERDICT_COLORS["dominant"], "dot", "dominant above"))
     lines.sort(key=lambda line: line[0])
     for i, (level, color, dash, text) in enumerate(lines):
         x = level / n

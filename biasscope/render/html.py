@@ -23,12 +23,13 @@ from ._common import (
     DASH,
     MEASURE_LABELS,
     VERDICT_COLORS,
-    agreement,
+    agreement_of,
+    bound_notes,
     fmt,
     fmt_ci,
     fmt_pct,
     has_permutation,
-    rankings,
+    reliance_of,
 )
 
 __all__ = [
@@ -185,7 +186,7 @@ def _title(result: AuditResult, title: str | None) -> str:
 
 
 def _modality_rows(result: AuditResult) -> list[dict[str, Any]]:
-    rel = _figures.reliance_shares(result)
+    rel = reliance_of(result)
     return [
         {
             "m": m,
@@ -224,8 +225,7 @@ def _provenance(result: AuditResult) -> dict[str, Any]:
 
 def _report_context(result: AuditResult, title: str | None) -> dict[str, Any]:
     figs = {k: _figure_html(k, f) for k, f in _figures.report_figures(result).items()}
-    ranks = rankings(result)
-    agree, agree_text = agreement(ranks)
+    agreement = agreement_of(result)
     settings = dict(result.settings)
     return {
         "title": _title(result, title),
@@ -234,9 +234,12 @@ def _report_context(result: AuditResult, title: str | None) -> dict[str, Any]:
         "has_perm": has_permutation(result),
         "figs": figs,
         "joint_rows": _joint_rows(result),
-        "ranks": ranks,
-        "agree": agree,
-        "agree_text": agree_text,
+        "agreement": agreement,
+        "ranks": agreement.rankings,
+        "agree": agreement.agree,
+        "agree_text": agreement.text,
+        "diagnostics": result.diagnostics,
+        "bound_notes": bound_notes(result),
         "settings": settings,
         "prov": _provenance(result),
         "divergence": settings.get("divergence", "kl"),

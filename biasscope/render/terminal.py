@@ -11,9 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import AuditResult, Estimate, ModalityResult
-from ._common import DASH, VERDICT_STYLES, fmt, fmt_ci, fmt_pct, has_permutation
+from ._common import DASH, SEVERITY_STYLES, VERDICT_STYLES, fmt, fmt_ci, fmt_pct, has_permutation, reliance_of
 
-__all__ = ["audit_table", "audit_summary", "compare_table", "sentence_text"]
+__all__ = ["audit_table", "audit_summary", "compare_table", "diagnostics_text", "sentence_text"]
 
 
 def sentence_text(sentence: str, style: str = "") -> Text:
@@ -38,10 +38,12 @@ def _est(e: Estimate, *, interval: bool = True) -> Text:
 
 
 def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
-    """One row per modality: site, verdict, share, the four measures (and the permutation
-    accuracy drop when the result has it). ``compact`` (for terminals narrower than about
-    120 columns) keeps the verdict, share, functional entropy and permutation drop."""
+    """One row per modality: site, verdict, the sensitivity share (of the functional
+    entropy) beside the reliance share (of the permutation loss increase), the four measures
+    and the permutation accuracy drop. ``compact`` (for terminals narrower than about 120
+    columns) keeps the verdict, both shares, functional entropy and the accuracy drop."""
     perm = has_permutation(result)
+    rel = reliance_of(result)
     table = Table(
         title="Modality dependence", title_justify="left", header_style="bold",
         box=box.SIMPLE_HEAD,
@@ -50,7 +52,9 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
     if not compact:
         table.add_column("site", style="dim")
     table.add_column("verdict", no_wrap=True)
-    table.add_column("share", justify="right", no_wrap=True)
+    table.add_column("sens." if compact else "sensitivity", justify="right", no_wrap=True)
+    if rel is not None:
+        table.add_column("reliance", justify="right", no_wrap=True)
     table.add_column("FE" if compact else "FE [95% CI]", justify="right", no_wrap=compact)
     if not compact:
         for col in ("Fisher", "Var", "Poincaré"):
@@ -63,6 +67,7 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
             *([] if compact else [Text(m.site)]),
             _verdict(m.verdict),
             Text(fmt_pct(m.share)),
+            *([] if rel is None else [Text(fmt_pct(rel[m.name]))]),
             _est(m.functional_entropy, interval=not compact),
         ]
         if not compact:
@@ -70,12 +75,32 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
         if perm:
             row.append(_est(m.permutation.accuracy_drop, interval=not compact))
         table.add_row(*row)
+    if rel is not None:
+        table.caption = "sensitivity: share of the functional entropy; reliance: share of the permutation loss increase"
+        table.caption_justify = "left"
     return table
 
 
+def diagnostics_text(result: AuditResult) -> Text | None:
+    """One line per diagnostic (severity, code, message, fix), or None when there is none."""
+    if not result.diagnostics:
+        return None
+    text = Text()
+    for i, d in enumerate(result.diagnostics):
+        if i:
+            text.append("\n")
+        text.append(f"{d.severity} ", style=SEVERITY_STYLES.get(d.severity, "bold"))
+        text.append(f"{d.code}: ", style="bold")
+        text.append_text(sentence_text(d.message))
+        if d.fix:
+            text.append(" ")
+            text.append_text(sentence_text(d.fix, style="dim"))
+    return text
+
+
 def audit_summary(result: AuditResult, *, width: int | None = None) -> RenderableType:
-    """The verdict sentence as a headline panel, the table, and accuracy / n; below 120
-    columns of ``width`` the table is compact."""
+    """The verdict sentence as a headline panel, the diagnostics, the table, and accuracy /
+    n; below 120 columns of ``width`` the table is compact."""
     facts = Text(f"{result.n_examples} examples", style="dim")
     if result.accuracy is not None:
         facts.append(f" · accuracy {fmt_pct(result.accuracy)}", style="dim")
@@ -91,12 +116,14 @@ def audit_summary(result: AuditResult, *, width: int | None = None) -> Renderabl
     compact = width is not None and width < 120
     if compact:
         facts.append(" · all measures with intervals: report.html or a wider terminal", style="dim")
-    return Group(headline, audit_table(result, compact=compact), facts)
+    diagnostics = diagnostics_text(result)
+    parts = [headline, *([diagnostics] if diagnostics is not None else []), audit_table(result, compact=compact), facts]
+    return Group(*parts)
 
 
 def _panel_style(result: AuditResult) -> str:
     verdicts = {m.verdict for m in result.modalities}
-    for v in ("ignored", "weak", "dominant"):
+    for v in ("ignored", "unused", "weak", "dominant"):
         if v in verdicts:
             return VERDICT_STYLES[v].replace("bold ", "")
     return "green"
