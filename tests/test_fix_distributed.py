@@ -161,10 +161,11 @@ def _same(m1: nn.Module, m2: nn.Module) -> bool:
 
 def _reference_regularized() -> nn.Module:
     """One process minimising the distributed objective step by step: CE(global batch) +
-    lambda * sum_r (n_r/n) term(shard_r), each shard's noise seeded as its rank's."""
+    lambda * sum_r (n_r/n) term(shard_r), each shard's regularizer (its noise seeded, its
+    calls counted for ``term_every``) as its rank's."""
     opts = FixOptions(**{k: v for k, v in REGULARIZED.items()})
     model = Net().train()
-    reg = _regularizer(model, MODS, opts, OutputSpec())
+    regs = [_regularizer(model, MODS, opts, OutputSpec()) for _ in range(WORLD)]
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     data = TrainingData(TRAIN, label_key="label", seed=opts.seed, shuffle=True)
     step = 0
@@ -173,8 +174,8 @@ def _reference_regularized() -> nn.Module:
             optimizer.zero_grad()
             for rank in range(WORLD):
                 shard, share = rank_shard(batch, rank, WORLD)
-                reg.generator("cpu").manual_seed(rank_seed(opts.seed, rank, step))
-                term, _ = reg(shard)
+                regs[rank].generator("cpu").manual_seed(rank_seed(opts.seed, rank, step))
+                term, _ = regs[rank](shard)
                 ce = F.cross_entropy(model(*shard.args, **shard.kwargs), shard.label)
                 (share * (ce + opts.lambda_ * term.float())).backward()
             optimizer.step()
@@ -190,7 +191,9 @@ def test_the_regularized_gradient_is_the_stated_objective_of_the_global_batch(ra
     for r in results:
         _close(r["regularized"]["weights"], reference)
         assert r["regularized"]["lambda"] == 0.5
-        assert all(h["reg"] != 0.0 and set(h["scores"]) == {"a", "b"} for h in r["regularized"]["history"])
+        every = FixOptions().term_every  # the term is computed on every term_every-th step
+        assert all(set(h["scores"]) == {"a", "b"} for h in r["regularized"]["history"])
+        assert all((h["reg"] != 0.0) == ((h["step"] - 1) % every == 0) for h in r["regularized"]["history"])
     # the term is per shard, so the run differs from one process's on the whole batch
     one = fix(Net(), TRAIN, MODS, **REGULARIZED)
     state = one.model.state_dict()
