@@ -219,7 +219,7 @@ class FixOptions:
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
-    lambda_: float | str = "auto"
+    lambda_: float | str = 0.0
     target_ratio: float = 1.0
     calibration: str = "gradient"
     calibration_batches: int = 4
