@@ -10,7 +10,8 @@ R). The entropy part is kept small (samples=8, no Shapley, tensorization, probe 
 Prints, per R: the share of audits whose verdicts differ from the known answer ("wrong"), from
 that R's majority over seeds ("flip"), the share in which a relied-upon modality (one the answer
 calls ok/weak/dominant) came out ignored/unused ("lost"), and how often the
-``reliance_too_noisy`` diagnostic was raised.
+``reliance_too_noisy`` diagnostic was raised. ``--without-rule`` gives the same table for the
+verdict that read a too-wide interval as zero reliance (before issue #15).
 """
 
 from __future__ import annotations
@@ -94,8 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, nargs="+", default=[2, 3, 5, 10, 20])
     p.add_argument("--no-colored", action="store_true", help="skip the trained colored-digits model")
     p.add_argument("--detail", action="store_true", help="print each case's wrong/flip counts per R")
+    p.add_argument("--without-rule", action="store_true",
+                   help="the verdict before the too-noisy rule (a too-wide interval read as zero reliance)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.without_rule:
+        import biasscope.diagnostics
+        import biasscope.verdict
+
+        biasscope.verdict.too_noisy = biasscope.diagnostics.too_noisy = lambda *a, **k: []
     start = time.perf_counter()
     builds = _builders(1500, 300, not args.no_colored)
     top = max(args.repeats)
