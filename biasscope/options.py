@@ -128,7 +128,8 @@ class AuditOptions:
         label_key: key of the label in dict batches; None for unlabelled data.
         limit: use at most this many examples.
         max_rows: the largest expanded batch (examples x samples) run at once, or ``"auto"``.
-        permutation_repeats: R shuffles per modality for the permutation score (0 skips).
+        permutation_repeats: R shuffles per modality for the permutation score (0 skips; at least
+            2; below the default the verdict often reports ``reliance_too_noisy``).
         shapley: also compute exact modality Shapley values (needs labels).
         tensorization: also run the joint-perturbation (tensorization) check.
         check_output: refuse outputs that cannot be logits of the label classes.
