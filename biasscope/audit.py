@@ -10,7 +10,7 @@ the per-batch update (:class:`biasscope._audit_state.EntropyState`) and the summ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
@@ -40,13 +40,14 @@ def collect_batches(
     data: Iterable[Any], *, label_key: str | None = "label", limit: int | None = None
 ) -> list[Batch]:
     """Materialise ``data`` (any iterable of dict or tuple batches) as :class:`Batch` es,
-    keeping at most ``limit`` examples."""
+    keeping at most ``limit`` examples, each batch with its examples' global indices."""
     batches: list[Batch] = []
     seen = 0
     for raw in data:
         batch = split_batch(raw, label_key=label_key)
         if limit is not None and seen + batch.size > limit:
             batch = batch.select(torch.arange(limit - seen))
+        batch = replace(batch, index=torch.arange(seen, seen + batch.size))
         if batch.size:
             batches.append(batch)
         seen += batch.size
@@ -207,8 +208,7 @@ def audit(
             model, modalities, sigmas, samples=options.samples, scale=options.scale,
             divergence=options.divergence, output=output,
             max_rows=_max_rows(options, model, batches[0], dev),
-            generator=torch.Generator(device=dev).manual_seed(options.seed),
-            tensorization=options.tensorization,
+            seed=options.seed, tensorization=options.tensorization, precision=options.precision,
         )
         for i, batch in enumerate(batches):
             state.update(batch.to(dev))

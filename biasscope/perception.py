@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model
 from ._device import model_device
+from ._noise import example_permutation, stream_id
 from ._perturbation import capture, check_finite
 from ._stats import mean_interval
 from .errors import ConfigError, DataLoadError, ModalityError
@@ -129,6 +130,11 @@ class AuditSet:
         return _Performance(correct / self.n, loglik / self.n)
 
 
+def _permutation(n: int, seed: int, repeat: int) -> Tensor:
+    """Repeat ``repeat``'s permutation of the audit set: keyed by (seed, repeat) only."""
+    return example_permutation(n, seed=seed, stream=stream_id("permutation", 0, repeat))
+
+
 def _score(logits: Tensor, label: Tensor) -> tuple[int, float]:
     """Number of correct predictions and summed log p(label) of one batch."""
     label = label.to(logits.device)
@@ -175,8 +181,9 @@ def permutation_scores(
     """Accuracy drop and cross-entropy increase when each modality is permuted across the
     whole audit set (perceptual score), with a 95% interval over ``repeats`` permutations.
 
-    Repeat ``r`` uses the ``r``-th permutation drawn from ``torch.Generator().manual_seed(seed)``
-    for every modality (common random numbers, so modalities are compared on the same
+    Repeat ``r`` uses the permutation ``example_permutation(n, seed=seed,
+    stream=stream_id("permutation", 0, r))`` (:mod:`biasscope._noise`: the same on every
+    process, whatever the batches) for every modality (common random numbers, so modalities are compared on the same
     shuffles). A modality whose representation shape varies between batches is permuted
     within each batch instead (recorded as its scope).
 
@@ -196,8 +203,7 @@ def permutation_scores(
     total = len(modalities) * repeats
     report("permutation", 0, total)
     data = data or AuditSet(model, batches, modalities, dev, output)
-    generator = torch.Generator().manual_seed(seed)
-    perms = [torch.randperm(data.n, generator=generator) for _ in range(repeats)]
+    perms = [_permutation(data.n, seed, r) for r in range(repeats)]
     clean = data.clean
     scores: dict[str, PermutationScore] = {}
     for i, m in enumerate(modalities):
@@ -237,8 +243,7 @@ def modality_shapley(
     """Shapley values of the modalities for each metric, v(S) = the metric with every
     modality outside S permuted across the audit set.
 
-    One permutation ``pi`` (the first drawn from ``torch.Generator().manual_seed(seed)``, as
-    in repeat 0 of :func:`permutation_scores`) serves every modality and every coalition:
+    One permutation ``pi`` (that of repeat 0 of :func:`permutation_scores`) serves every modality and every coalition:
     absent modalities of example ``i`` all come from example ``pi[i]``, so v(none) is the
     performance against shuffled labels, coalition values are mutually consistent, and two
     interchangeable modalities get equal values. Exact over the 2^M coalitions for
@@ -272,8 +277,8 @@ def modality_shapley(
     total = full if exact else samples
     report("shapley", 0, total)
     data = data or AuditSet(model, batches, mods, dev, output)
-    generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(data.n, generator=generator)
+    generator = torch.Generator().manual_seed(seed)  # the sampled orderings (large M) only
+    perm = _permutation(data.n, seed, 0)
     cache: dict[int, _Performance] = {full: data.clean}
 
     def v(mask: int) -> _Performance:
