@@ -4,7 +4,7 @@ batch chunked to ``max_rows`` rows. Shared by the audit and the regularizer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,8 @@ from .modality import Modality, intervene
 
 __all__ = [
     "representation_std",
+    "representation_moments",
+    "finish_std",
     "perturbation_samples",
     "CleanPass",
     "ExampleNoise",
@@ -84,12 +86,25 @@ def representation_std(
     batches: Iterable[Batch],
     modalities: Sequence[Modality],
     output: OutputSpec = OutputSpec(),
+    *,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Per-feature standard deviation of each modality's representation over the data.
 
     Features are all dims after the batch; when their shape varies between batches (e.g.
-    sequence length), the std is taken per channel (last dim) instead.
+    sequence length), the std is taken per channel (last dim) instead. ``reduce`` sums the
+    float64 accumulators over processes (``_distributed.all_reduce_sum``), so that every
+    process gets the std over all of them; the shape decision is then taken jointly.
     """
+    return finish_std(representation_moments(model, batches, modalities, output), modalities, reduce=reduce)
+
+
+@torch.no_grad()
+def representation_moments(
+    model: nn.Module, batches: Iterable[Batch], modalities: Sequence[Modality], output: OutputSpec = OutputSpec()
+) -> dict[str, tuple[list | None, list, bool]]:
+    """Per modality the float64 accumulators [sum, sumsq, n] over the batch dim (None when
+    the feature shape varies) and over all dims but the last, and whether it varies."""
     full: dict[str, list] = {}  # name -> [sum, sumsq, n] over the batch dim
     last: dict[str, list] = {}  # name -> [sum, sumsq, n] over all dims but the last
     varying: set[str] = set()
@@ -102,10 +117,28 @@ def representation_std(
                 varying.add(name)
             if name not in varying:
                 _accumulate(full, name, h)
+    return {m.name: (full[m.name], last[m.name], m.name in varying) for m in modalities}
+
+
+def finish_std(
+    moments: Mapping[str, tuple[list | None, list, bool]], modalities: Sequence[Modality], *,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The standard deviations from :func:`representation_moments` (summed over processes
+    by ``reduce``; per channel when the shape varies in any process or between them)."""
     stds = {}
     for m in modalities:
-        stats = last[m.name] if m.name in varying else full[m.name]
-        s, ss, n = stats
+        full, last, vary = moments[m.name]
+        if reduce is not None:
+            shape = torch.zeros(9, dtype=torch.float64)
+            feat = full[0].shape
+            shape[0], shape[1 : 1 + len(feat)] = len(feat), torch.tensor(feat, dtype=torch.float64)
+            totals = reduce(torch.cat([torch.tensor([float(vary), 1.0]), shape, shape.square()]))
+            spread = totals[11:] * totals[1] - totals[2:11].square()  # 0 iff every process has the shape
+            vary = bool(totals[0] > 0) or bool((spread.abs() > 0).any())
+        s, ss, n = last if vary else full
+        if reduce is not None:
+            s, ss, n = reduce(s), reduce(ss), float(reduce(torch.tensor([float(n)], dtype=torch.float64)))
         if n < 2:
             raise DataLoadError(
                 "The per-feature noise scale needs at least 2 examples; give more data."
