@@ -39,6 +39,7 @@ __all__ = [
     "shard_bounds",
     "sync_point",
     "torchrun_env",
+    "world_size",
 ]
 
 #: how long a collective waits for the other ranks before failing (a rank stuck in a model
@@ -79,6 +80,11 @@ def _rank() -> int:
 
 def _world() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def world_size() -> int:
+    """The number of processes in the group (1 outside torchrun)."""
+    return _world()
 
 
 def is_writer() -> bool:

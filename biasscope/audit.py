@@ -23,7 +23,7 @@ from ._audit_state import EntropyState, MeasuredValues
 from ._audit_summary import Evidence, summarise
 from ._batch import Batch, OutputSpec, call_model, split_batch
 from ._device import on_device, resolve_device, run_with_oom_retry
-from ._distributed import all_reduce_sum, is_distributed, is_writer, rank_device, shard, sync_point
+from ._distributed import all_reduce_sum, is_distributed, is_writer, rank_device, shard, sync_point, world_size
 from ._perturbation import check_finite, finish_std, representation_moments
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
@@ -253,6 +253,7 @@ def _settings(options: AuditOptions, dev, thresholds: Thresholds, modalities, la
     settings = options.as_dict()
     settings.update(
         device=str(dev),
+        processes=world_size(),
         permutation_repeats=options.permutation_repeats if labelled else 0,
         thresholds=asdict(thresholds),
         modalities={m.name: m.site for m in modalities},
