@@ -214,6 +214,10 @@ def draw_noise(h: Tensor, sigma: Tensor, *, scale: float, generator: torch.Gener
     return (scale * sigma.to(h.device) * eps.to(h.device)).to(h.dtype)
 
 
+#: the static loss scale of the fp16 backward (halved on overflow)
+FP16_LOSS_SCALE = 2.0**16
+
+
 @dataclass(frozen=True)
 class ExampleNoise:
     """Per-example noise keys (:mod:`biasscope._noise`): the audit's draws depend on (seed,
@@ -305,7 +309,8 @@ def perturbation_samples(
             f = div(clean_logits.double(), logits.double(), detach=detach_clean)
             fs.append(f.view(k, batch.size))
             if gradients:
-                _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, batch.size)
+                _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, batch.size,
+                                 loss_scale=FP16_LOSS_SCALE if precision == "fp16" else 1.0)
     f_all = torch.cat(fs, dim=0)
     q_all = {name: torch.cat(v, dim=0) for name, v in qs.items() if v}
     if gradients and not clean.expand:
@@ -313,13 +318,26 @@ def perturbation_samples(
     return f_all, q_all
 
 
-def _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, size) -> None:
+def _gradients(f: Tensor, zs: list[Tensor], *, create_graph: bool, loss_scale: float) -> list[Tensor | None]:
+    """grad_z f.sum() for each z (None where f does not depend on it). ``loss_scale`` > 1
+    (fp16 autocast) multiplies f before the backward so that small KL gradients do not
+    underflow in half precision, and divides after; on inf/nan it is halved and redone."""
+    if not f.requires_grad:
+        return [None] * len(zs)
+    while True:
+        retain = loss_scale > 1 or create_graph
+        grads = torch.autograd.grad(f.sum() * loss_scale, zs, create_graph=create_graph, allow_unused=True,
+                                    retain_graph=retain)
+        finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+        if finite or loss_scale <= 1:
+            return [g if g is None or loss_scale == 1 else g / loss_scale for g in grads]
+        loss_scale = max(1.0, loss_scale / 2**4)
+
+
+def _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, size, loss_scale=1.0) -> None:
     """Append q = <Sigma grad_z f, grad_z f> (k, B) of each modality to ``qs``."""
     zs = [noises[m.name] for m in modalities]
-    if f.requires_grad:
-        grads = torch.autograd.grad(f.sum(), zs, create_graph=create_graph, allow_unused=True)
-    else:
-        grads = [None] * len(zs)
+    grads = _gradients(f, zs, create_graph=create_graph, loss_scale=loss_scale)
     for m, z, g in zip(modalities, zs, grads):
         g = torch.zeros_like(z) if g is None else g
         sigma2 = (scale * sigmas[m].to(g.device)).square()

@@ -211,12 +211,12 @@ def audit(
         with sync_point("the clean predictions"):
             _, check = _clean_predictions(model, local, output, dev, report)
         early = _output_diagnostics(gather_check(check), options.check_output)
-        values, notes = _entropy(model, local, modalities, sigmas, options, output, dev, report)
+        values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report)
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
         labels = torch.cat([b.label for b in batches]).numpy() if labelled else None
         evidence = Evidence(
             labels=labels, permutation=permutation, shapley=shapley,
-            settings=_settings(options, dev, thresholds, modalities, labelled),
+            settings={**_settings(options, dev, thresholds, modalities, labelled), "max_rows_used": rows},
             provenance={"versions": {"biasscope": __version__, "torch": torch.__version__}},
             thresholds=thresholds, seed=options.seed, early_diagnostics=[*early, *notes],
         )
@@ -224,7 +224,7 @@ def audit(
                          candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
 
 
-def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> tuple[MeasuredValues, list]:
+def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> tuple[MeasuredValues, list, int]:
     """The per-batch update over this process's examples (halving ``max_rows`` on out of
     memory, which does not change the numbers: the noise belongs to the example)."""
     rows = [_max_rows(options, model, local[0], dev)]
@@ -246,7 +246,7 @@ def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> 
             moved = batch.to(dev)
             run_with_oom_retry(lambda r: state.update(moved, max_rows=r), rows[0], halved)
             report("entropy", i + 1, len(local), {})
-    return state.values(), notes
+    return state.values(), notes, rows[0]
 
 
 def _settings(options: AuditOptions, dev, thresholds: Thresholds, modalities, labelled: bool) -> dict[str, Any]:
