@@ -23,7 +23,7 @@ from ._audit_state import EntropyState, MeasuredValues
 from ._audit_summary import Evidence, summarise
 from ._batch import Batch, OutputSpec, call_model, split_batch
 from ._device import on_device, resolve_device, run_with_oom_retry
-from ._distributed import all_reduce_sum, is_distributed, is_writer, rank_device, shard, sync_point, world_size
+from ._distributed import all_reduce_sum, is_distributed, join_group, is_writer, rank_device, shard, sync_point, world_size
 from ._perturbation import check_finite, finish_std, representation_moments
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
@@ -194,6 +194,7 @@ def audit(
     options = _resolve_options(options, overrides)
     modalities, output = list(modalities), output or OutputSpec()
     thresholds = thresholds or Thresholds()
+    join_group(device=options.device)  # under torchrun: this process measures its share
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
     dev = rank_device(options.device) if is_distributed() else resolve_device(options.device)
     with sync_point("loading the data"):
