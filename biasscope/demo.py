@@ -122,7 +122,7 @@ def run_demo(
     reference = train_plain(TwoModalityNet(seed=seed), unbiased, epochs=epochs, seed=seed)
     report("baseline", 2, 2)
 
-    audit_options = dict(samples=8 if fast else 32, seed=seed, device="cpu", progress=report)
+    audit_options = dict(samples=8 if fast else 32, seed=seed, device="cpu", tensorization=True, progress=report)
     val_batches = batches_of(val)
     before = audit(baseline, val_batches, DEMO_MODALITIES, **audit_options)
     options = {"seed": seed, "device": "cpu", **({"epochs": 2} if fast else {}), **(fix_options or {})}

@@ -66,7 +66,7 @@ def audit_command(
     max_rows: Optional[str] = typer.Option(None, "--max-rows", help=f"Largest expanded batch run at once (or auto): lower it to bound memory {o.default(_D.max_rows)}."),
     permutation_repeats: Optional[int] = typer.Option(None, "--permutation-repeats", help=f"Shuffles per modality for the permutation score {o.default(_D.permutation_repeats)}."),
     no_shapley: bool = typer.Option(False, "--no-shapley", help="Skip the modality Shapley values."),
-    no_tensorization: bool = typer.Option(False, "--no-tensorization", help="Skip the joint-perturbation (tensorization) check."),
+    tensorization: Optional[bool] = typer.Option(None, "--tensorization/--no-tensorization", help=f"Also run the joint-perturbation (tensorization) check: (M+1)K gradient-free passes per example more {o.default(_D.tensorization)}.", show_default=False),
     no_output_check: bool = typer.Option(False, "--no-output-check", help="Audit even an output that does not look like logits of the label classes."),
     no_probe: bool = typer.Option(False, "--no-probe", help="Skip probing each modality's representation for the label."),
     explain: Optional[int] = typer.Option(None, "--explain", help=f"Attribute this many examples inside the modality each depends on most; 0 skips {o.default(_D.explain)}."),
@@ -93,7 +93,7 @@ def audit_command(
             "permutation_repeats": permutation_repeats, "device": device, "seed": seed,
             "label_key": label_key, "limit": limit, "precision": precision,
             "shapley": False if no_shapley else None,
-            "tensorization": False if no_tensorization else None,
+            "tensorization": tensorization,
             "check_output": False if no_output_check else None,
             "probe": False if no_probe else None, "explain": explain,
         }, cfg)

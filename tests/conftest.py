@@ -116,7 +116,7 @@ def planted_audit_result():
         import biasscope.perception  # noqa: F401
     except ImportError:
         unlabelled = [{"a": x["a"], "b": x["b"]} for x in batches]
-        result = audit(model, unlabelled, mods, samples=16, seed=0, label_key=None, device="cpu")
+        result = audit(model, unlabelled, mods, samples=16, seed=0, label_key=None, device="cpu", tensorization=True)
         result = _perception_by_hand(result, model, a, b, label)
         # per-class means by label (the real audit uses labels when they exist)
         import numpy as np
@@ -129,4 +129,4 @@ def planted_audit_result():
                 for k, v in m.per_example.items()
             }
         return result
-    return audit(model, batches, mods, samples=16, seed=0, permutation_repeats=10, device="cpu")
+    return audit(model, batches, mods, samples=16, seed=0, permutation_repeats=10, device="cpu", tensorization=True)

@@ -54,7 +54,7 @@ def test_bounds_hold_over_random_models():
 
 def test_tensorization_check_holds():
     model = Branches((5, 3, 4), seed=3)
-    result = bs.audit(model, tuple_data((5, 3, 4)), _mods(3), samples=32, permutation_repeats=2, shapley=False)
+    result = bs.audit(model, tuple_data((5, 3, 4)), _mods(3), samples=32, permutation_repeats=2, shapley=False, tensorization=True)
     j = result.joint
     assert j.holds
     assert j.functional_entropy.mean <= j.sum_functional_entropy.mean * 1.05
@@ -105,7 +105,7 @@ def test_same_seed_same_numbers_and_other_seed_within_intervals():
 def test_any_number_of_modalities(m):
     dims = tuple(range(2, 2 + m))
     model = Branches(dims, ignore={m - 1} if m > 1 else ())
-    result = bs.audit(model, labelled_by(model, tuple_data(dims)), _mods(m), **FAST)
+    result = bs.audit(model, labelled_by(model, tuple_data(dims)), _mods(m), **FAST, tensorization=True)
     assert result.names == [f"m{i}" for i in range(m)]
     assert sum(x.share for x in result.modalities) == pytest.approx(1.0)
     assert (result.joint is None) == (m == 1)
@@ -198,7 +198,7 @@ def test_bootstrap_interval_of_nonnegative_heavy_tails_stays_nonnegative():
 def test_tensorization_with_an_ignored_modality_is_an_equality_within_its_interval():
     # joint = the used modality's own term: the paired gap's interval must contain 0
     model = Branches((5, 3), ignore={1})
-    result = bs.audit(model, labelled_by(model, tuple_data((5, 3))), _mods(2), samples=8, permutation_repeats=2, shapley=False)
+    result = bs.audit(model, labelled_by(model, tuple_data((5, 3))), _mods(2), samples=8, permutation_repeats=2, shapley=False, tensorization=True)
     gap = result.joint.entropy_gap
     assert gap.ci_low <= 0 <= gap.ci_high and result.joint.holds
 

@@ -12,7 +12,7 @@ from _audit_compare import count_numbers, differences
 from planted import Branches
 
 N = 70
-OPTIONS = dict(samples=6, permutation_repeats=3, device="cpu", seed=3)
+OPTIONS = dict(tensorization=True, samples=6, permutation_repeats=3, device="cpu", seed=3)
 
 
 def _data(batch: int) -> list[tuple]:
