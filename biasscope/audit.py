@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._audit_insight import check_data, check_sites, explain_step, probe_step
 from ._audit_state import EntropyState
 from ._audit_summary import Evidence, summarise
 from ._batch import Batch, OutputSpec, call_model, split_batch
@@ -169,6 +170,7 @@ def audit(
     output: OutputSpec | None = None,
     thresholds: Thresholds | None = None,
     progress: Progress | None = None,
+    tokenizer: Any | None = None,
     **overrides: Any,
 ) -> AuditResult:
     """Audit how much ``model`` depends on each modality.
@@ -183,6 +185,8 @@ def audit(
         output: which entry of the model's output holds the logits.
         thresholds: the verdict thresholds (:class:`~biasscope.verdict.Thresholds`).
         progress: ``progress(stage, done, total, info)`` for a progress display.
+        tokenizer: decodes token ids in the attributions (``convert_ids_to_tokens`` or
+            ``decode``); without it tokens are shown as ids.
     Raises:
         ModelOutputError: the output cannot be the logits of the label classes (its width
             changes with the batch size, is below the label range, or its accuracy is below
@@ -196,11 +200,13 @@ def audit(
     batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
     validate_modalities(batches[0], modalities)
     labelled = _usable_labels(batches)
+    checked = check_data(batches, modalities)
 
     with on_device(model, dev):
         report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
         sigmas = representation_std(model, (b.to(dev) for b in batches), modalities, output)
         report("scale", 1, 1, {})
+        checked += check_sites(sigmas, modalities)
         _, check = _clean_predictions(model, batches, output, dev, report)
         early = _output_diagnostics(check, options.check_output)
         state = EntropyState(
@@ -214,13 +220,18 @@ def audit(
             state.update(batch.to(dev))
             report("entropy", i + 1, len(batches), {})
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
+        insight = dict(options=options, device=dev, output=output, report=report)
+        probes = probe_step(model, batches, modalities, permutation=permutation, labelled=labelled, **insight)
         values = state.values()
+        attributions = explain_step(model, batches, modalities, {k: v["functional_entropy"] for k, v in values.per_modality.items()},
+                                    tokenizer=tokenizer, **insight)
         labels = torch.cat([b.label for b in batches]).numpy() if labelled else None
         evidence = Evidence(
             labels=labels, permutation=permutation, shapley=shapley,
             settings=_settings(options, dev, thresholds, modalities, labelled),
             provenance={"versions": {"biasscope": __version__, "torch": torch.__version__}},
-            thresholds=thresholds, seed=options.seed, early_diagnostics=early,
+            thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early],
+            probes=probes, attributions=attributions,
         )
         return summarise(modalities, values, evidence,
                          candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))

@@ -101,8 +101,14 @@ def _est(d: dict[str, Any]) -> Estimate:
     return Estimate(*(math.nan if d[k] is None else float(d[k]) for k in ("mean", "ci_low", "ci_high")))
 
 
+#: derived keys written beside a probe's fields in audit.json (for JSON readers)
+DERIVED = ("informative", "available", "used")
+
+
 def probe_from_dict(d: dict[str, Any]) -> ProbeResult:
-    """The inverse of ``dataclasses.asdict`` (after a JSON round trip: None for nan)."""
+    """The inverse of ``dataclasses.asdict`` (after a JSON round trip: None for nan; the
+    derived keys ignored)."""
+    d = {k: v for k, v in d.items() if k not in DERIVED}
     return ProbeResult(**{
         **d, "accuracy": _est(d["accuracy"]), "model_accuracy_permuted": _est(d["model_accuracy_permuted"]),
     })

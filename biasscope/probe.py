@@ -42,6 +42,7 @@ __all__ = [
     "ProbeResult",
     "probe_modalities",
     "probe_diagnostics",
+    "probe_clauses",
     "uninformative_warnings",
     "wilson_interval",
 ]
@@ -269,6 +270,22 @@ def probe_diagnostics(probes: Sequence[ProbeResult], verdicts: Mapping[str, str]
                 f"Consider `fix` to make the model use more of {name}.",
                 p.modality,
             ))
+    return out
+
+
+def probe_clauses(probes: Sequence[ProbeResult], verdicts: Mapping[str, str]) -> dict[str, str]:
+    """For the verdict sentence: per modality the model does not use, what its probe says,
+    as a predicate ("alone predicts the label at 85% (chance 25%): information left unused"
+    or "carries no label information (probe at chance): ignoring it is right")."""
+    out = {}
+    for p in probes:
+        if verdicts.get(p.modality) not in NOT_USED:
+            continue
+        if p.informative:
+            out[p.modality] = (f"alone predicts the label at {_pct(p.accuracy.mean)} (chance "
+                               f"{_pct(p.chance)}): information left unused")
+        else:
+            out[p.modality] = "carries no label information (probe at chance): ignoring it is right"
     return out
 
 
