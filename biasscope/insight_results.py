@@ -78,6 +78,8 @@ class Attribution:
             difference to the baseline); None for feature ablation.
         selected: why the example was chosen (``"highest"`` or ``"lowest"`` functional
             entropy, from :func:`~biasscope.explain.choose_examples`), or None.
+        image: for an image-like input site, the example itself as H x W x 3 values in
+            [0, 1] (min-max scaled; grey repeated), drawn under the heatmap; else None.
     """
 
     modality: str
@@ -91,6 +93,7 @@ class Attribution:
     tokens: list[str] | None = None
     convergence_delta: float | None = None
     selected: str | None = None
+    image: list[Any] | None = None
 
     @property
     def array(self) -> np.ndarray:
