@@ -174,6 +174,14 @@ class FixReport:
         return written
 
 
+def _uninformative(before: AuditResult) -> list:
+    """``push_uninformative`` warnings: modalities whose probe (in the before-audit) is at
+    chance, which the fix would push the model to depend on."""
+    from .probe import uninformative_warnings
+
+    return uninformative_warnings(before.probes)
+
+
 def _model_dest(out: Path, loaded: LoadedModel) -> Path:
     return out / "model" if loaded.kind == "hf" else out / f"model{loaded.path.suffix or '.pt'}"
 
@@ -222,6 +230,9 @@ def fix_and_audit(
     kw.update(output=output, thresholds=thresholds, progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
     _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     before = audit(loaded.module, audited, modalities, **kw)
+    pushed = _uninformative(before)
+    if pushed:  # before training: the user may stop a fix that would push noise
+        report("warnings", 1, 1, {"diagnostics": pushed})
     _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     try:
         result = fix(loaded.module, data, modalities, val_data=val_data, options=opts, output=output,
@@ -239,6 +250,6 @@ def fix_and_audit(
         after,
         provenance={**after.provenance, **common, "model": _model_info(model_path, loaded.kind),
                     "input_model": source, "fix": _fix_summary(result)},
-        diagnostics=[*after.diagnostics, *result.diagnostics],
+        diagnostics=[*after.diagnostics, *pushed, *result.diagnostics],
     )
     return FixReport(before, after, result, model_path, _guard_gates(result))
