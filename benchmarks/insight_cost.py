@@ -12,6 +12,11 @@ and prints each as a fraction of the audit's time, then the probe's findings on 
 validation split and on decorrelated test data (random colours).
 
     python benchmarks/insight_cost.py [--samples 32] [--examples 1000] [--explain 3]
+    python benchmarks/insight_cost.py --whole [--repeats 2]
+
+``--whole`` times the whole ``audit()`` at its default options with the probe and the
+attributions on (the default), off, and each alone, interleaved ``--repeats`` times, and
+prints each configuration's median and its extra time as a fraction of the plain audit.
 """
 
 from __future__ import annotations
@@ -40,17 +45,39 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def whole(model, val, args) -> None:
+    """The whole audit, default options, with and without the probe / attributions."""
+    configs = {"plain (probe off, explain 0)": dict(probe=False, explain=0),
+               "probe only": dict(probe=True, explain=0),
+               f"explain {args.explain} only": dict(probe=False, explain=args.explain),
+               f"default (probe + explain {args.explain})": dict(probe=True, explain=args.explain)}
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(args.repeats):
+        for label, extra in configs.items():
+            times[label].append(_timed(lambda: audit(model, val, MODS, seed=args.seed, device="cpu", **extra))[1])
+    base = sorted(times["plain (probe off, explain 0)"])[len(times["plain (probe off, explain 0)"]) // 2]
+    print(f"whole audit, default options, {args.examples} examples, 3 modalities ({args.repeats} runs each):")
+    for label, ts in times.items():
+        median = sorted(ts)[len(ts) // 2]
+        print(f"  {label:<34} median {median:6.2f} s (runs {', '.join(f'{t:.2f}' for t in ts)})"
+              f"  extra {100 * (median - base) / base:+5.1f}% of the plain audit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--explain", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole", action="store_true", help="time the whole audit with and without")
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     train = three_modality_digits("train", n=3000, seed=args.seed)
     model = train_plain(ThreeModalityNet(seed=args.seed), train, epochs=10, seed=args.seed).eval()
     val = batches_of(three_modality_digits("val", n=args.examples, seed=args.seed))
+    if args.whole:
+        return whole(model, val, args)
     result, t_audit = _timed(lambda: audit(model, val, MODS, samples=args.samples, seed=args.seed, device="cpu"))
     batches = collect_batches(val)
     dev = torch.device("cpu")
