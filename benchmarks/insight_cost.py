@@ -45,6 +45,22 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def _stages(model, val, args) -> None:
+    """Within single default audits (same load on the machine): the probe's and the
+    attributions' share of the audit's wall time, from the progress callback's clock."""
+    for run in range(args.repeats):
+        marks: list[tuple[str, int, float]] = []
+        start = time.perf_counter()
+        audit(model, val, MODS, seed=args.seed, device="cpu", explain=args.explain,
+              progress=lambda stage, done, total, info: marks.append((stage, done, time.perf_counter())))
+        total = time.perf_counter() - start
+        probe = [t for s, _, t in marks if s == "probe"]
+        explain_end = max(t for s, _, t in marks if s == "explain")
+        t_probe, t_explain = probe[-1] - probe[0], explain_end - probe[-1]
+        print(f"  in-audit run {run + 1}: audit {total:.2f} s; probe {t_probe:.2f} s ({100 * t_probe / total:.1f}%),"
+              f" explain {args.explain}: {t_explain:.2f} s ({100 * t_explain / total:.1f}%)")
+
+
 def whole(model, val, args) -> None:
     """The whole audit, default options, with and without the probe / attributions."""
     configs = {"plain (probe off, explain 0)": dict(probe=False, explain=0),
@@ -55,6 +71,7 @@ def whole(model, val, args) -> None:
     for _ in range(args.repeats):
         for label, extra in configs.items():
             times[label].append(_timed(lambda: audit(model, val, MODS, seed=args.seed, device="cpu", **extra))[1])
+    _stages(model, val, args)
     base = min(times["plain (probe off, explain 0)"])  # the fastest run: least disturbed by load
     print(f"whole audit, default options, {args.examples} examples, 3 modalities ({args.repeats} runs each):")
     for label, ts in times.items():
