@@ -12,6 +12,7 @@ point and raises; torchrun's agent stops the group when a rank exits with an err
 
 from __future__ import annotations
 
+import atexit
 import os
 import traceback
 from collections.abc import Iterator
@@ -33,12 +34,15 @@ __all__ = [
     "gather_rows",
     "is_distributed",
     "is_writer",
+    "join_group",
     "process_group",
+    "rank",
     "rank_device",
     "shard",
     "shard_bounds",
     "sync_point",
     "torchrun_env",
+    "world_size",
 ]
 
 #: how long a collective waits for the other ranks before failing (a rank stuck in a model
@@ -81,6 +85,16 @@ def _world() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def rank() -> int:
+    """This process's rank in the group (0 in a single process)."""
+    return _rank()
+
+
+def world_size() -> int:
+    """The number of processes in the group (1 in a single process)."""
+    return _world()
+
+
 def is_writer() -> bool:
     """Whether this process writes outputs: rank 0, or the only process."""
     return _rank() == 0
@@ -117,6 +131,29 @@ def process_group(
     try:
         yield env
     finally:
+        dist.destroy_process_group()
+
+
+def join_group(*, device: str | torch.device = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> RankEnv:
+    """Join the torchrun group (NCCL on CUDA, gloo on CPU) for the rest of the process, as
+    the library's entry points (fix, fix_and_audit) do: a no-op outside torchrun, at world
+    size 1, or when a group exists already. The group is left at exit. Unlike leaving and
+    re-joining per call (:func:`process_group`), repeated calls never re-run the rendezvous,
+    which races with the previous group's store when one script calls fix twice."""
+    env = torchrun_env()
+    if env is None or env.world_size == 1 or (dist.is_available() and dist.is_initialized()):
+        return RankEnv(_rank(), _world(), env.local_rank if env else 0)
+    dev = rank_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    atexit.register(_leave_group)
+    return env
+
+
+def _leave_group() -> None:
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

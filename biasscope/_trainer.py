@@ -6,7 +6,7 @@ for exact resume."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -86,6 +86,11 @@ class Trainer:
         self.best: dict[str, Any] = {"step": None, "metric": None, "state": None, "waited": 0}
         self.stopped_early = False
         self.held: list[Batch] = []
+        # under torchrun (world size > 1): the step's update and the ranks' agreement on
+        # numbers that steer the run (set by biasscope._ddp.DistributedUpdate)
+        self.distributed: Any = None
+        self.agree: Callable[[dict[str, float]], dict[str, float]] | None = None
+        self.agree_scores: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
 
     def autocast(self):
         if self.options.amp:
@@ -118,6 +123,8 @@ class Trainer:
             self.model, self.held, self.modalities, device=self.device, output=self.output,
             repeats=o.reliance_repeats, seed=o.seed + 2,
         )
+        if self.agree is not None:  # the same target on every rank
+            reliance = self.agree(reliance)
         relied = max(reliance, key=reliance.get)
         names = [m.name for m in self.modalities]
         if o.augment in names:
@@ -132,7 +139,7 @@ class Trainer:
         }
         self._make_guard()
         if self.val is not None:
-            self.guard.begin(self._measure(), _cpu_state(self.model))
+            self.guard.begin(self._agreed(self._measure()), _cpu_state(self.model))
 
     def _make_guard(self) -> None:
         o, t = self.options, self.target
@@ -161,7 +168,8 @@ class Trainer:
             term, scores = torch.zeros((), device=self.device), {}
         target = self.target["modality"]
         if self.moddrop.active and per_step:
-            target = max(scores, key=lambda k: float(scores[k].detach()))
+            ranked = scores if self.agree_scores is None else self.agree_scores(scores)
+            target = max(ranked, key=lambda k: float(ranked[k].detach()))
         transforms = self.moddrop.transforms(b, target, self.aug_generator) if target else {}
         with intervene(self.model, b, transforms) as bb:
             ce = F.cross_entropy(call_model(self.model, bb, self.output).float(), b.label)
@@ -170,7 +178,25 @@ class Trainer:
         return ce, term, scores, target if transforms else None, lam_now
 
     def step(self, batch: Batch, epoch: int, index: int, last: bool) -> dict[str, Any]:
-        """One optimisation step on ``batch``, then validation when due; returns its record."""
+        """One optimisation step on ``batch``, then validation when due; returns its record.
+        Under torchrun ``batch`` is the global batch and each rank trains on its shard."""
+        o = self.options
+        if self.distributed is not None:
+            record = self.distributed.update(batch)
+            record = {"step": record.pop("step"), "epoch": epoch, **record}
+        else:
+            record = self._update(batch, epoch)
+        self.step_count += 1
+        self.position = (epoch + 1, 0) if last else (epoch, index + 1)
+        due = o.eval_every is not None and self.step_count % o.eval_every == 0
+        ends = o.max_steps is not None and self.step_count >= o.max_steps
+        if self.val is not None and (due or (o.eval_every is None and (last or ends))):
+            record.update(self.validate())
+        self.history.append(record)
+        return record
+
+    def _update(self, batch: Batch, epoch: int) -> dict[str, Any]:
+        """Forward, backward and optimizer step on ``batch`` in one process; its record."""
         o = self.options
         b = batch.to(self.device)
         if b.label is None:
@@ -195,13 +221,6 @@ class Trainer:
             self.scaler.update()
         else:
             record["skipped"] = True  # a non-finite loss: no update
-        self.step_count += 1
-        self.position = (epoch + 1, 0) if last else (epoch, index + 1)
-        due = o.eval_every is not None and self.step_count % o.eval_every == 0
-        ends = o.max_steps is not None and self.step_count >= o.max_steps
-        if self.val is not None and (due or (o.eval_every is None and (last or ends))):
-            record.update(self.validate())
-        self.history.append(record)
         return record
 
     # -- validation -----------------------------------------------------------------------
@@ -212,11 +231,15 @@ class Trainer:
             output=self.output, seed=self.options.seed + 3,
         )
 
+    def _agreed(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Rank 0's metrics on every rank under torchrun (the same decisions everywhere)."""
+        return metrics if self.agree is None else self.agree(metrics)
+
     def validate(self) -> dict[str, float]:
         """Validation loss, accuracy and decorrelated proxy; updates the best weights, early
         stopping and the guard."""
         o = self.options
-        metrics = self._measure()
+        metrics = self._agreed(self._measure())
         best, value = self.best, metrics[o.monitor]
         if best["metric"] is None:
             better = True

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .errors import ModelOutputError
 from .results import Diagnostic, ModalityResult, ShapleyValues
-from .verdict import Reliance, Thresholds, disagreements, reliance_shares
+from .verdict import Reliance, Thresholds, disagreements, reliance_shares, too_noisy
 
 __all__ = [
     "OutputCheck",
@@ -105,6 +105,36 @@ def _reliance_diagnostic(reliance: Reliance, labelled: bool) -> list[Diagnostic]
     )]
 
 
+def _too_noisy(modalities: Sequence[ModalityResult], names: Sequence[str]) -> list[Diagnostic]:
+    """One warning naming the modalities whose reliance is too noisy to tell."""
+    if not names:
+        return []
+    from .options import AuditOptions
+
+    by_name = {m.name: m for m in modalities}
+    repeats = by_name[names[0]].permutation.repeats
+    intervals = "; ".join(
+        f"`{n}`: {e.mean:.3g} nats [{e.ci_low:.3g}, {e.ci_high:.3g}]"
+        for n in names for e in (by_name[n].permutation.loss_increase,)
+    )
+    return [Diagnostic(
+        "reliance_too_noisy", "warning",
+        f"The permutation loss-increase interval over {repeats} shuffles is too wide to tell "
+        f"whether the model relies on {_names(names)} ({intervals}): it reaches both 0 and a "
+        "non-negligible increase. Reliance is not measured there, so "
+        f"{'that modality is' if len(names) == 1 else 'those modalities are'} not called "
+        "ignored or unused; the level (weak/ok/dominant) rests on the mean increase alone.",
+        f"Raise `permutation_repeats` (it was {repeats}; "
+        f"{max(AuditOptions().permutation_repeats, 2 * repeats)} or more narrows the interval).",
+        names[0] if len(names) == 1 else None,
+    )]
+
+
+def _names(names: Sequence[str]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
 def _exactly_zero(m: ModalityResult, shapley: Sequence[ShapleyValues]) -> bool:
     fe = m.functional_entropy
     if (fe.mean, fe.ci_high) != (0.0, 0.0) or any(m.per_example.get("functional_entropy", [0.0])):
@@ -172,6 +202,8 @@ def audit_diagnostics(
 ) -> list[Diagnostic]:
     """Every diagnostic the measured values call for, whole-audit ones first."""
     out = _reliance_diagnostic(reliance, labelled)
+    if reliance.measurable:
+        out += _too_noisy(modalities, too_noisy(modalities, thresholds))
     rel = reliance_shares(modalities) if reliance.measurable else None
     disagree = disagreements(modalities, thresholds) if rel is not None else {}
     for m in modalities:

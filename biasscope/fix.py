@@ -24,7 +24,9 @@ from torch import nn
 
 from ._batch import OutputSpec
 from ._checkpoint import CHECKPOINT_NAME, CheckpointStore
+from ._ddp import DistributedUpdate
 from ._device import model_device, resolve_device
+from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, rank_device, sync_point, world_size
 from ._fixdata import TrainingData, with_last
 from ._trainer import Trainer
 from .errors import ConfigError
@@ -133,7 +135,7 @@ def _check(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, 
         )
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir (where the checkpoint was written).")
-    dev = resolve_device(options.device)
+    dev = rank_device(options.device) if is_distributed() else resolve_device(options.device)
     if dev.type == "cuda" and dev.index is None:  # one explicit device for models and generators
         dev = torch.device("cuda", torch.cuda.current_device())
     if options.amp and dev.type != "cuda":
@@ -159,6 +161,31 @@ def _resume(trainer: Trainer, store: CheckpointStore, settings: dict[str, Any]) 
             f"({', '.join(changed)}); resume with the same settings or resume=False."
         )
     trainer.load_state_dict(state["trainer"])
+
+
+def _found_checkpoint(store: CheckpointStore) -> bool:
+    """Whether the checkpoint exists; under torchrun every rank must see it (it is read by
+    every rank; rank 0 wrote it)."""
+    found = store.exists()
+    if is_distributed():
+        seen = int(all_reduce_sum(torch.tensor([int(found)], dtype=torch.int64)))
+        if 0 < seen < world_size():
+            raise ConfigError(
+                f"Only {seen} of the {world_size()} processes see the checkpoint in {store.folder}: "
+                "with several machines, checkpoint_dir must be on storage every machine reads."
+            )
+        found = seen > 0
+    return found
+
+
+def _save(store: CheckpointStore | None, trainer: Trainer, settings: dict[str, Any], every: int) -> None:
+    """Write the checkpoint when due: rank 0 writes, every rank waits for it (an error on
+    rank 0 surfaces on all)."""
+    if store is None or trainer.step_count % every != 0:
+        return
+    with sync_point("checkpoint"):
+        if is_writer():
+            store.save({"settings": settings, "trainer": trainer.state_dict()})
 
 
 def _result(trainer: Trainer, settings, store, home, *, interrupted: bool) -> FixResult:
@@ -251,7 +278,13 @@ def fix(
         FixInterrupted: on Ctrl-C, carrying the partial result; the last checkpoint is usable.
     """
     opts = resolve_fix_options(options, overrides)
-    modalities = list(modalities)
+    join_group(device=opts.device)  # under torchrun: DDP over the group (a no-op otherwise)
+    return _fix(model, data, list(modalities), val_data=val_data, opts=opts, output=output,
+                checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+
+
+def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, resume, progress) -> FixResult:
+    """:func:`fix` with resolved options, inside the process group (if any)."""
     dev = _check(opts, modalities, checkpoint_dir, resume)
     settings = _settings(opts, modalities)
     store = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
@@ -260,15 +293,19 @@ def fix(
     trainer = Trainer(work, modalities, opts, device=dev, output=output or OutputSpec(), val_data=val_data)
     batches = TrainingData(data, label_key=opts.label_key, seed=opts.seed, shuffle=opts.shuffle)
     total = opts.max_steps or opts.epochs * batches.steps_per_epoch
-    report = progress or (lambda stage, done, total, info: None)
+    report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(opts.seed)
         first = list(islice(batches.epoch(0), opts.calibration_batches))
-        if resume and store.exists():
-            _resume(trainer, store, settings)
+        if resume and _found_checkpoint(store):
+            with sync_point("resume"):
+                _resume(trainer, store, settings)
         try:
-            trainer.calibrate(first)
-            trainer.choose_target(first)
+            if is_distributed():
+                DistributedUpdate(trainer)
+            with sync_point("calibration"):  # every rank on the whole batches: the same lambda
+                trainer.calibrate(first)
+            trainer.choose_target(first)  # replicated too; rank 0's reliance decides
             start_epoch, start_index = trainer.position
             for epoch in range(start_epoch, opts.epochs):
                 if trainer.done:
@@ -278,8 +315,7 @@ def fix(
                         continue
                     record = trainer.step(batch, epoch, index, last)
                     report("fix", record["step"], total, dict(record))
-                    if store is not None and trainer.step_count % opts.checkpoint_every == 0:
-                        store.save({"settings": settings, "trainer": trainer.state_dict()})
+                    _save(store, trainer, settings, opts.checkpoint_every)
                     if trainer.done:
                         break
         except KeyboardInterrupt as exc:

@@ -128,7 +128,8 @@ class AuditOptions:
         label_key: key of the label in dict batches; None for unlabelled data.
         limit: use at most this many examples.
         max_rows: the largest expanded batch (examples x samples) run at once, or ``"auto"``.
-        permutation_repeats: R shuffles per modality for the permutation score (0 skips).
+        permutation_repeats: R shuffles per modality for the permutation score (0 skips; at least
+            2; below the default the verdict often reports ``reliance_too_noisy``).
         shapley: also compute exact modality Shapley values (needs labels).
         tensorization: also run the joint-perturbation (tensorization) check.
         check_output: refuse outputs that cannot be logits of the label classes.
@@ -219,7 +220,7 @@ class FixOptions:
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
-    lambda_: float | str = "auto"
+    lambda_: float | str = 0.0
     target_ratio: float = 1.0
     calibration: str = "gradient"
     calibration_batches: int = 4

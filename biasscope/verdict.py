@@ -18,6 +18,12 @@ modalities, a *relative* share is M x the share, so 1.0 is a uniform share.
   R = 10). Otherwise (a model at
   chance, e.g. random labels or the wrong label column) the verdict rests on sensitivity
   alone and says so.
+- A modality's reliance is *too noisy to tell* when its loss-increase interval can tell the
+  increase neither from 0 (its lower end is <= 0) nor from a share that would not be
+  negligible: its upper end reaches ``ignored`` / M of the summed (positive) mean increases,
+  the smallest reliance a modality must carry not to be ignored. Few repeats make the
+  Student-t interval that wide (its critical value is 12.7 at R = 2), and then "not relied
+  upon" would rest on an interval, not on evidence.
 
 Then, with reliance measurable:
 
@@ -25,7 +31,10 @@ Then, with reliance measurable:
 - ``unused``: noise in it moves the output, but it is not relied upon (read, not used for
   the predictions);
 
-without it: ``ignored`` when the output does not depend on it. The top-level ``ignored``
+without it: ``ignored`` when the output does not depend on it. A modality whose reliance is
+too noisy to tell is neither: reliance not measured is not reliance zero (its shuffles do
+move the loss, or the interval would be narrow), so it counts among the used modalities
+below, graded on the mean increase, and the ``reliance_too_noisy`` diagnostic says so. The top-level ``ignored``
 list holds both levels. Among the U modalities left (the used ones), with shares taken
 among themselves:
 
@@ -56,6 +65,8 @@ __all__ = [
     "Reliance",
     "reliance_shares",
     "relied_upon",
+    "reliance_too_noisy",
+    "too_noisy",
     "reliance_status",
     "shares_disagree",
     "disagreements",
@@ -149,6 +160,25 @@ def relied_upon(score: PermutationScore | None, *, strict: bool = False) -> bool
     return e.mean > critical * sd * math.sqrt(1 + 1 / score.repeats)
 
 
+def reliance_too_noisy(score: PermutationScore | None, reference: float) -> bool:
+    """Whether the loss-increase interval is too wide to tell: it reaches 0 and also
+    ``reference`` (> 0), the smallest increase that would not be negligible."""
+    if score is None or not reference > 0:
+        return False
+    e = score.loss_increase
+    return e.ci_low <= 0 and e.ci_high >= reference  # False for nan bounds
+
+
+def too_noisy(modalities: Sequence[ModalityResult], thresholds: Thresholds = Thresholds()) -> list[str]:
+    """The modalities whose reliance is too noisy to tell (see the module docstring): the
+    reference increase is ``thresholds.ignored`` / M x the summed positive mean increases."""
+    if not modalities or any(m.permutation is None for m in modalities):
+        return []
+    total = sum(max(_finite(m.permutation.loss_increase.mean), 0.0) for m in modalities)
+    reference = thresholds.ignored / len(modalities) * total
+    return [m.name for m in modalities if reliance_too_noisy(m.permutation, reference)]
+
+
 def reliance_status(
     modalities: Sequence[ModalityResult],
     *,
@@ -223,9 +253,10 @@ def modality_verdicts(
     if reliance is None:
         reliance = Reliance(rel is not None and any(relied_upon(m.permutation) for m in modalities))
     measurable = reliance.measurable and rel is not None
+    noisy = set(too_noisy(modalities, thresholds)) if measurable else set()
     out: dict[str, str] = {}
     for m in modalities:
-        if measurable and not relied_upon(m.permutation):
+        if measurable and m.name not in noisy and not relied_upon(m.permutation):
             out[m.name] = "ignored" if _quiet(m, n, thresholds) else "unused"
         elif not measurable and _quiet(m, n, thresholds):
             out[m.name] = "ignored"

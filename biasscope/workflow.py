@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batch import OutputSpec
+from ._distributed import is_writer, join_group, sync_point
 from ._files import write_atomic, write_outputs
 from ._sources import fingerprint
 from .audit import audit
@@ -52,7 +53,19 @@ def check_output_folder(out: str | Path, model_path: str | Path) -> Path:
 
 
 def _status(out: Path, lines: list[str]) -> None:
-    write_atomic(out / STATUS_NAME, "\n".join(lines) + "\n")
+    if is_writer():  # under torchrun rank 0 alone writes
+        write_atomic(out / STATUS_NAME, "\n".join(lines) + "\n")
+
+
+def _audit_on_writer(stage: str, model: Any, data: Any, modalities: Sequence[Modality], kw: dict) -> AuditResult | None:
+    """The audit, run by rank 0 alone under torchrun (None on the other ranks, which wait at
+    the sync point; an error on rank 0 surfaces on all of them).
+
+    Hook: once :func:`audit` shards its examples across the ranks itself (issue #13, item 2),
+    call it on every rank here and for the fixed model in :func:`_fix_and_audit` (and keep
+    the writes on rank 0)."""
+    with sync_point(stage):
+        return audit(model, data, modalities, **kw) if is_writer() else None
 
 
 def _versions() -> dict[str, str]:
@@ -112,11 +125,14 @@ def _guard_gates(result: FixResult) -> list[Gate] | None:
 class FixReport:
     """What :func:`fix_and_audit` returns: the two audits, the fix result, the written model."""
 
-    before: AuditResult
-    after: AuditResult
+    before: AuditResult | None
+    after: AuditResult | None
     fix: FixResult
     model_path: Path
     gates: list[Gate] | None = None
+    #: whether this process writes the report: False on the ranks > 0 of a torchrun group,
+    #: whose report has no audits (``before``/``after`` None) and whose ``write`` does nothing
+    writer: bool = True
 
     @property
     def guard_tripped(self) -> bool:
@@ -166,6 +182,8 @@ class FixReport:
     def write(self, out: str | Path, *, plotlyjs: str = "inline") -> dict[str, Path]:
         """Write the reports into ``out`` as one unit (with a manifest) and remove the folder's
         ``STATUS`` file (which says what is missing while a run is unfinished)."""
+        if not self.writer:
+            return {}
         out = Path(out)
         run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps,
                "guard_tripped": self.guard_tripped}
@@ -221,7 +239,22 @@ def fix_and_audit(
     """
     opts = resolve_fix_options(options, overrides)
     out = check_output_folder(out, loaded.path)
-    out.mkdir(parents=True, exist_ok=True)
+    join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
+    return _fix_and_audit(
+        loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,
+        output=output, thresholds=thresholds, resume=resume, provenance=provenance,
+        resume_hint=resume_hint, progress=progress,
+    )
+
+
+def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequence[Modality], *, out: Path,
+                   val_data: Iterable[Any] | None, opts: FixOptions, audit_options: dict[str, Any] | None,
+                   output: OutputSpec | None, thresholds: Any, resume: bool, provenance: dict[str, Any] | None,
+                   resume_hint: str, progress: Progress | None) -> FixReport:
+    """:func:`fix_and_audit` inside the process group (if any): every rank trains, rank 0
+    alone audits and writes."""
+    if is_writer():
+        out.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda stage, done, total, info: None)
     audited = val_data if val_data is not None else data
     if not isinstance(audited, (list, tuple)):
@@ -229,8 +262,8 @@ def fix_and_audit(
     kw = {"seed": opts.seed, "device": opts.device, "label_key": opts.label_key, **(audit_options or {})}
     kw.update(output=output, thresholds=thresholds, progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
     _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
-    before = audit(loaded.module, audited, modalities, **kw)
-    pushed = _uninformative(before)
+    before = _audit_on_writer("the audit of the input model", loaded.module, audited, modalities, kw)
+    pushed = _uninformative(before) if before is not None else []
     if pushed:  # before training: the user may stop a fix that would push noise
         report("warnings", 1, 1, {"diagnostics": pushed})
     _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
@@ -240,9 +273,14 @@ def fix_and_audit(
     except FixInterrupted as exc:
         _status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
         raise
-    model_path = save_model(loaded, result.model, _model_dest(out, loaded))
-    _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
-    after = audit(result.model, audited, modalities, **kw)
+    with sync_point("the audit of the fixed model"):  # rank 0 saves and audits; the others wait
+        model_path = _model_dest(out, loaded)
+        if is_writer():
+            model_path = save_model(loaded, result.model, model_path)
+            _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+            after = audit(result.model, audited, modalities, **kw)  # see _audit_on_writer's hook
+    if not is_writer():
+        return FixReport(None, None, result, model_path, _guard_gates(result), writer=False)
     common = {**(provenance or {}), "versions": _versions()}
     source = _model_info(loaded.path, loaded.kind)
     before = dataclasses.replace(before, provenance={**before.provenance, **common, "model": source})

@@ -42,7 +42,7 @@ def batches(n: int = 64, size: int = 16, seed: int = 0) -> list[dict[str, torch.
     ]
 
 
-FAST = dict(samples=3, seed=4, lr=1e-2, device="cpu")
+FAST = dict(samples=3, seed=4, lr=1e-2, device="cpu", lambda_="auto")  # the regularizer on
 
 
 def same_parameters(m1: nn.Module, m2: nn.Module) -> bool:

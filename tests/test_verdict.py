@@ -6,12 +6,15 @@ import pytest
 
 from biasscope import ConfigError, Estimate, ModalityResult, Thresholds
 from biasscope.results import PermutationScore
+from biasscope.diagnostics import audit_diagnostics
 from biasscope.verdict import (
     Reliance,
     modality_verdicts,
     relied_upon,
     reliance_status,
+    reliance_too_noisy,
     shares_disagree,
+    too_noisy,
     verdict_sentence,
 )
 
@@ -21,9 +24,9 @@ def _perm(drop, spread=0.01, repeats=10):
     return PermutationScore(d, d, d, repeats=repeats)
 
 
-def _mod(name, fe, *, low=None, drop=None, spread=0.01):
+def _mod(name, fe, *, low=None, drop=None, spread=0.01, repeats=10):
     est = Estimate(fe, fe * 0.9 if low is None else low, fe * 1.1)
-    perm = None if drop is None else _perm(drop, spread)
+    perm = None if drop is None else _perm(drop, spread, repeats)
     return ModalityResult(name, f"input:{name}", est, est, est, est, share=0.0, per_class={}, per_example={}, permutation=perm)
 
 
@@ -133,3 +136,51 @@ def test_thresholds_are_configurable():
     # weak rests on reliance when it is measurable: low sensitivity alone is not weak
     assert _verdicts([_mod("a", 0.99, drop=0.5), _mod("b", 0.01, drop=0.5)])["b"] == "ok"
     assert Reliance(False, "x.").note == "Reliance not measurable: x."
+
+
+def test_an_interval_too_wide_to_tell_is_not_zero_reliance():
+    # R = 2: t = 12.7 makes [0.3 - 0.5, 0.3 + 0.5] reach both 0 and the reference 0.05
+    wide = _perm(0.3, spread=0.5, repeats=2)
+    assert not relied_upon(wide) and reliance_too_noisy(wide, 0.05)
+    assert not reliance_too_noisy(_perm(0.01, spread=0.02, repeats=2), 0.05)  # below the reference: negligible
+    assert not reliance_too_noisy(_perm(0.3, spread=0.01), 0.05)  # relied upon
+    assert not reliance_too_noisy(wide, 0.0) and not reliance_too_noisy(None, 0.05)
+    mods = [_mod("a", 0.7, drop=1.0, spread=0.05, repeats=2), _mod("b", 0.3, drop=0.3, spread=0.5, repeats=2)]
+    # reference: ignored / M x summed increase = 0.1 / 2 x 1.3 = 0.065 <= 0.8
+    assert too_noisy(mods) == ["b"]
+    measurable = Reliance(True)
+    # b's relative reliance share 2 x 0.3 / 1.3 = 0.46 < weak: weak, never unused
+    assert _verdicts(mods, reliance=measurable) == {"a": "dominant", "b": "weak"}
+    codes = {d.code: d for d in audit_diagnostics(mods, reliance=measurable, labelled=True)}
+    noisy = codes["reliance_too_noisy"]
+    assert noisy.severity == "warning" and noisy.modality == "b" and "2 shuffles" in noisy.message
+    assert "`permutation_repeats`" in noisy.fix and "10 or more" in noisy.fix
+    # the same means over a narrow interval: b is measured, not relied upon, and unused
+    narrow = [_mod("a", 0.7, drop=1.0, spread=0.05), _mod("b", 0.3, drop=0.03, spread=0.02)]
+    assert too_noisy(narrow) == [] and _verdicts(narrow, reliance=measurable)["b"] == "unused"
+    assert "reliance_too_noisy" not in {d.code for d in audit_diagnostics(narrow, reliance=measurable, labelled=True)}
+    # without measurable reliance nothing is "too noisy": the verdict rests on sensitivity anyway
+    assert "reliance_too_noisy" not in {d.code for d in audit_diagnostics(mods, reliance=Reliance(False, "x."),
+                                                                         labelled=True)}
+
+
+def test_a_quarter_accuracy_drop_is_never_lost_at_two_repeats():
+    # a planted late fusion: shuffling m1 costs ~0.27 accuracy (labels = the model's
+    # predictions), m0 ~0.65; with R = 2 shuffles the t-interval (12.7 x sd / sqrt 2) often
+    # reaches 0, which alone used to make m1 "unused"
+    import torch
+
+    import biasscope as bs
+    from zoo import fusion_case
+
+    torch.set_num_threads(1)
+    model, data, mods, _ = fusion_case((5, 5), (1.0, 0.4), tied=True)()
+    results = [bs.audit(model, data, mods, samples=4, permutation_repeats=2, seed=seed, shapley=False,
+                        tensorization=False, probe=False, explain=0, device="cpu") for seed in range(20)]
+    drops = [r.modalities[1].permutation.accuracy_drop.mean for r in results]
+    assert 0.2 < sum(drops) / len(drops) < 0.35
+    assert all(r.modalities[1].verdict not in ("ignored", "unused") for r in results)
+    assert all(r.modalities[0].verdict not in ("ignored", "unused") for r in results)
+    # the rule is what keeps it: in some seeds m1 is not relied upon and is too noisy to tell
+    saved = [r for r in results if not relied_upon(r.modalities[1].permutation)]
+    assert saved and all("reliance_too_noisy" in {d.code for d in r.diagnostics} for r in saved)
