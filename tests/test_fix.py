@@ -150,7 +150,7 @@ def test_auto_lambda_is_calibrated_and_reported():
     assert cal is not None and cal["lambda"] == result.lambda_value > 0
     assert cal["gradient_ratio"] == pytest.approx(0.3, rel=1e-6)
     assert all(h["lambda"] == result.lambda_value for h in result.history)
-    fixed = fix(GatedNet(), batches(), MODS, max_steps=2, lambda_=0.7, **FAST)
+    fixed = fix(GatedNet(), batches(), MODS, max_steps=2, **{**FAST, "lambda_": 0.7})
     assert fixed.calibration is None and fixed.lambda_value == 0.7
 
 
@@ -235,14 +235,14 @@ def test_fix_brings_back_a_planted_ignored_modality():
 def test_moddrop_on_a_named_modality_without_the_regularizer():
     train = batches()
     result = fix(
-        GatedNet(), train, MODS, max_steps=4, lambda_=0.0, modality_dropout=1.0, augment="b", **FAST
+        GatedNet(), train, MODS, max_steps=4, modality_dropout=1.0, augment="b", **{**FAST, "lambda_": 0.0}
     )
     assert all(
         h["augmented"] == "b" and h["scores"] == {} and h["reg"] == 0.0 for h in result.history
     )
     # with every row of b permuted the model's b pathway sees no label information:
     # same data, no augmentation, gives different weights
-    plain = fix(GatedNet(), train, MODS, max_steps=4, lambda_=0.0, modality_dropout=0.0, **FAST)
+    plain = fix(GatedNet(), train, MODS, max_steps=4, modality_dropout=0.0, **{**FAST, "lambda_": 0.0})
     assert not same_parameters(result.model, plain.model)
     with pytest.raises(ConfigError, match="augment"):
         fix(GatedNet(), train, MODS, augment="c", **FAST)
