@@ -127,6 +127,37 @@ def minimal_passes(model, batches, modalities, *, samples: int, max_rows: int, d
                 torch.autograd.grad(logits.float().logsumexp(1).sum(), noise)
 
 
+def noise_seconds(model, batches, modalities, *, samples: int, device) -> dict:
+    """The audit's perturbation noise for every example and modality, drawn per example
+    (:func:`biasscope._noise.example_noise`) and with one ``torch.randn`` of the same size:
+    the cost of noise that belongs to the example, beside the audit's time."""
+    from biasscope._noise import example_noise
+    from biasscope._perturbation import capture
+
+    shapes = []
+    for j, raw in enumerate(batches):
+        b = split_batch(raw, label_key=None).to(device)
+        with torch.no_grad():
+            _, reps = capture(model, b, modalities, OutputSpec())
+        shapes.append([(tuple(h.shape[1:]), b.size) for h in reps.values()])
+    g = torch.Generator(device=device).manual_seed(0)
+    times = {}
+    for name in ("keyed", "randn", "keyed", "randn"):
+        _sync(device)
+        start, seen = time.perf_counter(), 0
+        for per in shapes:
+            for s, (feat, size) in enumerate(per):
+                if name == "keyed":
+                    example_noise(feat, 1.0, scale=1.0, seed=0, example_index=torch.arange(seen, seen + size),
+                                  stream=s, samples=samples, device=device)
+                else:
+                    torch.randn((samples * size, *feat), generator=g, device=device)
+            seen += per[0][1]
+        _sync(device)
+        times[name] = min(times.get(name, float("inf")), time.perf_counter() - start)
+    return {"noise_keyed_s": times["keyed"], "noise_randn_s": times["randn"]}
+
+
 def audit_kwargs(wanted: dict) -> tuple[dict, list[str]]:
     """The options the installed ``audit`` accepts (named, or through ``**overrides``)."""
     params = inspect.signature(bs.audit).parameters
@@ -176,7 +207,9 @@ def measure(args) -> dict:
             if handle is not None:
                 handle.remove()
     n, m, k = args.examples, len(mods), args.samples
+    noise = noise_seconds(model, batches, mods, samples=k, device=device)
     return {
+        **noise,
         "model": args.model, "device": str(device), "examples": n, "modalities": m, "samples": k,
         "precision": args.precision, "tensorization": not (args.no_tensorization and "tensorization" not in unsupported),
         "unsupported_options": unsupported,
@@ -227,6 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows = r[f"{key}_rows"]
         print(f"{name:30}{r[f'{key}_s']:>10.3f}{rows['forward']:>12,}{rows['backward']:>14,}")
     print(f"ratio audit / minimal: {r['ratio']:.2f}x")
+    extra = r["noise_keyed_s"] - r["noise_randn_s"]
+    print(f"per-example noise {r['noise_keyed_s']:.3f} s vs torch.randn {r['noise_randn_s']:.3f} s: "
+          f"{extra:+.3f} s, {100 * extra / r['audit_s']:+.1f}% of the audit")
     return r
 
 

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec
-from ._perturbation import CleanPass, capture, draw_noise, perturbation_samples
+from ._noise import example_noise, stream_id
+from ._perturbation import CleanPass, ExampleNoise, perturbation_samples
 from .estimators import fisher_bound, functional_entropy, poincare_bound, variance
 from .modality import Modality
 from .results import MEASURES
@@ -47,13 +48,15 @@ class EntropyState:
         divergence: str,
         output: OutputSpec,
         max_rows: int,
-        generator: torch.Generator,
+        seed: int,
         tensorization: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.model, self.modalities, self.output = model, list(modalities), output
         self.sigmas = {m: sigmas[m.name] for m in self.modalities}
-        self.options = dict(samples=samples, scale=scale, generator=generator,
-                            divergence=divergence, output=output, max_rows=max_rows)
+        self.seed, self.precision = seed, precision
+        self.options = dict(samples=samples, scale=scale, divergence=divergence, output=output,
+                            max_rows=max_rows, precision=precision)
         self.tensorization = tensorization and len(self.modalities) > 1
         self._values: dict[str, dict[str, list[Tensor]]] = {
             m.name: {k: [] for k in MEASURES} for m in self.modalities
@@ -61,23 +64,29 @@ class EntropyState:
         self._joint: dict[str, list[Tensor]] = {k: [] for k in JOINT_KEYS}
         self._predictions: list[Tensor] = []
 
-    def update(self, batch: Batch) -> None:
-        """Measure one batch (already on the model's device)."""
-        options = dict(self.options, clean=CleanPass(self.model, batch, self.modalities, self.output))
-        with torch.no_grad():
-            logits, reps = capture(self.model, batch, self.modalities, self.output)
-        self._predictions.append(logits.argmax(dim=1).cpu())
-        for m in self.modalities:
-            f, q = perturbation_samples(self.model, batch, {m: self.sigmas[m]}, **options)
+    def update(self, batch: Batch, *, max_rows: int | None = None) -> None:
+        """Measure one batch (already on the model's device, with its example indices);
+        ``max_rows`` overrides the chunk size (the numbers do not depend on it)."""
+        clean = CleanPass(self.model, batch, self.modalities, self.output, expand=False, precision=self.precision)
+        options = dict(self.options, clean=clean, max_rows=max_rows or self.options["max_rows"])
+        logits, reps = clean.once()
+        measured = {}
+        for j, m in enumerate(self.modalities):
+            keyed = ExampleNoise(self.seed, {m: stream_id("perturb", j)})
+            f, q = perturbation_samples(self.model, batch, {m: self.sigmas[m]}, keyed=keyed, **options)
             f, q = f.detach().double(), q[m.name].detach().double()
-            per = self._values[m.name]
-            per["functional_entropy"].append(functional_entropy(f).cpu())
-            per["fisher_bound"].append(fisher_bound(f, q).cpu())
-            per["variance"].append(variance(f).cpu())
-            per["poincare_bound"].append(poincare_bound(q).cpu())
-        if self.tensorization:
-            for key, value in zip(JOINT_KEYS, _tensorization(self.model, batch, self.sigmas, reps, options)):
-                self._joint[key].append(value)
+            measured[m.name] = {
+                "functional_entropy": functional_entropy(f).cpu(), "fisher_bound": fisher_bound(f, q).cpu(),
+                "variance": variance(f).cpu(), "poincare_bound": poincare_bound(q).cpu(),
+            }
+        joint = _tensorization(self.model, batch, self.sigmas, reps, options, self.seed) if self.tensorization else ()
+        # appended only once the whole batch is measured (an out-of-memory retry redoes it)
+        self._predictions.append(logits.argmax(dim=1).cpu())
+        for name, per in measured.items():
+            for k, v in per.items():
+                self._values[name][k].append(v)
+        for key, value in zip(JOINT_KEYS, joint):
+            self._joint[key].append(value)
 
     def values(self) -> MeasuredValues:
         return MeasuredValues(
@@ -89,23 +98,29 @@ class EntropyState:
         )
 
 
-def _tensorization(model, batch, sigmas, reps, options, *, draws: int = 1):
+def _tensorization(model, batch, sigmas, reps, options, seed: int, *, draws: int = 1):
     """Per example: Ent and Var of f under the joint perturbation, and the tensorization
     sums sum_m E_{-m}[Ent_m f], sum_m E_{-m}[Var_m f] (the other modalities' noise frozen at
-    ``draws`` random values per example, the expectation over them taken over examples)."""
-    f, _ = perturbation_samples(model, batch, sigmas, gradients=False, **options)
+    ``draws`` random values per example, the expectation over them taken over examples).
+    Every draw is keyed by the example (streams ``joint``, ``perturb`` and ``frozen``)."""
+    order = list(sigmas)
+    joint = ExampleNoise(seed, {m: stream_id("joint", j) for j, m in enumerate(order)})
+    f, _ = perturbation_samples(model, batch, sigmas, gradients=False, keyed=joint, **options)
     f = f.double()
     ent_sum = torch.zeros(batch.size, dtype=torch.float64, device=f.device)
     var_sum = torch.zeros_like(ent_sum)
-    for m in sigmas:
-        for _ in range(draws):
+    for j, m in enumerate(order):
+        for d in range(draws):
             frozen = {
-                o: draw_noise(reps[o.name], s, scale=options["scale"], generator=options["generator"])
-                for o, s in sigmas.items()
+                o: example_noise(reps[o.name].shape[1:], s, scale=options["scale"], seed=seed,
+                                 example_index=batch.index, stream=stream_id("frozen", i, d), samples=1,
+                                 device=reps[o.name].device)[0].to(reps[o.name].dtype)
+                for i, (o, s) in enumerate(sigmas.items())
                 if o != m
             }
+            keyed = ExampleNoise(seed, {m: stream_id("perturb", j)})
             fm, _ = perturbation_samples(
-                model, batch, {m: sigmas[m]}, gradients=False, offsets=frozen, **options
+                model, batch, {m: sigmas[m]}, gradients=False, offsets=frozen, keyed=keyed, **options
             )
             ent_sum += functional_entropy(fm.double()) / draws
             var_sum += variance(fm.double()) / draws

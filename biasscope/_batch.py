@@ -17,12 +17,15 @@ __all__ = ["Batch", "OutputSpec", "split_batch", "run_model", "call_model", "log
 
 @dataclass(frozen=True)
 class Batch:
-    """Model inputs of one batch: positional ``args``, keyword ``kwargs``, optional ``label``."""
+    """Model inputs of one batch: positional ``args``, keyword ``kwargs``, optional ``label``,
+    and optionally ``index``: the examples' global positions in the dataset (int64 (size,),
+    on CPU), which key their random draws (:mod:`biasscope._noise`)."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     label: Tensor | None
     size: int
+    index: Tensor | None = None
 
     def map_tensors(self, fn) -> Batch:
         """Apply ``fn`` to every tensor whose first dimension is the batch dimension."""
@@ -38,6 +41,7 @@ class Batch:
             {k: one(v) for k, v in self.kwargs.items()},
             label,
             self.size,
+            self.index,
         )
 
     def to(self, device: torch.device | str) -> Batch:
@@ -48,7 +52,8 @@ class Batch:
         return replace(moved, args=args, kwargs=kwargs)
 
     def repeat(self, k: int) -> Batch:
-        """The batch repeated ``k`` times, sample-major: row ``s * size + i`` is example ``i``."""
+        """The batch repeated ``k`` times, sample-major: row ``s * size + i`` is example ``i``
+        (``index`` stays the ``size`` examples' indices)."""
         if k == 1:
             return self
         out = self.map_tensors(lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
@@ -57,7 +62,8 @@ class Batch:
     def select(self, index: Tensor) -> Batch:
         """The rows ``index`` of the batch (used to permute or subsample)."""
         out = self.map_tensors(lambda t: t[index.to(t.device)])
-        return replace(out, size=int(index.numel()))
+        kept = self.index[index.to(self.index.device)] if self.index is not None else None
+        return replace(out, size=int(index.numel()), index=kept)
 
     def get_input(self, key: str | int) -> Tensor:
         if isinstance(key, int):

@@ -34,6 +34,7 @@ __all__ = [
     "gather_rows",
     "is_distributed",
     "is_writer",
+    "local_only",
     "join_group",
     "process_group",
     "rank",
@@ -72,9 +73,24 @@ def torchrun_env() -> RankEnv | None:
     return RankEnv(rank=rank, world_size=world, local_rank=local)
 
 
+_LOCAL_ONLY = [0]  # > 0 inside local_only(): this process works as if alone
+
+
 def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialised process group of more than one process (and not inside
+    :func:`local_only`)."""
+    return not _LOCAL_ONLY[0] and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """Within the block this process works as if alone (no sharding, no collectives): for
+    work that one rank does while the others wait (e.g. rank 0 auditing a model alone)."""
+    _LOCAL_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY[0] -= 1
 
 
 def _rank() -> int:

@@ -4,20 +4,26 @@ batch chunked to ``max_rows`` rows. Shared by the audit and the regularizer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model
+from ._device import autocast_for
+from ._noise import example_noise
 from .errors import DataLoadError, ModalityError, ModelOutputError
 from .estimators import DIVERGENCES, quadratic_form
 from .modality import Modality, intervene
 
 __all__ = [
     "representation_std",
+    "representation_moments",
+    "finish_std",
     "perturbation_samples",
     "CleanPass",
+    "ExampleNoise",
     "draw_noise",
     "capture",
     "check_finite",
@@ -34,9 +40,11 @@ def check_finite(logits: Tensor) -> Tensor:
 
 
 def capture(
-    model: nn.Module, batch: Batch, modalities: Sequence[Modality], output: OutputSpec
+    model: nn.Module, batch: Batch, modalities: Sequence[Modality], output: OutputSpec,
+    *, precision: str = "fp32",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One clean forward pass: the logits and each modality's representation."""
+    """One clean forward pass (under ``precision``'s autocast): the logits and each
+    modality's representation."""
     seen: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -47,7 +55,8 @@ def capture(
         return fn
 
     with intervene(model, batch, {m: keep(m.name) for m in modalities}) as b:
-        logits = call_model(model, b, output)
+        with _autocast(batch, precision):
+            logits = call_model(model, b, output)
     for m in modalities:
         h = seen[m.name]
         if not h.is_floating_point():
@@ -63,18 +72,39 @@ def capture(
     return check_finite(logits), seen
 
 
+def _autocast(batch: Batch, precision: str):
+    """``precision``'s autocast on the device of the batch's first tensor."""
+    if precision == "fp32":
+        return autocast_for("cpu", "fp32")
+    first = next((t for t in (*batch.args, *batch.kwargs.values()) if isinstance(t, Tensor)), None)
+    return autocast_for(first.device if first is not None else "cpu", precision)
+
+
 @torch.no_grad()
 def representation_std(
     model: nn.Module,
     batches: Iterable[Batch],
     modalities: Sequence[Modality],
     output: OutputSpec = OutputSpec(),
+    *,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Per-feature standard deviation of each modality's representation over the data.
 
     Features are all dims after the batch; when their shape varies between batches (e.g.
-    sequence length), the std is taken per channel (last dim) instead.
+    sequence length), the std is taken per channel (last dim) instead. ``reduce`` sums the
+    float64 accumulators over processes (``_distributed.all_reduce_sum``), so that every
+    process gets the std over all of them; the shape decision is then taken jointly.
     """
+    return finish_std(representation_moments(model, batches, modalities, output), modalities, reduce=reduce)
+
+
+@torch.no_grad()
+def representation_moments(
+    model: nn.Module, batches: Iterable[Batch], modalities: Sequence[Modality], output: OutputSpec = OutputSpec()
+) -> dict[str, tuple[list | None, list, bool]]:
+    """Per modality the float64 accumulators [sum, sumsq, n] over the batch dim (None when
+    the feature shape varies) and over all dims but the last, and whether it varies."""
     full: dict[str, list] = {}  # name -> [sum, sumsq, n] over the batch dim
     last: dict[str, list] = {}  # name -> [sum, sumsq, n] over all dims but the last
     varying: set[str] = set()
@@ -87,10 +117,28 @@ def representation_std(
                 varying.add(name)
             if name not in varying:
                 _accumulate(full, name, h)
+    return {m.name: (full[m.name], last[m.name], m.name in varying) for m in modalities}
+
+
+def finish_std(
+    moments: Mapping[str, tuple[list | None, list, bool]], modalities: Sequence[Modality], *,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The standard deviations from :func:`representation_moments` (summed over processes
+    by ``reduce``; per channel when the shape varies in any process or between them)."""
     stds = {}
     for m in modalities:
-        stats = last[m.name] if m.name in varying else full[m.name]
-        s, ss, n = stats
+        full, last, vary = moments[m.name]
+        if reduce is not None:
+            shape = torch.zeros(9, dtype=torch.float64)
+            feat = full[0].shape
+            shape[0], shape[1 : 1 + len(feat)] = len(feat), torch.tensor(feat, dtype=torch.float64)
+            totals = reduce(torch.cat([torch.tensor([float(vary), 1.0]), shape, shape.square()]))
+            spread = totals[11:] * totals[1] - totals[2:11].square()  # 0 iff every process has the shape
+            vary = bool(totals[0] > 0) or bool((spread.abs() > 0).any())
+        s, ss, n = last if vary else full
+        if reduce is not None:
+            s, ss, n = reduce(s), reduce(ss), float(reduce(torch.tensor([float(n)], dtype=torch.float64)))
         if n < 2:
             raise DataLoadError(
                 "The per-feature noise scale needs at least 2 examples; give more data."
@@ -112,8 +160,13 @@ def _accumulate(store: dict[str, list], name: str, h: Tensor) -> None:
 
 class CleanPass:
     """The clean logits and representations of ``batch`` repeated k times, computed once
-    per k. The reference is run at the same expanded size as the perturbed pass, so an
-    ignored modality gives bit-identical logits and f == 0 exactly.
+    per k.
+
+    ``expand=True`` (the regularizer) runs the reference at the same expanded size as the
+    perturbed pass, so an ignored modality gives bit-identical logits and f == 0 exactly.
+    ``expand=False`` (the audit) runs it once at B rows and repeats its logits (one clean
+    pass per example); :func:`perturbation_samples` then keeps f == 0 exact where the noise
+    does not reach the logits (zero gradient for every sample of an example).
 
     ``with_grad`` keeps the graph of the clean pass (when grad is enabled), so that a term
     built on it is differentiated through p_clean too (the regularizer); by default the
@@ -127,22 +180,65 @@ class CleanPass:
         output: OutputSpec,
         *,
         with_grad: bool = False,
+        expand: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.model, self.batch, self.modalities, self.output = model, batch, modalities, output
-        self.with_grad = with_grad
+        self.with_grad, self.expand, self.precision = with_grad, expand, precision
         self._cache: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
 
     def __call__(self, k: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits of k * B rows (sample-major) and the representations (k * B rows when
+        expanded, else B rows)."""
+        if not self.expand:
+            logits, reps = self.once()
+            return (logits if k == 1 else logits.repeat(k, 1)), reps
         if k not in self._cache:
             with torch.set_grad_enabled(self.with_grad and torch.is_grad_enabled()):
-                self._cache[k] = capture(self.model, self.batch.repeat(k), self.modalities, self.output)
+                self._cache[k] = capture(self.model, self.batch.repeat(k), self.modalities, self.output,
+                                         precision=self.precision)
         return self._cache[k]
+
+    def once(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """The clean logits and representations at B rows."""
+        if 1 not in self._cache:
+            with torch.set_grad_enabled(self.with_grad and torch.is_grad_enabled()):
+                self._cache[1] = capture(self.model, self.batch, self.modalities, self.output,
+                                         precision=self.precision)
+        return self._cache[1]
 
 
 def draw_noise(h: Tensor, sigma: Tensor, *, scale: float, generator: torch.Generator) -> Tensor:
     """z ~ N(0, diag(s^2 sigma^2)) shaped like ``h`` (drawn on the generator's device)."""
     eps = torch.randn(h.shape, generator=generator, device=generator.device, dtype=torch.float32)
     return (scale * sigma.to(h.device) * eps.to(h.device)).to(h.dtype)
+
+
+#: the static loss scale of the fp16 backward (halved on overflow)
+FP16_LOSS_SCALE = 2.0**16
+
+
+@dataclass(frozen=True)
+class ExampleNoise:
+    """Per-example noise keys (:mod:`biasscope._noise`): the audit's draws depend on (seed,
+    stream, example index, sample), never on the batch, chunk or process. ``streams`` gives
+    each perturbed modality its stream (``stream_id("perturb", j)`` and the like)."""
+
+    seed: int
+    streams: Mapping[Modality, int]
+
+
+def _noise(h: Tensor, k: int, size: int, sigma: Tensor, *, scale: float, first_sample: int,
+           generator: torch.Generator | None, keyed: ExampleNoise | None, index: Tensor | None,
+           modality: Modality) -> Tensor:
+    """z for k samples of a batch of ``size`` examples, (k * size, *feat) sample-major."""
+    feat = h.shape[1:]
+    if keyed is None:
+        eps = torch.randn((k * size, *feat), generator=generator, device=generator.device, dtype=torch.float32)
+        return (scale * sigma.to(h.device) * eps.to(h.device)).to(h.dtype)
+    z = example_noise(feat, sigma, scale=scale, seed=keyed.seed, example_index=index,
+                      stream=keyed.streams[modality], samples=k, first_sample=first_sample, device=h.device)
+    return z.reshape(k * size, *feat).to(h.dtype)
 
 
 def perturbation_samples(
@@ -152,7 +248,7 @@ def perturbation_samples(
     *,
     samples: int,
     scale: float = 1.0,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     divergence: str = "kl",
     output: OutputSpec = OutputSpec(),
     max_rows: int = 4096,
@@ -161,14 +257,18 @@ def perturbation_samples(
     offsets: Mapping[Modality, Tensor] | None = None,
     clean: CleanPass | None = None,
     detach_clean: bool = True,
+    keyed: ExampleNoise | None = None,
+    precision: str = "fp32",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Perturb the given modalities jointly, ``h_m + z_m`` with z_m ~ N(0, diag(s^2 sigma_m^2)).
 
-    ``offsets`` adds a fixed (B, *feat) noise to other modalities in every sample (to
-    evaluate f with those coordinates frozen, for the tensorization check). ``clean``
-    shares the clean expanded passes between calls on the same batch. ``detach_clean=False``
-    differentiates f (and q) through the clean prediction as well (give a ``clean`` built
-    ``with_grad``; one is built so when ``clean`` is None).
+    The noise comes from ``generator`` (the regularizer), or from the examples' keys when
+    ``keyed`` is given (the audit; needs ``batch.index``). ``offsets`` adds a fixed
+    (B, *feat) noise to other modalities in every sample (to evaluate f with those
+    coordinates frozen, for the tensorization check). ``clean`` shares the clean passes
+    between calls on the same batch. ``detach_clean=False`` differentiates f (and q) through
+    the clean prediction as well (give a ``clean`` built ``with_grad``; one is built so when
+    ``clean`` is None). Forward passes run under ``precision``'s autocast.
 
     Returns ``f`` of shape (K, B) in float64, f = D(p_clean, p_perturbed), and per modality ``q`` of
     shape (K, B), q = <Sigma grad_z f, grad_z f> (empty when ``gradients`` is False).
@@ -177,10 +277,14 @@ def perturbation_samples(
         raise ModalityError(
             f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}."
         )
+    if keyed is None and generator is None:
+        raise ValueError("perturbation_samples needs a generator or per-example keys (keyed).")
+    if keyed is not None and batch.index is None:
+        raise ValueError("per-example noise needs the batch's example indices (Batch.index).")
     div = DIVERGENCES[divergence]
     modalities = list(sigmas)
     clean = clean or CleanPass(
-        model, batch, [*modalities, *(offsets or {})], output, with_grad=not detach_clean
+        model, batch, [*modalities, *(offsets or {})], output, with_grad=not detach_clean, precision=precision
     )
     per_chunk = max(1, max_rows // batch.size)
     fs: list[Tensor] = []
@@ -188,34 +292,65 @@ def perturbation_samples(
     done = 0
     while done < samples:
         k = min(per_chunk, samples - done)
-        done += k
-        rows = batch.repeat(k)
         clean_logits, reps = clean(k)
-        noises: dict[str, Tensor] = {}
-        for m in modalities:
-            h = reps[m.name]
-            z = draw_noise(h, sigmas[m], scale=scale, generator=generator)
-            noises[m.name] = z.requires_grad_(gradients)
+        noises = {
+            m.name: _noise(reps[m.name], k, batch.size, sigmas[m], scale=scale, first_sample=done,
+                           generator=generator, keyed=keyed, index=batch.index, modality=m).requires_grad_(gradients)
+            for m in modalities
+        }
+        done += k
         transforms = {m: (lambda h, _z=noises[m.name]: h + _z) for m in modalities}
         for m, offset in (offsets or {}).items():
             transforms[m] = lambda h, _o=offset.repeat(k, *([1] * (offset.dim() - 1))): h + _o
         with torch.set_grad_enabled(gradients):
-            with intervene(model, rows, transforms) as b:
+            with intervene(model, batch.repeat(k), transforms) as b, _autocast(batch, precision):
                 logits = check_finite(call_model(model, b, output))
             # float64 from the logits (design: KL of 1e-7 is common); keeps FD checks exact
             f = div(clean_logits.double(), logits.double(), detach=detach_clean)
             fs.append(f.view(k, batch.size))
-            if not gradients:
-                continue
-            zs = [noises[m.name] for m in modalities]
-            if f.requires_grad:
-                grads = torch.autograd.grad(f.sum(), zs, create_graph=create_graph, allow_unused=True)
-            else:
-                grads = [None] * len(zs)
-            for m, z, g in zip(modalities, zs, grads):
-                g = torch.zeros_like(z) if g is None else g
-                sigma2 = (scale * sigmas[m].to(g.device)).square()
-                qs[m.name].append(quadratic_form(g.double(), sigma2).view(k, batch.size))
+            if gradients:
+                _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, batch.size,
+                                 loss_scale=FP16_LOSS_SCALE if precision == "fp16" else 1.0)
     f_all = torch.cat(fs, dim=0)
     q_all = {name: torch.cat(v, dim=0) for name, v in qs.items() if v}
+    if gradients and not clean.expand:
+        f_all = _exact_where_unreached(f_all, q_all, clean, div)
     return f_all, q_all
+
+
+def _gradients(f: Tensor, zs: list[Tensor], *, create_graph: bool, loss_scale: float) -> list[Tensor | None]:
+    """grad_z f.sum() for each z (None where f does not depend on it). ``loss_scale`` > 1
+    (fp16 autocast) multiplies f before the backward so that small KL gradients do not
+    underflow in half precision, and divides after; on inf/nan it is halved and redone."""
+    if not f.requires_grad:
+        return [None] * len(zs)
+    while True:
+        retain = loss_scale > 1 or create_graph
+        grads = torch.autograd.grad(f.sum() * loss_scale, zs, create_graph=create_graph, allow_unused=True,
+                                    retain_graph=retain)
+        finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+        if finite or loss_scale <= 1:
+            return [g if g is None or loss_scale == 1 else g / loss_scale for g in grads]
+        loss_scale = max(1.0, loss_scale / 2**4)
+
+
+def _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, size, loss_scale=1.0) -> None:
+    """Append q = <Sigma grad_z f, grad_z f> (k, B) of each modality to ``qs``."""
+    zs = [noises[m.name] for m in modalities]
+    grads = _gradients(f, zs, create_graph=create_graph, loss_scale=loss_scale)
+    for m, z, g in zip(modalities, zs, grads):
+        g = torch.zeros_like(z) if g is None else g
+        sigma2 = (scale * sigmas[m].to(g.device)).square()
+        qs[m.name].append(quadratic_form(g.double(), sigma2).view(k, size))
+
+
+def _exact_where_unreached(f: Tensor, q: Mapping[str, Tensor], clean: CleanPass, div) -> Tensor:
+    """f = D(p_clean, p_clean) (0 for KL) for every sample of an example whose gradient is
+    exactly zero in every sample: the noise does not reach its logits, and the B-row clean
+    reference must not leave last-bit differences of the K*B-row pass in f."""
+    unreached = torch.stack([(v == 0).all(dim=0) for v in q.values()]).all(dim=0)  # (B,)
+    if not bool(unreached.any()):
+        return f
+    logits, _ = clean.once()
+    at_zero = div(logits.double(), logits.double()).detach()  # (B,)
+    return torch.where(unreached[None, :], at_zero[None, :].to(f.dtype), f)

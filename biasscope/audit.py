@@ -10,7 +10,7 @@ the per-batch update (:class:`biasscope._audit_state.EntropyState`) and the summ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
@@ -19,11 +19,13 @@ from torch import nn
 
 from . import __version__
 from ._audit_insight import check_data, check_sites, explain_step, probe_step
-from ._audit_state import EntropyState
+from ._audit_shard import gather_check, gather_values, local_batches
+from ._audit_state import EntropyState, MeasuredValues
 from ._audit_summary import Evidence, summarise
 from ._batch import Batch, OutputSpec, call_model, split_batch
-from ._device import on_device, resolve_device
-from ._perturbation import check_finite, representation_std
+from ._device import on_device, resolve_device, run_with_oom_retry
+from ._distributed import all_reduce_sum, is_distributed, join_group, is_writer, rank_device, shard, sync_point, world_size
+from ._perturbation import check_finite, finish_std, representation_moments
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, validate_modalities
@@ -41,13 +43,14 @@ def collect_batches(
     data: Iterable[Any], *, label_key: str | None = "label", limit: int | None = None
 ) -> list[Batch]:
     """Materialise ``data`` (any iterable of dict or tuple batches) as :class:`Batch` es,
-    keeping at most ``limit`` examples."""
+    keeping at most ``limit`` examples, each batch with its examples' global indices."""
     batches: list[Batch] = []
     seen = 0
     for raw in data:
         batch = split_batch(raw, label_key=label_key)
         if limit is not None and seen + batch.size > limit:
             batch = batch.select(torch.arange(limit - seen))
+        batch = replace(batch, index=torch.arange(seen, seen + batch.size))
         if batch.size:
             batches.append(batch)
         seen += batch.size
@@ -195,52 +198,75 @@ def audit(
     options = _resolve_options(options, overrides)
     modalities, output = list(modalities), output or OutputSpec()
     thresholds = thresholds or Thresholds()
-    report = progress or (lambda stage, done, total, info: None)
-    dev = resolve_device(options.device)
-    batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
-    validate_modalities(batches[0], modalities)
-    labelled = _usable_labels(batches)
-    checked = check_data(batches, modalities)
+    join_group(device=options.device)  # under torchrun: this process measures its share
+    report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
+    dev = rank_device(options.device) if is_distributed() else resolve_device(options.device)
+    with sync_point("loading the data"):
+        batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
+        validate_modalities(batches[0], modalities)
+        labelled = _usable_labels(batches)
+        checked = check_data(batches, modalities)
+        local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
         report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
-        sigmas = representation_std(model, (b.to(dev) for b in batches), modalities, output)
+        with sync_point("the noise scale"):
+            moments = representation_moments(model, (b.to(dev) for b in local), modalities, output)
+        sigmas = finish_std(moments, modalities, reduce=all_reduce_sum if is_distributed() else None)
         report("scale", 1, 1, {})
         checked += check_sites(sigmas, modalities)
-        _, check = _clean_predictions(model, batches, output, dev, report)
-        early = _output_diagnostics(check, options.check_output)
-        state = EntropyState(
-            model, modalities, sigmas, samples=options.samples, scale=options.scale,
-            divergence=options.divergence, output=output,
-            max_rows=_max_rows(options, model, batches[0], dev),
-            generator=torch.Generator(device=dev).manual_seed(options.seed),
-            tensorization=options.tensorization,
-        )
-        for i, batch in enumerate(batches):
-            state.update(batch.to(dev))
-            report("entropy", i + 1, len(batches), {})
+        with sync_point("the clean predictions"):
+            _, check = _clean_predictions(model, local, output, dev, report)
+        early = _output_diagnostics(gather_check(check), options.check_output)
+        values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report)
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
         insight = dict(options=options, device=dev, output=output, report=report)
         probes = probe_step(model, batches, modalities, permutation=permutation, labelled=labelled, **insight)
-        values = state.values()
+        values = gather_values(values)
         attributions = explain_step(model, batches, modalities, {k: v["functional_entropy"] for k, v in values.per_modality.items()},
                                     tokenizer=tokenizer, **insight)
         labels = torch.cat([b.label for b in batches]).numpy() if labelled else None
         evidence = Evidence(
             labels=labels, permutation=permutation, shapley=shapley,
-            settings=_settings(options, dev, thresholds, modalities, labelled),
+            settings={**_settings(options, dev, thresholds, modalities, labelled), "max_rows_used": rows},
             provenance={"versions": {"biasscope": __version__, "torch": torch.__version__}},
-            thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early],
+            thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early, *notes],
             probes=probes, attributions=attributions,
         )
         return summarise(modalities, values, evidence,
                          candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
 
 
+def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> tuple[MeasuredValues, list, int]:
+    """The per-batch update over this process's examples (halving ``max_rows`` on out of
+    memory, which does not change the numbers: the noise belongs to the example)."""
+    rows = [_max_rows(options, model, local[0], dev)]
+    notes: list[Diagnostic] = []
+
+    def halved(old: int, new: int) -> None:
+        rows[0] = new
+        notes.append(Diagnostic("max_rows_halved", "info", f"Out of memory at max_rows {old}; continued at {new}.",
+                                f"Pass max_rows={new} (or lower) to skip the retries."))
+        report("memory", new, old, {"max_rows": new})
+
+    state = EntropyState(
+        model, modalities, sigmas, samples=options.samples, scale=options.scale,
+        divergence=options.divergence, output=output, max_rows=rows[0],
+        seed=options.seed, tensorization=options.tensorization, precision=options.precision,
+    )
+    with sync_point("the entropy measures"):
+        for i, batch in enumerate(local):
+            moved = batch.to(dev)
+            run_with_oom_retry(lambda r: state.update(moved, max_rows=r), rows[0], halved)
+            report("entropy", i + 1, len(local), {})
+    return state.values(), notes, rows[0]
+
+
 def _settings(options: AuditOptions, dev, thresholds: Thresholds, modalities, labelled: bool) -> dict[str, Any]:
     settings = options.as_dict()
     settings.update(
         device=str(dev),
+        processes=world_size(),
         permutation_repeats=options.permutation_repeats if labelled else 0,
         thresholds=asdict(thresholds),
         modalities={m.name: m.site for m in modalities},

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model
 from ._device import model_device
+from ._distributed import gather_rows, shard, sync_point
+from ._noise import example_permutation, stream_id
 from ._perturbation import capture, check_finite
 from ._stats import mean_interval
 from .errors import ConfigError, DataLoadError, ModalityError
@@ -71,19 +73,21 @@ class AuditSet:
         sizes = [b.size for b in self.batches]
         self.offsets = [0, *np.cumsum(sizes).tolist()]
         self.n = self.offsets[-1]
+        # the batches this process evaluates permuted: those whose first example is in its shard
+        mine = shard(self.n)
+        self.owned = [j for j in range(len(self.batches)) if self.offsets[j] in mine]
         layers = [m for m in modalities if m.layer is not None]
         parts: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
-        correct, loglik = 0, 0.0
-        for batch in self.batches:
+        scores = []
+        for batch in self.batches:  # every process holds every example's representation
             b = batch.to(device)
             logits, reps = capture(model, b, layers, output)
             _check_labels(logits, b.label)
-            c, ll = _score(logits, b.label)
-            correct, loglik = correct + c, loglik + ll
+            scores.append(_score(logits, b.label))
             for m in modalities:
                 h = reps[m.name] if m.layer is not None else batch.get_input(m.input)
                 parts[m.name].append(h.detach().cpu())
-        self.clean = _Performance(correct / self.n, loglik / self.n)
+        self.clean = _performance(torch.cat([c for c, _ in scores]), torch.cat([ll for _, ll in scores]))
         self.pool: dict[str, Tensor | None] = {}
         for m in modalities:
             hs = parts.pop(m.name)
@@ -117,24 +121,40 @@ class AuditSet:
 
     def evaluate(self, perm: Tensor, absent: Sequence[Modality]) -> _Performance:
         """Performance with each modality in ``absent`` replaced by the representation of
-        example ``perm[i]`` at row ``i`` (one permutation of the whole set, shared)."""
-        correct, loglik = 0, 0.0
-        for j, batch in enumerate(self.batches):
-            rows = perm[self.offsets[j] : self.offsets[j + 1]]
-            b = batch.to(self.device)
-            with intervene(self.model, b, {m: self._replace(m, rows) for m in absent}) as bb:
-                logits = check_finite(call_model(self.model, bb, self.output))
-            c, ll = _score(logits, b.label)
-            correct, loglik = correct + c, loglik + ll
-        return _Performance(correct / self.n, loglik / self.n)
+        example ``perm[i]`` at row ``i`` (one permutation of the whole set, shared). Each
+        process runs its own batches; the per-example scores are gathered in global order."""
+        correct, loglik = [], []
+        with sync_point("the permutation checks"):
+            for j in self.owned:
+                rows = perm[self.offsets[j] : self.offsets[j + 1]]
+                b = self.batches[j].to(self.device)
+                with intervene(self.model, b, {m: self._replace(m, rows) for m in absent}) as bb:
+                    logits = check_finite(call_model(self.model, bb, self.output))
+                c, ll = _score(logits, b.label)
+                correct.append(c)
+                loglik.append(ll)
+        empty = torch.zeros(0, dtype=torch.float64)
+        return _performance(gather_rows(torch.cat(correct) if correct else empty),
+                            gather_rows(torch.cat(loglik) if loglik else empty))
 
 
-def _score(logits: Tensor, label: Tensor) -> tuple[int, float]:
-    """Number of correct predictions and summed log p(label) of one batch."""
+def _performance(correct: Tensor, loglik: Tensor) -> _Performance:
+    """Accuracy and mean log-likelihood from the per-example scores of the whole set."""
+    n = correct.numel()
+    return _Performance(float(correct.sum()) / n, float(loglik.sum()) / n)
+
+
+def _score(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+    """Per example (float64, on CPU): whether the prediction is right, and log p(label)."""
     label = label.to(logits.device)
-    correct = int((logits.argmax(dim=1) == label).sum())
-    logp = torch.log_softmax(logits.double(), dim=1).gather(1, label[:, None])
-    return correct, float(logp.sum())
+    correct = (logits.argmax(dim=1) == label).double()
+    logp = torch.log_softmax(logits.double(), dim=1).gather(1, label[:, None])[:, 0]
+    return correct.cpu(), logp.cpu()
+
+
+def _permutation(n: int, seed: int, repeat: int) -> Tensor:
+    """Repeat ``repeat``'s permutation of the audit set: keyed by (seed, repeat) only."""
+    return example_permutation(n, seed=seed, stream=stream_id("permutation", 0, repeat))
 
 
 def _check_labels(logits: Tensor, label: Tensor) -> None:
@@ -175,8 +195,9 @@ def permutation_scores(
     """Accuracy drop and cross-entropy increase when each modality is permuted across the
     whole audit set (perceptual score), with a 95% interval over ``repeats`` permutations.
 
-    Repeat ``r`` uses the ``r``-th permutation drawn from ``torch.Generator().manual_seed(seed)``
-    for every modality (common random numbers, so modalities are compared on the same
+    Repeat ``r`` uses the permutation ``example_permutation(n, seed=seed,
+    stream=stream_id("permutation", 0, r))`` (:mod:`biasscope._noise`: the same on every
+    process, whatever the batches) for every modality (common random numbers, so modalities are compared on the same
     shuffles). A modality whose representation shape varies between batches is permuted
     within each batch instead (recorded as its scope).
 
@@ -196,8 +217,7 @@ def permutation_scores(
     total = len(modalities) * repeats
     report("permutation", 0, total)
     data = data or AuditSet(model, batches, modalities, dev, output)
-    generator = torch.Generator().manual_seed(seed)
-    perms = [torch.randperm(data.n, generator=generator) for _ in range(repeats)]
+    perms = [_permutation(data.n, seed, r) for r in range(repeats)]
     clean = data.clean
     scores: dict[str, PermutationScore] = {}
     for i, m in enumerate(modalities):
@@ -237,8 +257,7 @@ def modality_shapley(
     """Shapley values of the modalities for each metric, v(S) = the metric with every
     modality outside S permuted across the audit set.
 
-    One permutation ``pi`` (the first drawn from ``torch.Generator().manual_seed(seed)``, as
-    in repeat 0 of :func:`permutation_scores`) serves every modality and every coalition:
+    One permutation ``pi`` (that of repeat 0 of :func:`permutation_scores`) serves every modality and every coalition:
     absent modalities of example ``i`` all come from example ``pi[i]``, so v(none) is the
     performance against shuffled labels, coalition values are mutually consistent, and two
     interchangeable modalities get equal values. Exact over the 2^M coalitions for
@@ -272,8 +291,8 @@ def modality_shapley(
     total = full if exact else samples
     report("shapley", 0, total)
     data = data or AuditSet(model, batches, mods, dev, output)
-    generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(data.n, generator=generator)
+    generator = torch.Generator().manual_seed(seed)  # the sampled orderings (large M) only
+    perm = _permutation(data.n, seed, 0)
     cache: dict[int, _Performance] = {full: data.clean}
 
     def v(mask: int) -> _Performance:

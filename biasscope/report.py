@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = [
     "check_output_folder",
     "data_provenance",
     "read_manifest",
+    "torchrun_group",
+    "writing_stage",
     "write_atomic",
     "write_outputs",
 ]
@@ -137,3 +140,26 @@ def data_provenance(source: str | os.PathLike[str]) -> dict[str, Any]:
     if Path(source).exists():
         info["sha256"] = fingerprint(source)
     return info
+
+
+@contextmanager
+def torchrun_group(device: str = "auto") -> Iterator[bool]:
+    """Join the ``torchrun`` process group for the block (gloo on CPU, NCCL on CUDA; a no-op
+    in a single process); yields whether this process writes and prints (rank 0).
+
+    Every process runs the audit on its share of the examples and holds the whole result;
+    only the writer writes the report (:func:`writing_stage`)."""
+    from ._distributed import is_writer, process_group
+
+    with process_group(device=device):
+        yield is_writer()
+
+
+@contextmanager
+def writing_stage(stage: str = "writing the report") -> Iterator[None]:
+    """Around the writer's output: a failure there (or on any process) raises on every
+    process (the others with a ``RemoteRankError``), so all exit with the same code."""
+    from ._distributed import sync_point
+
+    with sync_point(stage):
+        yield

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batch import OutputSpec
-from ._distributed import is_writer, join_group, sync_point
+from ._distributed import is_writer, join_group, local_only, sync_point
 from ._files import write_atomic, write_outputs
 from ._sources import fingerprint
 from .audit import audit
@@ -64,8 +64,9 @@ def _audit_on_writer(stage: str, model: Any, data: Any, modalities: Sequence[Mod
     Hook: once :func:`audit` shards its examples across the ranks itself (issue #13, item 2),
     call it on every rank here and for the fixed model in :func:`_fix_and_audit` (and keep
     the writes on rank 0)."""
-    with sync_point(stage):
-        return audit(model, data, modalities, **kw) if is_writer() else None
+    writer = is_writer()
+    with sync_point(stage), local_only():  # the audit would otherwise shard across the waiting ranks
+        return audit(model, data, modalities, **kw) if writer else None
 
 
 def _versions() -> dict[str, str]:
@@ -278,7 +279,8 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
         if is_writer():
             model_path = save_model(loaded, result.model, model_path)
             _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
-            after = audit(result.model, audited, modalities, **kw)  # see _audit_on_writer's hook
+            with local_only():  # the audit would otherwise shard across the waiting ranks
+                after = audit(result.model, audited, modalities, **kw)  # see _audit_on_writer's hook
     if not is_writer():
         return FixReport(None, None, result, model_path, _guard_gates(result), writer=False)
     common = {**(provenance or {}), "versions": _versions()}

@@ -84,7 +84,7 @@ def audit_command(
     permutation and Shapley checks; writes report.html and audit.json, prints the verdict."""
     with guarded(debug):
         from biasscope.config import resolve_options
-        from biasscope.report import AUDIT_FILES, audit_report, check_output_folder
+        from biasscope.report import AUDIT_FILES, audit_report, check_output_folder, torchrun_group, writing_stage
 
         cfg = read_config(config)
         table = cfg.audit
@@ -108,22 +108,27 @@ def audit_command(
             output_key=output_key, output_index=output_index,
         )
         batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
-        with ProgressDisplay(quiet) as progress:
-            report = audit_report(
-                inputs.loaded.module, batches, inputs.modalities, options=options,
-                output=inputs.output, thresholds=cfg.thresholds, progress=progress,
-                provenance={**inputs.provenance, "data": data_info}, plotlyjs=plotlyjs,
-            )
-        set_stage(f"writing the report to {str(out_dir)!r}")
-        paths = report.write(out_dir)
-        console.print(_summary(report.result))
-        console.print(
-            f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
-            highlight=False,
-        )
+        # under torchrun every process measures its share; rank 0 alone shows, writes and prints
+        with torchrun_group(options.device) as writer:
+            with ProgressDisplay(quiet or not writer) as progress:
+                report = audit_report(
+                    inputs.loaded.module, batches, inputs.modalities, options=options,
+                    output=inputs.output, thresholds=cfg.thresholds, progress=progress,
+                    provenance={**inputs.provenance, "data": data_info}, plotlyjs=plotlyjs,
+                )
+            with writing_stage():
+                if writer:
+                    set_stage(f"writing the report to {str(out_dir)!r}")
+                    paths = report.write(out_dir)
+                    console.print(_summary(report.result))
+                    console.print(
+                        f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
+                        highlight=False,
+                    )
         gate = report.gate(fail_on)
         if gate is not None and not gate.passed:
-            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
+            if writer:
+                console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
             raise typer.Exit(EXIT_GATE)
 
 

@@ -42,8 +42,10 @@ def _onehot_data(n=60, classes=3, batch=20, seed=1):
 
 
 def _perms(n, count, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randperm(n, generator=g) for _ in range(count)]
+    """The audit's permutations: repeat r keyed by (seed, r) only."""
+    from biasscope._noise import example_permutation, stream_id
+
+    return [example_permutation(n, seed=seed, stream=stream_id("permutation", 0, r)) for r in range(count)]
 
 
 def _batches(raw):

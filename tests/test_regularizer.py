@@ -66,6 +66,14 @@ def make_data(n: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("estimator", ["fisher", "poincare"])
 @pytest.mark.parametrize("mods", [MODS, LAYER_MODS], ids=["input", "layer"])
 def test_scores_equal_the_audit(estimator, mods):
+    """The regularizer and the audit run the same engine on the same sigmas; the regularizer
+    draws its noise from its generator, the audit from the examples' keys, so each is
+    checked against the engine with its own noise."""
+    from dataclasses import replace
+
+    from biasscope._noise import stream_id
+    from biasscope._perturbation import ExampleNoise
+
     model = GatedNet().eval()
     batch = make_data()
     unlabelled = {"a": batch["a"], "b": batch["b"]}
@@ -73,16 +81,22 @@ def test_scores_equal_the_audit(estimator, mods):
         model, mods, estimator=estimator, samples=6, seed=7, scale=0.8
     )
     _, scores = reg(batch)
-    # the audit on the same single batch: its sigmas are the std over this batch, its
-    # generator the same seed, its modalities taken one at a time in the same order
     result = audit(
         model, [unlabelled], mods, samples=6, seed=7, scale=0.8, label_key=None, device="cpu"
     )
+    b = replace(split_batch(unlabelled, label_key=None), index=torch.arange(48))
+    sig = representation_std(model, [b], mods)
+    bound = fisher_bound if estimator == "fisher" else (lambda f, q: poincare_bound(q))
+    g = torch.Generator().manual_seed(7)
     key = "fisher_bound" if estimator == "fisher" else "poincare_bound"
-    for m in result.modalities:
-        audited = getattr(m, key).mean
+    for j, m in enumerate(mods):
+        f, q = perturbation_samples(model, b, {m: sig[m.name]}, samples=6, scale=0.8, generator=g)
+        assert scores[m.name].item() == pytest.approx(bound(f.double(), q[m.name].double()).mean().item(), rel=1e-5)
+        keyed = ExampleNoise(7, {m: stream_id("perturb", j)})
+        f, q = perturbation_samples(model, b, {m: sig[m.name]}, samples=6, scale=0.8, keyed=keyed)
+        audited = getattr(result.modalities[j], key).mean
         assert audited > 0
-        assert scores[m.name].item() == pytest.approx(audited, rel=1e-5)
+        assert audited == pytest.approx(bound(f.double(), q[m.name].double()).mean().item(), rel=1e-5)
 
 
 def test_fixed_sigmas_equal_the_perturbation_engine():
