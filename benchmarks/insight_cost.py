@@ -12,6 +12,11 @@ and prints each as a fraction of the audit's time, then the probe's findings on 
 validation split and on decorrelated test data (random colours).
 
     python benchmarks/insight_cost.py [--samples 32] [--examples 1000] [--explain 3]
+    python benchmarks/insight_cost.py --whole [--repeats 2]
+
+``--whole`` times the whole ``audit()`` at its default options with the probe and the
+attributions on (the default), off, and each alone, interleaved ``--repeats`` times, and
+prints each configuration's fastest run and its extra time as a fraction of the plain audit.
 """
 
 from __future__ import annotations
@@ -40,17 +45,55 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def _stages(model, val, args) -> None:
+    """Within single default audits (same load on the machine): the probe's and the
+    attributions' share of the audit's wall time, from the progress callback's clock."""
+    for run in range(args.repeats):
+        marks: list[tuple[str, int, float]] = []
+        start = time.perf_counter()
+        audit(model, val, MODS, seed=args.seed, device="cpu", explain=args.explain,
+              progress=lambda stage, done, total, info: marks.append((stage, done, time.perf_counter())))
+        total = time.perf_counter() - start
+        probe = [t for s, _, t in marks if s == "probe"]
+        explain_end = max(t for s, _, t in marks if s == "explain")
+        t_probe, t_explain = probe[-1] - probe[0], explain_end - probe[-1]
+        print(f"  in-audit run {run + 1}: audit {total:.2f} s; probe {t_probe:.2f} s ({100 * t_probe / total:.1f}%),"
+              f" explain {args.explain}: {t_explain:.2f} s ({100 * t_explain / total:.1f}%)")
+
+
+def whole(model, val, args) -> None:
+    """The whole audit, default options, with and without the probe / attributions."""
+    configs = {"plain (probe off, explain 0)": dict(probe=False, explain=0),
+               "probe only": dict(probe=True, explain=0),
+               f"explain {args.explain} only": dict(probe=False, explain=args.explain),
+               f"default (probe + explain {args.explain})": dict(probe=True, explain=args.explain)}
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(args.repeats):
+        for label, extra in configs.items():
+            times[label].append(_timed(lambda: audit(model, val, MODS, seed=args.seed, device="cpu", **extra))[1])
+    _stages(model, val, args)
+    base = min(times["plain (probe off, explain 0)"])  # the fastest run: least disturbed by load
+    print(f"whole audit, default options, {args.examples} examples, 3 modalities ({args.repeats} runs each):")
+    for label, ts in times.items():
+        print(f"  {label:<34} fastest {min(ts):6.2f} s (runs {', '.join(f'{t:.2f}' for t in ts)})"
+              f"  extra {100 * (min(ts) - base) / base:+5.1f}% of the plain audit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--explain", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole", action="store_true", help="time the whole audit with and without")
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     train = three_modality_digits("train", n=3000, seed=args.seed)
     model = train_plain(ThreeModalityNet(seed=args.seed), train, epochs=10, seed=args.seed).eval()
     val = batches_of(three_modality_digits("val", n=args.examples, seed=args.seed))
+    if args.whole:
+        return whole(model, val, args)
     result, t_audit = _timed(lambda: audit(model, val, MODS, samples=args.samples, seed=args.seed, device="cpu"))
     batches = collect_batches(val)
     dev = torch.device("cpu")

@@ -14,7 +14,9 @@ from ._audit_state import MeasuredValues
 from ._stats import mean_interval
 from .agreement import analyse_agreement
 from .diagnostics import audit_diagnostics
+from .insight_results import Attribution, ProbeResult
 from .modality import Modality
+from .probe import probe_clauses, probe_diagnostics
 from .results import AuditResult, Diagnostic, JointCheck, ModalityResult, PermutationScore, ShapleyValues
 from .verdict import Thresholds, modality_verdicts, reliance_shares, reliance_status, verdict_sentence
 
@@ -33,6 +35,8 @@ class Evidence:
     thresholds: Thresholds
     seed: int
     early_diagnostics: list[Diagnostic] = field(default_factory=list)
+    probes: list[ProbeResult] = field(default_factory=list)
+    attributions: list[Attribution] = field(default_factory=list)
 
 
 def _modality_results(
@@ -104,6 +108,7 @@ def summarise(
                                     shapley=evidence.shapley, thresholds=evidence.thresholds)
     if candidates is not None:
         diagnostics = [_with_candidates(d, candidates) for d in diagnostics]
+    diagnostics += probe_diagnostics(evidence.probes, verdicts)
     note = reliance.note if labels is not None else ""
     return AuditResult(
         modalities=results,
@@ -115,13 +120,16 @@ def summarise(
         settings=evidence.settings,
         shapley=list(evidence.shapley),
         sentence=verdict_sentence(verdicts, note=note, disagree=[
-            d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality]),
+            d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality],
+            about=probe_clauses(evidence.probes, verdicts)),
         provenance=evidence.provenance,
         diagnostics=[*evidence.early_diagnostics, *diagnostics],
         reliance_measurable=reliance.measurable if reliance_shares(results) is not None else None,
         chance_accuracy=chance,
         agreement=analyse_agreement(results, evidence.shapley, evidence.thresholds,
                                     reliance_measurable=reliance.measurable),
+        probes=list(evidence.probes),
+        attributions=list(evidence.attributions),
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._audit_insight import check_data, check_sites, explain_step, probe_step
 from ._audit_shard import gather_check, gather_values, local_batches
 from ._audit_state import EntropyState, MeasuredValues
 from ._audit_summary import Evidence, summarise
@@ -172,6 +173,7 @@ def audit(
     output: OutputSpec | None = None,
     thresholds: Thresholds | None = None,
     progress: Progress | None = None,
+    tokenizer: Any | None = None,
     **overrides: Any,
 ) -> AuditResult:
     """Audit how much ``model`` depends on each modality.
@@ -186,6 +188,8 @@ def audit(
         output: which entry of the model's output holds the logits.
         thresholds: the verdict thresholds (:class:`~biasscope.verdict.Thresholds`).
         progress: ``progress(stage, done, total, info)`` for a progress display.
+        tokenizer: decodes token ids in the attributions (``convert_ids_to_tokens`` or
+            ``decode``); without it tokens are shown as ids.
     Raises:
         ModelOutputError: the output cannot be the logits of the label classes (its width
             changes with the batch size, is below the label range, or its accuracy is below
@@ -201,6 +205,7 @@ def audit(
         batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
         validate_modalities(batches[0], modalities)
         labelled = _usable_labels(batches)
+        checked = check_data(batches, modalities)
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
@@ -209,19 +214,26 @@ def audit(
             moments = representation_moments(model, (b.to(dev) for b in local), modalities, output)
         sigmas = finish_std(moments, modalities, reduce=all_reduce_sum if is_distributed() else None)
         report("scale", 1, 1, {})
+        checked += check_sites(sigmas, modalities)
         with sync_point("the clean predictions"):
             _, check = _clean_predictions(model, local, output, dev, report)
         early = _output_diagnostics(gather_check(check), options.check_output)
         values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report)
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
+        insight = dict(options=options, device=dev, output=output, report=report)
+        probes = probe_step(model, batches, modalities, permutation=permutation, labelled=labelled, **insight)
+        values = gather_values(values)
+        attributions = explain_step(model, batches, modalities, {k: v["functional_entropy"] for k, v in values.per_modality.items()},
+                                    tokenizer=tokenizer, **insight)
         labels = torch.cat([b.label for b in batches]).numpy() if labelled else None
         evidence = Evidence(
             labels=labels, permutation=permutation, shapley=shapley,
             settings={**_settings(options, dev, thresholds, modalities, labelled), "max_rows_used": rows},
             provenance={"versions": {"biasscope": __version__, "torch": torch.__version__}},
-            thresholds=thresholds, seed=options.seed, early_diagnostics=[*early, *notes],
+            thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early, *notes],
+            probes=probes, attributions=attributions,
         )
-        return summarise(modalities, gather_values(values), evidence,
+        return summarise(modalities, values, evidence,
                          candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
 
 

@@ -160,7 +160,10 @@ def _row_digests(batch: Batch) -> list[bytes]:
     for key, v in _tensors(batch):
         if v.dim() == 0 or v.shape[0] != batch.size:
             continue
-        rows = v.detach().cpu().contiguous().reshape(batch.size, -1).numpy()
+        v = v.detach().cpu()
+        if v.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: widen (exact)
+            v = v.float()
+        rows = v.contiguous().reshape(batch.size, -1).numpy()
         for h, row in zip(hashes, rows):
             h.update(str(key).encode() + str(row.shape).encode() + row.tobytes())
     return [h.digest() for h in hashes]

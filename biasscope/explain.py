@@ -121,6 +121,19 @@ def _feature_mask(kind: str, h: Tensor) -> Tensor:
     return torch.arange(int(np.prod(feat))).view(1, *feat)
 
 
+def _picture(h: Tensor) -> list[Any]:
+    """One example's (C, H, W) or (H, W) input as H x W x 3 in [0, 1] (min-max scaled; one
+    channel, or other than three, as grey), rounded for the JSON."""
+    x = h[0].detach().double().cpu()
+    if x.dim() == 3:
+        x = x.permute(1, 2, 0) if x.shape[0] == 3 else x.mean(0, keepdim=True).permute(1, 2, 0).expand(-1, -1, 3)
+    else:
+        x = x[..., None].expand(-1, -1, 3)
+    low, high = float(x.min()), float(x.max())
+    x = (x - low) / (high - low) if high > low else torch.zeros_like(x)
+    return np.round(x.numpy(), 3).tolist()
+
+
 def _decode(ids: Tensor, tokenizer: Any | None) -> list[str]:
     values = [int(i) for i in ids.reshape(-1)]
     if tokenizer is None:
@@ -204,6 +217,7 @@ def explain_examples(
                 method=how, kind=kind, values=_shape_values(kind, attr).tolist(),
                 shape=list(h.shape[1:]), tokens=_decode(ids, tokenizer) if ids is not None else None,
                 convergence_delta=delta, selected=reason,
+                image=_picture(h) if kind == "image" and modality.input is not None else None,
             )
         )
     return out

@@ -78,6 +78,8 @@ class Attribution:
             difference to the baseline); None for feature ablation.
         selected: why the example was chosen (``"highest"`` or ``"lowest"`` functional
             entropy, from :func:`~biasscope.explain.choose_examples`), or None.
+        image: for an image-like input site, the example itself as H x W x 3 values in
+            [0, 1] (min-max scaled; grey repeated), drawn under the heatmap; else None.
     """
 
     modality: str
@@ -91,6 +93,7 @@ class Attribution:
     tokens: list[str] | None = None
     convergence_delta: float | None = None
     selected: str | None = None
+    image: list[Any] | None = None
 
     @property
     def array(self) -> np.ndarray:
@@ -101,8 +104,14 @@ def _est(d: dict[str, Any]) -> Estimate:
     return Estimate(*(math.nan if d[k] is None else float(d[k]) for k in ("mean", "ci_low", "ci_high")))
 
 
+#: derived keys written beside a probe's fields in audit.json (for JSON readers)
+DERIVED = ("informative", "available", "used")
+
+
 def probe_from_dict(d: dict[str, Any]) -> ProbeResult:
-    """The inverse of ``dataclasses.asdict`` (after a JSON round trip: None for nan)."""
+    """The inverse of ``dataclasses.asdict`` (after a JSON round trip: None for nan; the
+    derived keys ignored)."""
+    d = {k: v for k, v in d.items() if k not in DERIVED}
     return ProbeResult(**{
         **d, "accuracy": _est(d["accuracy"]), "model_accuracy_permuted": _est(d["model_accuracy_permuted"]),
     })

@@ -42,6 +42,7 @@ __all__ = [
     "ProbeResult",
     "probe_modalities",
     "probe_diagnostics",
+    "probe_clauses",
     "uninformative_warnings",
     "wilson_interval",
 ]
@@ -160,6 +161,12 @@ def _permuted_accuracy(
     return mean_interval(np.array(accs))
 
 
+def _crossable(rows: Tensor, y: np.ndarray, keep: np.ndarray) -> tuple[Tensor, np.ndarray]:
+    """The examples of the classes in ``keep`` (those with at least two examples)."""
+    mask = np.isin(y, keep)
+    return rows[torch.from_numpy(mask)], y[mask]
+
+
 @torch.no_grad()
 def probe_modalities(
     model: nn.Module,
@@ -185,7 +192,9 @@ def probe_modalities(
         permutation: the audit's permutation scores, reused for the permuted accuracy.
         data: the audit's :class:`AuditSet` of these batches and modalities (shares its pass).
     Returns:
-        One :class:`ProbeResult` per modality, in order.
+        One :class:`ProbeResult` per modality, in order; classes with a single example are
+        left out (no stratified fold can hold them), and nothing is returned when fewer
+        than two classes have two examples.
     """
     if any(b.label is None or b.label.is_floating_point() for b in batches):
         raise DataLoadError(
@@ -200,6 +209,11 @@ def probe_modalities(
     if data.n > max_examples:
         rows = torch.randperm(data.n, generator=generator)[:max_examples].sort().values
     y = labels[rows].numpy()
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) > 1 and counts.min() < 2:  # stratified folds need two of each class
+        rows, y = _crossable(rows, y, classes[counts >= 2])
+        if len(np.unique(y)) < 2:
+            return []  # no two classes with two examples each: nothing to cross-validate
     chance = float(np.unique(y, return_counts=True)[1].max() / len(y))
     out = []
     for m in modalities:
@@ -269,6 +283,22 @@ def probe_diagnostics(probes: Sequence[ProbeResult], verdicts: Mapping[str, str]
                 f"Consider `fix` to make the model use more of {name}.",
                 p.modality,
             ))
+    return out
+
+
+def probe_clauses(probes: Sequence[ProbeResult], verdicts: Mapping[str, str]) -> dict[str, str]:
+    """For the verdict sentence: per modality the model does not use, what its probe says,
+    as a predicate ("alone predicts the label at 85% (chance 25%): information left unused"
+    or "carries no label information (probe at chance): ignoring it is right")."""
+    out = {}
+    for p in probes:
+        if verdicts.get(p.modality) not in NOT_USED:
+            continue
+        if p.informative:
+            out[p.modality] = (f"alone predicts the label at {_pct(p.accuracy.mean)} (chance "
+                               f"{_pct(p.chance)}): information left unused")
+        else:
+            out[p.modality] = "carries no label information (probe at chance): ignoring it is right"
     return out
 
 

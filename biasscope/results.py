@@ -7,10 +7,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._files import write_atomic
 from .errors import DataLoadError
+
+if TYPE_CHECKING:  # insight_results imports Estimate from here
+    from .insight_results import Attribution, ProbeResult
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -219,6 +222,8 @@ class AuditResult:
     reliance_measurable: bool | None = None  # None: no labels or no permutation score
     chance_accuracy: float | None = None  # the majority-class rate of the labels
     agreement: Agreement | None = None
+    probes: list[ProbeResult] = field(default_factory=list)  # label information per modality
+    attributions: list[Attribution] = field(default_factory=list)  # inside a modality (captum)
     schema_version: int = SCHEMA_VERSION
 
     def __getitem__(self, name: str) -> ModalityResult:
@@ -261,6 +266,8 @@ class AuditResult:
         if self.agreement is not None:
             data["agreement"]["sizes_agree"] = self.agreement.sizes_agree
             data["agreement"]["agree"] = self.agreement.agree
+        for p, d in zip(self.probes, data["probes"]):  # derived, for JSON readers
+            d.update(informative=p.informative, available=p.available, used=p.used)
         if self.joint is not None:
             data["joint"]["entropy_ratio"] = self.joint.entropy_ratio
             data["joint"]["variance_ratio"] = self.joint.variance_ratio
@@ -283,6 +290,8 @@ class AuditResult:
                 f"versions {', '.join(map(str, READABLE_SCHEMAS))}. Re-run the audit with "
                 "this version of biasscope."
             )
+        from .insight_results import attribution_from_dict, probe_from_dict
+
         mods = [_modality_from_dict(m) for m in data["modalities"]]
         joint = data.get("joint")
         return cls(
@@ -302,6 +311,8 @@ class AuditResult:
             reliance_measurable=data.get("reliance_measurable"),
             chance_accuracy=data.get("chance_accuracy"),
             agreement=_agreement_from_dict(data.get("agreement")),
+            probes=[probe_from_dict(p) for p in data.get("probes") or []],
+            attributions=[attribution_from_dict(a) for a in data.get("attributions") or []],
             schema_version=version,
         )
 

@@ -54,7 +54,7 @@ when one is more than ``disagree_factor`` (default 3) times the other (the large
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -282,15 +282,29 @@ def _names(names: list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def verdict_sentence(verdicts: dict[str, str], *, note: str = "", disagree: Sequence[str] = ()) -> str:
+def _names_about(names: list[str], about: Mapping[str, str]) -> str:
+    """The names, each ignored one followed by what its probe says ("`text`, which alone
+    predicts the label at 85% ...")."""
+    if not any(n in about for n in names):
+        return _names(names)
+    items = [f"`{n}`, which {about[n]}" if n in about else f"`{n}`" for n in names]
+    return items[0] if len(items) == 1 else "; ".join(items[:-1]) + "; and " + items[-1]
+
+
+def verdict_sentence(
+    verdicts: dict[str, str], *, note: str = "", disagree: Sequence[str] = (),
+    about: Mapping[str, str] | None = None,
+) -> str:
     """The sentence that leads the report, e.g. "The model ignores `text`; it leans on
     `image`.", then the modalities whose sensitivity and reliance shares ``disagree``, then
-    ``note`` (e.g. why reliance is not measurable)."""
+    ``note`` (e.g. why reliance is not measurable). ``about`` holds, per ignored or unused
+    modality, what the probe says of it (:func:`biasscope.probe.probe_clauses`)."""
+    about = about or {}
     by = {v: [n for n, x in verdicts.items() if x == v] for v in ("ignored", "unused", "weak", "dominant")}
     parts = []
     if by["ignored"]:
         every = len(by["ignored"]) == len(verdicts) > 1
-        parts.append(("ignores every modality: " if every else "ignores ") + _names(by["ignored"]))
+        parts.append(("ignores every modality: " if every else "ignores ") + _names_about(by["ignored"], about))
     if by["unused"]:
         parts.append(
             f"does not rely on {_names(by['unused'])} for its predictions, though noise there "
@@ -309,6 +323,7 @@ def verdict_sentence(verdicts: dict[str, str], *, note: str = "", disagree: Sequ
     if by["dominant"]:
         sentence += f"; it leans on {_names(by['dominant'])}"
     sentence += "."
+    sentence += "".join(f" `{n}` {about[n]}." for n in by["unused"] if n in about)
     if disagree:
         sentence += (f" Sensitivity and reliance disagree in size on {_names(list(disagree))}: "
                      "read both before acting.")

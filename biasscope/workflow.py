@@ -193,6 +193,14 @@ class FixReport:
         return written
 
 
+def _uninformative(before: AuditResult) -> list:
+    """``push_uninformative`` warnings: modalities whose probe (in the before-audit) is at
+    chance, which the fix would push the model to depend on."""
+    from .probe import uninformative_warnings
+
+    return uninformative_warnings(before.probes)
+
+
 def _model_dest(out: Path, loaded: LoadedModel) -> Path:
     return out / "model" if loaded.kind == "hf" else out / f"model{loaded.path.suffix or '.pt'}"
 
@@ -256,6 +264,9 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
     kw.update(output=output, thresholds=thresholds, progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
     _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     before = _audit_on_writer("the audit of the input model", loaded.module, audited, modalities, kw)
+    pushed = _uninformative(before) if before is not None else []
+    if pushed:  # before training: the user may stop a fix that would push noise
+        report("warnings", 1, 1, {"diagnostics": pushed})
     _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     try:
         result = fix(loaded.module, data, modalities, val_data=val_data, options=opts, output=output,
@@ -279,6 +290,6 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
         after,
         provenance={**after.provenance, **common, "model": _model_info(model_path, loaded.kind),
                     "input_model": source, "fix": _fix_summary(result)},
-        diagnostics=[*after.diagnostics, *result.diagnostics],
+        diagnostics=[*after.diagnostics, *pushed, *result.diagnostics],
     )
     return FixReport(before, after, result, model_path, _guard_gates(result))

@@ -32,6 +32,12 @@ class FixDisplay:
         self.task = None
 
     def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
+        if stage == "warnings":  # before training (push_uninformative): printed even when quiet
+            from rich.markup import escape
+
+            for d in (info or {}).get("diagnostics", []):
+                err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)} {escape(d.fix)}", highlight=False)
+            return
         if not self.enabled:
             return
         if stage != "fix":

@@ -255,4 +255,6 @@ def test_result_is_consistent_without_mutation():
     shares = {s.modality: (s.sensitivity, s.reliance) for s in result.agreement.shares}
     assert shares["m1"] == (0.0, 0.0) and shares["m0"] == (1.0, 1.0)
     assert result["m0"].reliance_share == 1.0 and result["m1"].verdict == "ignored"
-    assert [d.code for d in result.diagnostics] == ["site_unreachable"]
+    # the data checks come first, the probe's reading after the measures' diagnostics
+    assert [d.code for d in result.diagnostics] == [
+        "label_balance", "labels_imbalanced", "site_unreachable", "ignoring_is_right"]

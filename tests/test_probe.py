@@ -165,3 +165,20 @@ def test_probe_option_defaults_on_and_validates():
     assert AuditOptions().probe is True and AuditOptions(probe=False).probe is False
     with pytest.raises(ConfigError, match="probe must be True or False"):
         AuditOptions(probe="yes")
+
+
+def test_classes_with_one_example_are_left_out_of_the_probe():
+    """Stratified folds cannot hold a class seen once: such classes are dropped, and with
+    fewer than two classes of two examples there is no probe at all (no crash)."""
+    from biasscope._batch import split_batch
+    from biasscope.modality import Modality
+    from biasscope.probe import probe_modalities
+
+    model = torch.nn.Linear(3, 4)
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(0))
+    label = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    batch = split_batch((x, label), label_key="label")
+    (p,) = probe_modalities(model, [batch], [Modality("x", input=0)], device="cpu")
+    assert p.n_examples == 8 and p.chance == 0.5
+    tiny = split_batch((x[:2], torch.tensor([2, 3])), label_key="label")
+    assert probe_modalities(model, [tiny], [Modality("x", input=0)], device="cpu") == []

@@ -30,8 +30,10 @@ from biasscope.verdict import Thresholds, modality_verdicts, verdict_sentence
 
 SECTIONS = [
     "Measures per modality",
+    "Should it use it? Label information available vs used",
     "Per-class breakdown",
     "Distribution over examples",
+    "What inside each modality",
     "Tensorization check",
     "Do the measures agree?",
     "Settings and provenance",
@@ -71,6 +73,7 @@ def _expected_figures(r: AuditResult) -> int:
     n += any(m.per_example.get("functional_entropy") for m in r.modalities)
     n += all(m.permutation is not None for m in r.modalities)
     n += bool(r.shapley)
+    n += bool(r.probes) + len(r.attributions)  # available vs used; one per attribution
     return n
 
 
@@ -94,6 +97,7 @@ def _single_modality(r: AuditResult) -> AuditResult:
     r.modalities[0].share = 1.0
     r.joint = None
     r.shapley = []
+    r.probes = r.probes[:1]
     return _reverdict(r)
 
 
@@ -111,7 +115,11 @@ def test_fixture_is_the_planted_answer(audit_result):
     assert audit_result["b"].functional_entropy.mean == 0.0
     assert audit_result["b"].verdict == "ignored"
     assert audit_result["a"].verdict == "dominant"
-    assert audit_result.sentence == "The model ignores `b`; it leans on `a`."
+    assert audit_result.sentence == (
+        "The model ignores `b`, which carries no label information (probe at chance): ignoring it is "
+        "right; it leans on `a`.")
+    assert [p.informative for p in audit_result.probes] == [True, False]
+    assert [a.modality for a in audit_result.attributions] == ["a"] * 3
     assert all(m.permutation is not None for m in audit_result.modalities)
     assert {s.metric for s in audit_result.shapley} == {"accuracy", "log_likelihood"}
     assert audit_result.joint is not None
@@ -177,17 +185,18 @@ def test_every_section_heading_is_present_in_order(page):
 
 def test_figures_match_what_the_result_calls_for(page, audit_result):
     ids = _figure_ids(page)
-    assert len(ids) == _expected_figures(audit_result) == 6
+    assert len(ids) == _expected_figures(audit_result) == 10
     assert ids == [
-        "fig-shares", "fig-measures", "fig-per-class", "fig-distribution",
-        "fig-permutation", "fig-shapley",
+        "fig-shares", "fig-measures", "fig-probe", "fig-per-class", "fig-distribution",
+        "fig-attribution-0", "fig-attribution-1", "fig-attribution-2", "fig-permutation", "fig-shapley",
     ]
     no_labels = copy.deepcopy(audit_result)
     for m in no_labels.modalities:
         m.permutation = None
-    no_labels.shapley = []
+    no_labels.shapley, no_labels.probes, no_labels.attributions = [], [], []
     lean = render_html(no_labels, plotlyjs="cdn")
     assert _figure_ids(lean) == ["fig-shares", "fig-measures", "fig-per-class", "fig-distribution"]
+    assert 'id="information"' not in lean and 'id="inside"' not in lean
     assert "No labels were available" in lean
     assert "Permutation score</h3>" not in lean and "Reliance share" not in lean
 
@@ -261,7 +270,7 @@ def test_single_modality_omits_tensorization_with_a_note(audit_result):
     section = _section(out, "tensorization")
     assert "Only one modality" in section and "<table" not in section
     assert "With one modality there is nothing to rank." in out
-    assert len(_figure_ids(out)) == _expected_figures(one) == 5
+    assert len(_figure_ids(out)) == _expected_figures(one) == 9
 
 
 def test_agreement_reports_the_common_order(page):
@@ -460,7 +469,9 @@ def test_audit_table_colours_verdicts(audit_result):
 
 def test_audit_summary_text(audit_result):
     text = _console_text(audit_summary(audit_result))
-    assert "The model ignores b; it leans on a." in text
+    assert "The model ignores b, which carries no label information (probe at chance)" in text
+    assert re.search(r"\n  a  alone 93.8% \[87.0%-97.1%\]  chance 44.8% .* carries label information\n", text)
+    assert re.search(r"\n  b  alone 42.7% .* at chance: ignoring it is right\n", text)
     assert text.index("The model ignores") < text.index("Modality dependence")
     accuracy = f"{100 * audit_result.accuracy:.1f}%"
     assert f"{audit_result.n_examples} examples · accuracy {accuracy}" in text
@@ -513,6 +524,16 @@ def test_report_renders_in_chromium(tmp_path, audit_result):
     assert list(drawn) == _figure_ids(report.read_text(encoding="utf-8"))
     assert len(drawn) == _expected_figures(audit_result)
     assert all(drawn.values()), drawn
+    # the insight sections: titled, each with its plotly figure drawn
+    assert "Should it use it? Label information available vs used" in loaded.dom
+    assert "What inside each modality" in loaded.dom
+    assert drawn["fig-probe"] and drawn["fig-attribution-0"]
+    insight = _insight_result(audit_result)
+    page = write_html(insight, tmp_path / "insight.html")
+    loaded = load(page)
+    assert loaded.errors == []
+    assert plot_divs(loaded.dom) == {**{k: True for k in _figure_ids(page.read_text(encoding="utf-8"))}}
+    assert loaded.dom.count('class="bs-token"') == 4
     compare = write_compare_html(
         audit_result, _after(audit_result), tmp_path / "compare.html",
         gates=[{"name": "g", "passed": True, "detail": "ok"}],
@@ -522,6 +543,40 @@ def test_report_renders_in_chromium(tmp_path, audit_result):
     png = screenshot(report, tmp_path / "report.png", width=1280, height=2400)
     assert _png_size(png) == (1280, 2400)
     assert png.stat().st_size > 50_000  # a drawn page, not a blank one
+
+
+def _insight_result(r: AuditResult) -> AuditResult:
+    """``r`` with an image attribution (over its input picture) and a tokens attribution."""
+    from biasscope.insight_results import Attribution
+
+    r = copy.deepcopy(r)
+    heat = [[0.0] * 6 for _ in range(6)]
+    heat[1][4] = 1.0
+    picture = [[[x / 5, y / 5, 0.5] for x in range(6)] for y in range(6)]
+    r.attributions = [
+        Attribution("a", "input:a", 3, 1, "integrated_gradients", "image", heat, [3, 6, 6],
+                    image=picture, selected="highest"),
+        Attribution("b", "layer:emb", 5, 0, "feature_ablation", "tokens", [0.5, -0.2, 0.0, 1.0], [4, 8],
+                    tokens=["the", "<b>cat</b>", "sat", "down"], selected="lowest"),
+    ]
+    return r
+
+
+def test_insight_sections_render_the_probe_and_each_attribution_kind(audit_result):
+    out = render_html(_insight_result(audit_result), plotlyjs="cdn")
+    probe = _section(out, "information")
+    rows = re.findall(r'<tr data-modality="([^"]+)">(.*?)</tr>', probe, re.S)
+    assert [name for name, _ in rows] == ["a", "b"]
+    assert "93.8%" in _text(rows[0][1]) and "44.8%" in _text(rows[0][1])
+    assert "ignoring it is right" in _text(rows[1][1]) and "carries label information" in _text(rows[0][1])
+    inside = _section(out, "inside")
+    headings = [_text(h) for h in re.findall(r"<h3>(.*?)</h3>", inside, re.S)]
+    assert headings == ["a — example 3 (highest functional entropy), predicted class 1",
+                        "b — example 5 (lowest functional entropy), predicted class 0"]
+    assert "&lt;b&gt;cat&lt;/b&gt;" in inside and "<b>cat</b>" not in inside  # tokens escaped
+    assert inside.count('class="bs-token"') == 4 and "over the input" in inside
+    assert out.index('id="verdict"') < out.index('id="diagnostics"') < out.index('id="information"')
+    assert out.index('id="measures"') < out.index('id="information"') < out.index('id="inside"')
 
 
 @pytest.mark.browser
@@ -553,10 +608,12 @@ def test_undefined_intervals_and_missing_breakdowns_render(audit_result):
         m.per_class, m.per_example = {}, {}
     r.accuracy = None
     out = render_html(r, plotlyjs="cdn")
-    assert _figure_ids(out) == ["fig-shares", "fig-measures", "fig-permutation", "fig-shapley"]
+    assert _figure_ids(out) == ["fig-shares", "fig-measures", "fig-probe", "fig-attribution-0",
+                                "fig-attribution-1", "fig-attribution-2", "fig-permutation", "fig-shapley"]
     assert "This result holds no per-class values." in out
     assert "This result holds no per-example values." in out
-    assert "accuracy" not in _text(out[out.index("<body>") : out.index("</header>")])
+    meta = out.index('<p class="meta">')
+    assert "accuracy" not in _text(out[meta : out.index("</p>", meta)])
     row_a = re.findall(r"<tr>(.*?)</tr>", _section(out, "measures"), re.S)[1]
     assert f"{r['a'].functional_entropy.mean:.3g} [" not in _text(row_a)
     text = _console_text(audit_table(r))

@@ -93,6 +93,10 @@ def test_guard_trips_on_noise_exit_1_with_the_report_written(planted):
     assert any("val_proxy_accuracy" in h for h in log["history"])
     compare = (out / "compare.html").read_text()
     assert "fix guard" in compare and "decorrelated accuracy (s permuted)" in compare
+    # x is pure noise: its probe is at chance, so fix warns before pushing the model onto it
+    assert "`x` carries no label information" in res.output
+    after = AuditResult.load(out / "after" / "audit.json")
+    assert [d.modality for d in after.diagnostics if d.code == "push_uninformative"] == ["x"]
 
 
 def test_after_audit_names_the_written_model_and_the_data(planted):
@@ -112,6 +116,8 @@ def test_after_audit_names_the_written_model_and_the_data(planted):
         assert prov["factory"] == "twopath.py:build" and prov["output_key"] == "logits"
         assert {"biasscope", "torch", "python"} <= set(prov["versions"])
     assert after.provenance["fix"]["augmented"] == "s"
+    assert "carries no label information" not in res.output  # x is informative: no warning
+    assert not any(d.code == "push_uninformative" for d in after.diagnostics)
     manifest = json.loads((out / "biasscope-manifest.json").read_text())
     assert manifest["files"]["after/audit.json"] == _sha(out / "after" / "audit.json")
 

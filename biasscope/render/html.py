@@ -223,6 +223,27 @@ def _provenance(result: AuditResult) -> dict[str, Any]:
     return {"files": files, "versions": dict(versions), "other": prov}
 
 
+#: the diagnostics that say what the probe means for a modality (shown in its table row)
+PROBE_CODES = ("information_unused", "ignoring_is_right", "information_underused")
+
+
+def _insight_context(result: AuditResult) -> dict[str, Any]:
+    """The probe's figure and rows, and one card per attribution (figure, tokens)."""
+    from .insight_figures import attribution_figure, probe_figure, token_html
+
+    said = {d.modality: d.message for d in result.diagnostics if d.code in PROBE_CODES}
+    cards = [
+        {"a": a, "fig": _figure_html(f"attribution-{i}", attribution_figure(a)),
+         "tokens": Markup(token_html(a)) if a.kind == "tokens" else None}
+        for i, a in enumerate(result.attributions)
+    ]
+    return {
+        "probe_rows": [{"p": p, "said": said.get(p.modality, "")} for p in result.probes],
+        "probe_fig": _figure_html("probe", probe_figure(result.probes)) if result.probes else None,
+        "attribution_cards": cards,
+    }
+
+
 def _report_context(result: AuditResult, title: str | None) -> dict[str, Any]:
     figs = {k: _figure_html(k, f) for k, f in _figures.report_figures(result).items()}
     agreement = agreement_of(result)
@@ -243,6 +264,7 @@ def _report_context(result: AuditResult, title: str | None) -> dict[str, Any]:
         "settings": settings,
         "prov": _provenance(result),
         "divergence": settings.get("divergence", "kl"),
+        **_insight_context(result),
     }
 
 

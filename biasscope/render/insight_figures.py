@@ -76,7 +76,12 @@ def attribution_figure(attribution: Any) -> go.Figure:
     values = np.asarray(a["values"], dtype=np.float64)
     title = f"`{a['modality']}`, example {a['example']} (class {a['target']})"
     if a["kind"] == "image":
-        fig = go.Figure(go.Heatmap(z=values, colorscale="Inferno", colorbar=dict(title="|attr|")))
+        under = a.get("image")
+        heat = go.Heatmap(z=values, colorscale="Inferno", colorbar=dict(title="|attr|"),
+                          opacity=0.6 if under is not None else 1.0)
+        picture = [] if under is None else [go.Image(z=np.clip(np.asarray(under) * 255, 0, 255).astype(np.uint8),
+                                                     hoverinfo="skip")]
+        fig = go.Figure([*picture, heat])
         fig.update_yaxes(autorange="reversed", scaleanchor="x", showgrid=False)
         fig.update_xaxes(showgrid=False, constrain="domain")
         return _layout(fig, title, 360)

@@ -10,10 +10,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..results import AuditResult, Estimate, ModalityResult
+from ..results import NOT_USED, AuditResult, Estimate, ModalityResult
 from ._common import DASH, SEVERITY_STYLES, VERDICT_STYLES, fmt, fmt_ci, fmt_pct, has_permutation, reliance_of
 
-__all__ = ["audit_table", "audit_summary", "compare_table", "diagnostics_text", "sentence_text"]
+__all__ = ["audit_table", "audit_summary", "compare_table", "diagnostics_text", "probe_text", "sentence_text"]
 
 
 def sentence_text(sentence: str, style: str = "") -> Text:
@@ -98,6 +98,33 @@ def diagnostics_text(result: AuditResult) -> Text | None:
     return text
 
 
+def _reading(p, verdict: str) -> tuple[str, str]:
+    if verdict in NOT_USED:
+        return ("information left unused", "bold red") if p.informative else ("at chance: ignoring it is right", "green")
+    return ("carries label information", "") if p.informative else ("at chance", "dim")
+
+
+def probe_text(result: AuditResult) -> Text | None:
+    """One line per modality: the probe's accuracy alone (95% CI) against chance, the
+    model's accuracy with it shuffled, and the reading; None without probes."""
+    if not result.probes:
+        return None
+    verdicts = {m.name: m.verdict for m in result.modalities}
+    width = max(len(p.modality) for p in result.probes)
+    text = Text("Label information (probe alone vs model without it)", style="bold")
+    for p in result.probes:
+        a = p.accuracy
+        text.append(f"\n  {p.modality:<{width}}  ", style="bold")
+        text.append(f"alone {fmt_pct(a.mean)} [{fmt_pct(a.ci_low)}-{fmt_pct(a.ci_high)}]  chance {fmt_pct(p.chance)}")
+        text.append(f"  · model {fmt_pct(p.model_accuracy)} → {fmt_pct(p.model_accuracy_permuted.mean)} shuffled  ", style="dim")
+        reading, style = _reading(p, verdicts.get(p.modality, ""))
+        text.append(reading, style=style)
+    if result.attributions:
+        kinds = sorted({f"{a.modality}: {'heatmaps' if a.kind == 'image' else a.kind}" for a in result.attributions})
+        text.append(f"\nAttributions of {len(result.attributions)} examples in the report ({', '.join(kinds)})", style="dim")
+    return text
+
+
 def audit_summary(result: AuditResult, *, width: int | None = None) -> RenderableType:
     """The verdict sentence as a headline panel, the diagnostics, the table, and accuracy /
     n; below 120 columns of ``width`` the table is compact."""
@@ -117,7 +144,9 @@ def audit_summary(result: AuditResult, *, width: int | None = None) -> Renderabl
     if compact:
         facts.append(" · all measures with intervals: report.html or a wider terminal", style="dim")
     diagnostics = diagnostics_text(result)
-    parts = [headline, *([diagnostics] if diagnostics is not None else []), audit_table(result, compact=compact), facts]
+    probes = probe_text(result)
+    parts = [headline, *([diagnostics] if diagnostics is not None else []), audit_table(result, compact=compact),
+             *([probes] if probes is not None else []), facts]
     return Group(*parts)
 
 
