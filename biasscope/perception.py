@@ -271,16 +271,7 @@ def modality_shapley(
     Returns:
         One :class:`ShapleyValues` per metric, in the order of ``metrics``.
     """
-    metrics = list(metrics)
-    unknown = [x for x in metrics if x not in METRICS]
-    if not metrics or unknown or len(set(metrics)) != len(metrics):
-        raise ConfigError(
-            f"metrics must be distinct names among {', '.join(METRICS)}; got {metrics!r}."
-        )
-    if exact_max < 0 or samples < 1:
-        raise ConfigError(
-            f"exact_max must be >= 0 and samples >= 1 (got {exact_max} and {samples})."
-        )
+    metrics = _check_shapley_options(metrics, exact_max, samples)
     _validate(batches, modalities)
     dev = torch.device(device) if device is not None else model_device(model)
     report = progress or (lambda stage, done, total: None)
@@ -301,39 +292,10 @@ def modality_shapley(
             cache[mask] = data.evaluate(perm, absent)
         return cache[mask]
 
-    phi = np.zeros((len(metrics), count))
     if exact:
-        # phi_m = sum_{S not containing m} |S|! (M - |S| - 1)! / M! [v(S + m) - v(S)]
-        for mask in range(full):
-            v(mask)
-            report("shapley", mask + 1, total)
-        weight = [
-            math.factorial(s) * math.factorial(count - s - 1) / math.factorial(count)
-            for s in range(count)
-        ]
-        for i in range(count):
-            bit = 1 << i
-            for mask in range(full + 1):
-                if mask & bit:
-                    continue
-                w = weight[mask.bit_count()]
-                for k, name in enumerate(metrics):
-                    phi[k, i] += w * (v(mask | bit).metric(name) - v(mask).metric(name))
+        phi = _exact_shapley(v, count, full, metrics, lambda done: report("shapley", done, total))
     else:
-        orderings: list[list[int]] = []
-        while len(orderings) < samples:
-            order = torch.randperm(count, generator=generator).tolist()
-            orderings += [order, order[::-1]]
-        for n, order in enumerate(orderings[:samples]):
-            mask, prev = 0, v(0)
-            for i in order:
-                mask |= 1 << i
-                cur = v(mask)
-                for k, name in enumerate(metrics):
-                    phi[k, i] += cur.metric(name) - prev.metric(name)
-                prev = cur
-            report("shapley", n + 1, total)
-        phi /= samples
+        phi = _sampled_shapley(v, count, samples, metrics, generator, lambda done: report("shapley", done, total))
 
     out = []
     for k, name in enumerate(metrics):
@@ -350,3 +312,57 @@ def modality_shapley(
             )
         )
     return out
+
+
+def _check_shapley_options(metrics: Sequence[str], exact_max: int, samples: int) -> list[str]:
+    metrics = list(metrics)
+    unknown = [x for x in metrics if x not in METRICS]
+    if not metrics or unknown or len(set(metrics)) != len(metrics):
+        raise ConfigError(
+            f"metrics must be distinct names among {', '.join(METRICS)}; got {metrics!r}."
+        )
+    if exact_max < 0 or samples < 1:
+        raise ConfigError(
+            f"exact_max must be >= 0 and samples >= 1 (got {exact_max} and {samples})."
+        )
+    return metrics
+
+
+def _exact_shapley(v, count: int, full: int, metrics: list[str], done) -> np.ndarray:
+    """phi_m = sum_{S not containing m} |S|! (M - |S| - 1)! / M! [v(S + m) - v(S)]."""
+    for mask in range(full):
+        v(mask)
+        done(mask + 1)
+    weight = [
+        math.factorial(s) * math.factorial(count - s - 1) / math.factorial(count)
+        for s in range(count)
+    ]
+    phi = np.zeros((len(metrics), count))
+    for i in range(count):
+        bit = 1 << i
+        for mask in range(full + 1):
+            if mask & bit:
+                continue
+            w = weight[mask.bit_count()]
+            for k, name in enumerate(metrics):
+                phi[k, i] += w * (v(mask | bit).metric(name) - v(mask).metric(name))
+    return phi
+
+
+def _sampled_shapley(v, count: int, samples: int, metrics: list[str], generator, done) -> np.ndarray:
+    """The mean marginal contribution over ``samples`` orderings (antithetic pairs)."""
+    orderings: list[list[int]] = []
+    while len(orderings) < samples:
+        order = torch.randperm(count, generator=generator).tolist()
+        orderings += [order, order[::-1]]
+    phi = np.zeros((len(metrics), count))
+    for n, order in enumerate(orderings[:samples]):
+        mask, prev = 0, v(0)
+        for i in order:
+            mask |= 1 << i
+            cur = v(mask)
+            for k, name in enumerate(metrics):
+                phi[k, i] += cur.metric(name) - prev.metric(name)
+            prev = cur
+        done(n + 1)
+    return phi / samples

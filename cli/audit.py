@@ -118,18 +118,23 @@ def audit_command(
                 )
             with writing_stage():
                 if writer:
-                    set_stage(f"writing the report to {str(out_dir)!r}")
-                    paths = report.write(out_dir)
-                    console.print(_summary(report.result))
-                    console.print(
-                        f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
-                        highlight=False,
-                    )
+                    _write_and_print(report, out_dir)
         gate = report.gate(fail_on)
         if gate is not None and not gate.passed:
             if writer:
                 console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
             raise typer.Exit(EXIT_GATE)
+
+
+def _write_and_print(report: object, out_dir: Path) -> None:
+    """Write the report folder as one unit, then print the summary and where it went."""
+    set_stage(f"writing the report to {str(out_dir)!r}")
+    paths = report.write(out_dir)
+    console.print(_summary(report.result))
+    console.print(
+        f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
+        highlight=False,
+    )
 
 
 def _summary(result: object) -> object:
