@@ -145,6 +145,10 @@ class ProgressDisplay:
         "entropy": "functional entropy",
         "permutation": "permutation score",
         "shapley": "modality Shapley",
+        "probe": "label probe per modality",
+        "explain": "attributions (captum)",
+        "warnings": "checks before fixing",
+        "memory": "memory: chunk halved",
     }
 
     def __init__(self, quiet: bool) -> None:
