@@ -4,12 +4,12 @@ The minimum (whatever the implementation does): per example one clean forward pa
 modality K perturbed forward + backward passes (noise added at the modality's site, the
 gradient taken w.r.t. the noise), chunked to the same ``max_rows``. The audit runs with
 the performance-grounded checks off (``permutation_repeats=0, shapley=False``, no labels):
-its entropy family only, plus the tensorization check unless ``--no-tensorization``. Both
+its entropy family only, plus the tensorization check with ``--tensorization``. Both
 alternate ``--repeats`` times after a warm-up; the minimum time of each is reported, with
 the rows the audit actually ran (forward, and forward with backward) beside the minimum's.
 
     python benchmarks/bench_audit.py [--model net|vilt-tiny|vilt-b] [--examples 512]
-        [--samples 32] [--device auto] [--precision fp32] [--no-tensorization] [--json]
+        [--samples 32] [--device auto] [--precision fp32] [--tensorization] [--json]
 """
 
 from __future__ import annotations
@@ -176,8 +176,7 @@ def measure(args) -> dict:
     model, batches, mods = build(args.model, args.examples, args.batch)
     model.to(device)
     optional = {"precision": args.precision}
-    if args.no_tensorization:
-        optional["tensorization"] = False
+    optional["tensorization"] = args.tensorization
     kwargs, unsupported = audit_kwargs(optional)
     kwargs.update(samples=args.samples, seed=0, device=device, label_key=None, max_rows=args.max_rows,
                   permutation_repeats=0, shapley=False)
@@ -211,7 +210,7 @@ def measure(args) -> dict:
     return {
         **noise,
         "model": args.model, "device": str(device), "examples": n, "modalities": m, "samples": k,
-        "precision": args.precision, "tensorization": not (args.no_tensorization and "tensorization" not in unsupported),
+        "precision": args.precision, "tensorization": args.tensorization,
         "unsupported_options": unsupported,
         "audit_s": min(times["audit"]), "minimal_s": min(times["minimal"]),
         "ratio": min(times["audit"]) / min(times["minimal"]),
@@ -229,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=4096)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--no-tensorization", action="store_true", help="skip the joint check (if audit accepts it)")
+    p.add_argument("--tensorization", action="store_true", help="also run the joint (tensorization) check (off by default, as in the audit)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
