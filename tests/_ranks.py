@@ -34,16 +34,20 @@ def _worker(rank: int, world: int, port: int, folder: str, work: Callable[[int],
     Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def run_ranks(work: Callable[[int], Any], folder: Path, *, world: int = 2, deadline_s: float = 120) -> list[Any]:
-    """``work(rank)`` in ``world`` processes (fork where safe: torch already imported);
-    a hang past ``deadline_s`` fails the test."""
+def spawn(fn: Callable[..., None], args: tuple, *, world: int = 2, deadline_s: float = 120) -> None:
+    """``fn(rank, *args)`` in ``world`` processes (fork where safe: torch already imported;
+    spawn where CUDA is initialised); a hang past ``deadline_s`` fails the test."""
     method = "fork" if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized() else "spawn"
-    ctx = mp.start_processes(_worker, args=(world, free_port(), str(folder), work), nprocs=world, join=False,
-                             start_method=method)
+    ctx = mp.start_processes(fn, args=args, nprocs=world, join=False, start_method=method)
     deadline = time.monotonic() + deadline_s
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"the {world}-process run did not finish in {deadline_s} s (a hang)")
+
+
+def run_ranks(work: Callable[[int], Any], folder: Path, *, world: int = 2, deadline_s: float = 120) -> list[Any]:
+    """``work(rank)`` in ``world`` processes inside the process group; their results."""
+    spawn(_worker, (world, free_port(), str(folder), work), world=world, deadline_s=deadline_s)
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world)]

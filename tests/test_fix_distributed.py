@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _ranks import free_port, spawn
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -108,24 +107,10 @@ def _worker(rank: int, port: int, folder: str) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> tuple[list[dict], Path]:
     folder = tmp_path_factory.mktemp("fix_ranks")
-    method = "fork" if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized() else "spawn"
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=False,
-                             start_method=method)
-    deadline = time.monotonic() + DEADLINE_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the {WORLD}-process fix did not finish in {DEADLINE_S} s (a hang)")
+    spawn(_worker, (free_port(), str(folder)), world=WORLD, deadline_s=DEADLINE_S)
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)], folder
 
 
