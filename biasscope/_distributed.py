@@ -169,8 +169,18 @@ def join_group(*, device: str | torch.device = "auto", timeout: timedelta = DEFA
 
 
 def _leave_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait for the other processes (a bounded wait), then leave together: a gloo
+    peer torn down while another still talks to it can abort the process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=120))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer that failed already said why; leave anyway
+        pass
+    dist.destroy_process_group()
 
 
 def shard_bounds(n_examples: int, rank: int, world_size: int) -> tuple[int, int]:
