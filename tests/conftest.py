@@ -1,10 +1,18 @@
-"""Shared fixtures."""
+"""Shared fixtures. Torch runs one thread per test process: the models are tiny, and with
+two test workers (pytest-xdist) or other work beside the suite more threads oversubscribe
+the cores."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-from torch import nn
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses the tests start inherit it
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 class _PlantedNet(nn.Module):
