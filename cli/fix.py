@@ -201,7 +201,10 @@ def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
     from biasscope.render import compare_table
 
     r = report.fix
-    how = "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto" else "given"
+    how = (
+        "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto"
+        else "the regularizer is off; --lambda auto turns it on" if r.lambda_value == 0 else "given"
+    )
     console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {r.device}", highlight=False)
     t = r.target or {}
     reliance = ", ".join(f"{k} {v:.3g}" for k, v in (t.get("reliance") or {}).items())
