@@ -1,6 +1,7 @@
-"""Fine-tune a classifier with the functional-entropy regularizer: cross-entropy plus
-lambda times the regularizer's term (Gat et al., NeurIPS 2020), with a calibrated lambda,
-ModDrop on the modality the model relies on, a guard against teaching it noise, validation
+"""Fine-tune a classifier so that it stops ignoring a modality: ModDrop on the modality the
+model relies on (the default), optionally plus lambda times the functional-entropy
+regularizer's term (Gat et al., NeurIPS 2020; ``lambda_="auto"`` calibrates lambda; off by
+default, see docs/benchmarks.md), a guard against teaching it noise, validation
 and early stopping, checkpoints (tensors + JSON, never a pickle) and exact resume, on CUDA
 (optionally mixed precision) when there is one.
 

@@ -1,4 +1,5 @@
-"""``biasscope fix``: fine-tune with the functional-entropy regularizer, then audit again.
+"""``biasscope fix``: fine-tune with ModDrop (and, with --lambda, the functional-entropy
+regularizer), then audit again.
 Parses the options, shows progress, maps the outcome to an exit code; the work is
 :func:`biasscope.workflow.fix_and_audit`."""
 
@@ -119,7 +120,8 @@ def fix_command(
     quiet: bool = o.Quiet,
     debug: bool = o.Debug,
 ) -> None:
-    """Fine-tune MODEL on --data with the functional-entropy regularizer and ModDrop; write the
+    """Fine-tune MODEL on --data with ModDrop on the relied-upon modality (and the
+    functional-entropy regularizer with --lambda auto); write the
     model in its input format (never over the input), a training log, and audits before and
     after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
