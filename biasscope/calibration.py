@@ -136,7 +136,7 @@ def calibrate_lambda(
     if not den > 0 or not math.isfinite(den):
         raise ConfigError(
             f"Cannot calibrate lambda: the regularizer's {criterion} is {den} on the calibration "
-            "batches (is every modality ignored, or the term non-finite?). Give the weight yourself: --lambda X (lambda_=X)."
+            "batches (is every modality ignored, or the term non-finite?). Give the weight yourself: lambda_=X."
         )
     return Calibration(
         target_ratio * num / den,

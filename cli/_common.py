@@ -37,7 +37,8 @@ _stage = {"now": "starting"}
 _PARAMETERS = sorted(
     {n for cls in (AuditOptions, FixOptions) for n in cls.__dataclass_fields__ if "_" in n.strip("_")}
     | {"output_key", "output_index", "label_key", "trust_pickle", "hf_class", "batch_size",
-       "fail_on", "min_share", "min_reliance_share", "max_drop_accuracy", "allow_different_data"},
+       "fail_on", "min_share", "min_reliance_share", "max_drop_accuracy", "allow_different_data",
+       "lambda_"},
     key=len, reverse=True,
 )
 _TS_TRACE = re.compile(r"\n?\s*Traceback of TorchScript.*?\n(?=[^\n]*\b\w+(Error|Exception)\b: )", re.S)

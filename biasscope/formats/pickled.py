@@ -30,7 +30,7 @@ def read_torch_file(p: Path, *, map_location: Any, trust_pickle: bool) -> Any:
         match = _GLOBAL_RE.search(message)
         if not trust_pickle:
             raise pickle_refused(p, match.group(1) if match else None) from None
-    try:
+    try:  # reached only with trust_pickle: the user's explicit opt-in to run the file's pickle
         return torch.load(p, map_location=map_location, weights_only=False)
     except Exception as exc:
         raise ModelLoadError(
