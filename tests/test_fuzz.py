@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import tempfile
-import textwrap
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _project import write_project
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -45,25 +45,6 @@ def fuzz_settings(examples: int):
     )
 
 
-MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.image = nn.Linear(5, 8)
-            self.text = nn.Linear(3, 8)
-            self.head = nn.Linear(16, 4)
-
-        def forward(self, image, text):
-            return self.head(torch.cat([torch.tanh(self.image(image)), torch.tanh(self.text(text))], 1))
-
-    def build():
-        return Net()
-    """
-)
 MODS = ["-m", "image=input:image", "-m", "text=input:text"]
 FAST = ["--samples", "2", "--permutation-repeats", "0", "--no-shapley", "--no-tensorization", "--quiet"]
 
@@ -72,20 +53,8 @@ FAST = ["--samples", "2", "--permutation-repeats", "0", "--no-shapley", "--no-te
 def project(tmp_path_factory):
     """A model (state dict + factory file, and TorchScript), its data, and an audit.json."""
     root = tmp_path_factory.mktemp("fuzz")
-    (root / "models.py").write_text(MODEL)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fuzz_models", root / "models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.manual_seed(0)
-    net = module.Net()
-    torch.save(net.state_dict(), root / "model.pt")
+    net, image, text, label = write_project(root, n=16, module_name="fuzz_models")
     torch.jit.save(torch.jit.script(net), root / "scripted.pt")
-    image, text = torch.randn(16, 5), torch.randn(16, 3)
-    with torch.no_grad():
-        label = net(image, text).argmax(1)
-    torch.save({"image": image, "text": text, "label": label}, root / "val.pt")
     np.savez(root / "val.npz", image=image.numpy(), text=text.numpy(), label=label.numpy())
     res = runner.invoke(app, ["audit", str(root / "model.pt"), "--factory", f"{root / 'models.py'}:build",
                               "--data", str(root / "val.pt"), *MODS, *FAST, "--out", str(root / "audit")])

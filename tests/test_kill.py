@@ -9,51 +9,20 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from _project import write_project
 import torch
 
 from biasscope.report import MANIFEST_NAME, read_manifest
 
 
-MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.image, self.text, self.head = nn.Linear(5, 8), nn.Linear(3, 8), nn.Linear(16, 4)
-
-        def forward(self, image, text):
-            return self.head(torch.cat([torch.tanh(self.image(image)), torch.tanh(self.text(text))], 1))
-
-    def build():
-        return Net()
-    """
-)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    (root / "models.py").write_text(MODEL)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("kill_models", root / "models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.manual_seed(0)
-    net = module.Net()
-    torch.save(net.state_dict(), root / "model.pt")
-    image, text = torch.randn(64, 5), torch.randn(64, 3)
-    with torch.no_grad():
-        label = net(image, text).argmax(1)
-    torch.save({"image": image, "text": text, "label": label}, root / "val.pt")
+    write_project(root, n=64, module_name="kill_models")
     return root
 
 
