@@ -101,15 +101,19 @@ def representation_std(
 
 @torch.no_grad()
 def representation_moments(
-    model: nn.Module, batches: Iterable[Batch], modalities: Sequence[Modality], output: OutputSpec = OutputSpec()
+    model: nn.Module, batches: Iterable[Batch], modalities: Sequence[Modality], output: OutputSpec = OutputSpec(),
+    *, on_logits: Callable[[Tensor], None] | None = None,
 ) -> dict[str, tuple[list | None, list, bool]]:
     """Per modality the float64 accumulators [sum, sumsq, n] over the batch dim (None when
-    the feature shape varies) and over all dims but the last, and whether it varies."""
+    the feature shape varies) and over all dims but the last, and whether it varies.
+    ``on_logits`` receives each batch's clean logits (the same pass: no second one needed)."""
     full: dict[str, list] = {}  # name -> [sum, sumsq, n] over the batch dim
     last: dict[str, list] = {}  # name -> [sum, sumsq, n] over all dims but the last
     varying: set[str] = set()
     for batch in batches:
-        _, reps = capture(model, batch, modalities, output)
+        logits, reps = capture(model, batch, modalities, output)
+        if on_logits is not None:
+            on_logits(logits)
         for name, h in reps.items():
             h = h.detach().double()
             _accumulate(last, name, h.reshape(-1, h.shape[-1]) if h.dim() > 1 else h[:, None])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import __version__
 from ._audit_insight import check_data, check_sites, explain_step, probe_step
@@ -101,21 +101,16 @@ def _max_rows(options: AuditOptions, model: nn.Module, batch: Batch, dev: torch.
 
 
 @torch.no_grad()
-def _clean_predictions(model, batches, output, dev, report) -> tuple[np.ndarray, OutputCheck]:
-    """One clean pass: every example's predicted class, and what the output check needs
-    (the output's width at two batch sizes)."""
-    preds = []
-    for i, batch in enumerate(batches):
-        preds.append(check_finite(call_model(model, batch.to(dev), output)).argmax(dim=1).cpu())
-        report("predictions", i + 1, len(batches), {})
+def _output_check(model, batches, output, dev, logits: list[Tensor]) -> OutputCheck:
+    """What the output check needs from the clean ``logits`` of ``batches`` (kept from the
+    noise-scale pass): every prediction, and the output's width at a second batch size."""
     first = batches[0].to(dev)
-    width = call_model(model, first, output).shape[1]
     other = first.select(torch.arange(first.size - 1)) if first.size >= 3 else first.repeat(2)
     other_width = call_model(model, other, output).shape[1]
     labels = [int(x) for b in batches for x in b.label.tolist()] if batches[0].label is not None else None
-    pred = torch.cat(preds).numpy()
-    return pred, OutputCheck(width=width, other_width=other_width, other_size=other.size,
-                             size=first.size, predictions=pred.tolist(), labels=labels)
+    pred = torch.cat([x.argmax(dim=1).cpu() for x in logits]).numpy()
+    return OutputCheck(width=logits[0].shape[1], other_width=other_width, other_size=other.size,
+                       size=first.size, predictions=pred.tolist(), labels=labels)
 
 
 def _output_diagnostics(check: OutputCheck, enforce: bool) -> list[Diagnostic]:
@@ -211,12 +206,14 @@ def audit(
     with on_device(model, dev):
         report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
         with sync_point("the noise scale"):
-            moments = representation_moments(model, (b.to(dev) for b in local), modalities, output)
+            logits: list[Tensor] = []
+            moments = representation_moments(model, (b.to(dev) for b in local), modalities, output,
+                                             on_logits=logits.append)
         sigmas = finish_std(moments, modalities, reduce=all_reduce_sum if is_distributed() else None)
         report("scale", 1, 1, {})
         checked += check_sites(sigmas, modalities)
         with sync_point("the clean predictions"):
-            _, check = _clean_predictions(model, local, output, dev, report)
+            check = _output_check(model, local, output, dev, logits)
         early = _output_diagnostics(gather_check(check), options.check_output)
         values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report)
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
