@@ -98,30 +98,30 @@ class EntropyState:
         )
 
 
-def _tensorization(model, batch, sigmas, reps, options, seed: int, *, draws: int = 1):
+def _tensorization(model, batch, sigmas, reps, options, seed: int):
     """Per example: Ent and Var of f under the joint perturbation, and the tensorization
     sums sum_m E_{-m}[Ent_m f], sum_m E_{-m}[Var_m f] (the other modalities' noise frozen at
-    ``draws`` random values per example, the expectation over them taken over examples).
+    one random value per example, the expectation over it taken over examples).
     Every draw is keyed by the example (streams ``joint``, ``perturb`` and ``frozen``)."""
     order = list(sigmas)
     joint = ExampleNoise(seed, {m: stream_id("joint", j) for j, m in enumerate(order)})
     f, _ = perturbation_samples(model, batch, sigmas, gradients=False, keyed=joint, **options)
     f = f.double()
+    # each modality's frozen value is drawn once and shared by the terms of the others
+    frozen_all = {
+        o: example_noise(reps[o.name].shape[1:], s, scale=options["scale"], seed=seed,
+                         example_index=batch.index, stream=stream_id("frozen", i, 0), samples=1,
+                         device=reps[o.name].device)[0].to(reps[o.name].dtype)
+        for i, (o, s) in enumerate(sigmas.items())
+    }
     ent_sum = torch.zeros(batch.size, dtype=torch.float64, device=f.device)
     var_sum = torch.zeros_like(ent_sum)
     for j, m in enumerate(order):
-        for d in range(draws):
-            frozen = {
-                o: example_noise(reps[o.name].shape[1:], s, scale=options["scale"], seed=seed,
-                                 example_index=batch.index, stream=stream_id("frozen", i, d), samples=1,
-                                 device=reps[o.name].device)[0].to(reps[o.name].dtype)
-                for i, (o, s) in enumerate(sigmas.items())
-                if o != m
-            }
-            keyed = ExampleNoise(seed, {m: stream_id("perturb", j)})
-            fm, _ = perturbation_samples(
-                model, batch, {m: sigmas[m]}, gradients=False, offsets=frozen, keyed=keyed, **options
-            )
-            ent_sum += functional_entropy(fm.double()) / draws
-            var_sum += variance(fm.double()) / draws
+        frozen = {o: z for o, z in frozen_all.items() if o != m}
+        keyed = ExampleNoise(seed, {m: stream_id("perturb", j)})
+        fm, _ = perturbation_samples(
+            model, batch, {m: sigmas[m]}, gradients=False, offsets=frozen, keyed=keyed, **options
+        )
+        ent_sum += functional_entropy(fm.double())
+        var_sum += variance(fm.double())
     return functional_entropy(f).cpu(), variance(f).cpu(), ent_sum.cpu(), var_sum.cpu()
