@@ -30,7 +30,6 @@ __all__ = [
     "RankEnv",
     "RemoteRankError",
     "all_reduce_sum",
-    "barrier",
     "gather_rows",
     "is_distributed",
     "is_writer",
@@ -93,27 +92,19 @@ def local_only() -> Iterator[None]:
         _LOCAL_ONLY[0] -= 1
 
 
-def _rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
 def rank() -> int:
     """This process's rank in the group (0 in a single process)."""
-    return _rank()
+    return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
     """The number of processes in the group (1 in a single process)."""
-    return _world()
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_writer() -> bool:
     """Whether this process writes outputs: rank 0, or the only process."""
-    return _rank() == 0
+    return rank() == 0
 
 
 def rank_device(device: str | torch.device = "auto") -> torch.device:
@@ -128,6 +119,25 @@ def rank_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _place() -> RankEnv:
+    env = torchrun_env()
+    return RankEnv(rank(), world_size(), env.local_rank if env else 0)
+
+
+def _init_group(device: str | torch.device, timeout: timedelta) -> RankEnv | None:
+    """Initialise the torchrun group (NCCL when this rank's device is CUDA, else gloo); None
+    outside torchrun, at world size 1, or when a group exists already (nothing done)."""
+    env = torchrun_env()
+    if env is None or env.world_size == 1 or (dist.is_available() and dist.is_initialized()):
+        return None
+    dev = rank_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    return env
+
+
 @contextmanager
 def process_group(
     *, device: str | torch.device = "auto", timeout: timedelta = DEFAULT_TIMEOUT
@@ -135,15 +145,10 @@ def process_group(
     """Join the torchrun group for the duration of the block (NCCL when this rank's device
     is CUDA, else gloo) and leave it after; outside torchrun, or when a group already
     exists (the caller owns it), yield this process's place and do nothing."""
-    env = torchrun_env()
-    if env is None or env.world_size == 1 or (dist.is_available() and dist.is_initialized()):
-        yield RankEnv(_rank(), _world(), env.local_rank if env else 0)
+    env = _init_group(device, timeout)
+    if env is None:
+        yield _place()
         return
-    dev = rank_device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
     try:
         yield env
     finally:
@@ -156,14 +161,9 @@ def join_group(*, device: str | torch.device = "auto", timeout: timedelta = DEFA
     size 1, or when a group exists already. The group is left at exit. Unlike leaving and
     re-joining per call (:func:`process_group`), repeated calls never re-run the rendezvous,
     which races with the previous group's store when one script calls fix twice."""
-    env = torchrun_env()
-    if env is None or env.world_size == 1 or (dist.is_available() and dist.is_initialized()):
-        return RankEnv(_rank(), _world(), env.local_rank if env else 0)
-    dev = rank_device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    env = _init_group(device, timeout)
+    if env is None:
+        return _place()
     atexit.register(_leave_group)
     return env
 
@@ -193,7 +193,7 @@ def shard_bounds(n_examples: int, rank: int, world_size: int) -> tuple[int, int]
 
 def shard(n_examples: int) -> range:
     """The global indices of this process's examples (all of them in a single process)."""
-    return range(*shard_bounds(n_examples, _rank(), _world()))
+    return range(*shard_bounds(n_examples, rank(), world_size()))
 
 
 def _collective_device(tensor: Tensor) -> torch.device:
@@ -212,7 +212,7 @@ def gather_rows(tensor: Tensor) -> Tensor:
     home, dev = tensor.device, _collective_device(tensor)
     is_bool = tensor.dtype == torch.bool
     local = (tensor.to(torch.uint8) if is_bool else tensor).to(dev).contiguous()
-    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(_world())]
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=dev))
     counts = [int(s) for s in sizes]
     longest = max(counts)
@@ -233,9 +233,6 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return total.to(tensor.device)
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def _error_summary(exc: BaseException) -> str:
@@ -262,7 +259,7 @@ def sync_point(stage: str) -> Iterator[None]:
     dist.all_reduce(flag, op=dist.ReduceOp.SUM)
     if int(flag) == 0:
         return
-    messages: list[str | None] = [None] * _world()
+    messages: list[str | None] = [None] * world_size()
     dist.all_gather_object(messages, None if failure is None else _error_summary(failure))
     if failure is not None:
         raise failure

@@ -24,7 +24,6 @@ __all__ = [
     "perturbation_samples",
     "CleanPass",
     "ExampleNoise",
-    "draw_noise",
     "capture",
     "check_finite",
 ]
@@ -210,12 +209,6 @@ class CleanPass:
                 self._cache[1] = capture(self.model, self.batch, self.modalities, self.output,
                                          precision=self.precision)
         return self._cache[1]
-
-
-def draw_noise(h: Tensor, sigma: Tensor, *, scale: float, generator: torch.Generator) -> Tensor:
-    """z ~ N(0, diag(s^2 sigma^2)) shaped like ``h`` (drawn on the generator's device)."""
-    eps = torch.randn(h.shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return (scale * sigma.to(h.device) * eps.to(h.device)).to(h.dtype)
 
 
 #: the static loss scale of the fp16 backward (halved on overflow)

@@ -222,7 +222,7 @@ class FunctionalEntropyRegularizer(nn.Module):
             missing = [m.name for m in modalities if m.name not in sigmas]
             if missing:
                 raise ModalityError(f"sigmas has no entry for modality {', '.join(missing)}.")
-            # moved to the noise's device where used (draw_noise, perturbation_samples)
+            # moved to the noise's device where used (perturbation_samples)
             self.sigmas = {
                 m.name: torch.as_tensor(sigmas[m.name]).detach().float() for m in modalities
             }
