@@ -5,6 +5,7 @@ for exact resume."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -139,7 +140,7 @@ class Trainer:
         }
         self._make_guard()
         if self.val is not None:
-            self.guard.begin(self._agreed(self._measure()), _cpu_state(self.model))
+            self.guard.begin(self._agreed(self._measure()), lambda: _cpu_state(self.model))
 
     def _make_guard(self) -> None:
         o, t = self.options, self.target
@@ -245,13 +246,16 @@ class Trainer:
             better = True
         else:
             better = value < best["metric"] if o.monitor == "val_loss" else value > best["metric"]
+        # one CPU copy of the weights, taken when first asked for, shared by the best state
+        # and the guard's kept state
+        snapshot = functools.cache(lambda: _cpu_state(self.model))
         if better:
-            state = _cpu_state(self.model) if o.restore_best else None
+            state = snapshot() if o.restore_best else None
             best.update(step=self.step_count, metric=value, waited=0, state=state)
         else:
             best["waited"] += 1
             self.stopped_early = o.patience is not None and best["waited"] >= o.patience
-        self.guard.check(self.step_count, metrics, lambda: _cpu_state(self.model))
+        self.guard.check(self.step_count, metrics, snapshot)
         return metrics
 
     # -- the end --------------------------------------------------------------------------
