@@ -182,6 +182,8 @@ class Trainer:
         """One optimisation step on ``batch``, then validation when due; returns its record.
         Under torchrun ``batch`` is the global batch and each rank trains on its shard."""
         o = self.options
+        if batch.label is None:
+            raise DataLoadError("The training data has no labels; fix needs labelled batches.")
         if self.distributed is not None:
             record = self.distributed.update(batch)
             record = {"step": record.pop("step"), "epoch": epoch, **record}
@@ -198,10 +200,7 @@ class Trainer:
 
     def _update(self, batch: Batch, epoch: int) -> dict[str, Any]:
         """Forward, backward and optimizer step on ``batch`` in one process; its record."""
-        o = self.options
         b = batch.to(self.device)
-        if b.label is None:
-            raise DataLoadError("The training data has no labels; fix needs labelled batches.")
         with self.autocast():
             ce, term, scores, target, lam_now = self._forward(b)
             loss = ce + lam_now * term.float()
@@ -214,15 +213,21 @@ class Trainer:
         if target is not None:
             record["augmented"] = target
         if torch.isfinite(loss):
-            self.scaler.scale(loss).backward()
-            if o.max_grad_norm is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, o.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.apply_gradients(loss)
         else:
             record["skipped"] = True  # a non-finite loss: no update
         return record
+
+    def apply_gradients(self, loss: Tensor) -> None:
+        """Backward through ``loss`` (under DDP the gradients are all-reduced there), then
+        unscale and clip when ``max_grad_norm`` is set, the optimizer step and the scaler
+        update."""
+        self.scaler.scale(loss).backward()
+        if self.options.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.options.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     # -- validation -----------------------------------------------------------------------
 
