@@ -120,10 +120,7 @@ class Trainer:
         self.held = [b.to(self.device) for b in held]
         if self.target is not None:
             return
-        reliance = measure_reliance(
-            self.model, self.held, self.modalities, device=self.device, output=self.output,
-            repeats=o.reliance_repeats, seed=o.seed + 2,
-        )
+        reliance = self._reliance()
         if self.agree is not None:  # the same target on every rank
             reliance = self.agree(reliance)
         relied = max(reliance, key=reliance.get)
@@ -141,6 +138,14 @@ class Trainer:
         self._make_guard()
         if self.val is not None:
             self.guard.begin(self._agreed(self._measure()), lambda: _cpu_state(self.model))
+
+    def _reliance(self) -> dict[str, float]:
+        """Reliance on each modality over the held set (the same permutations every call)."""
+        o = self.options
+        return measure_reliance(
+            self.model, self.held, self.modalities, device=self.device, output=self.output,
+            repeats=o.reliance_repeats, seed=o.seed + 2,
+        )
 
     def _make_guard(self) -> None:
         o, t = self.options, self.target
@@ -275,11 +280,7 @@ class Trainer:
 
     def reliance_after(self) -> dict[str, float]:
         """Reliance on each modality over the held set, with the current weights."""
-        o = self.options
-        return measure_reliance(
-            self.model, self.held, self.modalities, device=self.device, output=self.output,
-            repeats=o.reliance_repeats, seed=o.seed + 2,
-        )
+        return self._reliance()
 
     # -- checkpoints ----------------------------------------------------------------------
 
