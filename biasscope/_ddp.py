@@ -17,9 +17,13 @@ The contract (tested in tests/test_fix_distributed.py):
 - Randomness: at W > 1 the regularizer's noise, ModDrop and the model's own draws (dropout)
   are reseeded each step from (seed, rank, step), so ranks differ and a resumed run redraws
   the same.
-- Agreement: calibration, the ModDrop target and validation run on every rank over the
-  whole data (replicated, so equal to one process); rank 0's numbers are then broadcast so
-  that early stopping and the guard decide the same everywhere.
+- Agreement: calibration runs on every rank over the whole calibration batches
+  (replicated). The reliance behind the ModDrop target and validation use
+  :class:`~biasscope.perception.AuditSet`: every rank makes the clean pass over the whole
+  held set, the permuted passes are sharded by batch across the ranks and their
+  per-example scores gathered in global order, so the numbers equal one process's. Rank 0's
+  numbers are then broadcast so that the target, early stopping and the guard decide the
+  same everywhere.
 
 World size 1 never comes here: :class:`~biasscope._trainer.Trainer` runs as in one process.
 """

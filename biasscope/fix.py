@@ -306,7 +306,7 @@ def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, res
                 DistributedUpdate(trainer)
             with sync_point("calibration"):  # every rank on the whole batches: the same lambda
                 trainer.calibrate(first)
-            trainer.choose_target(first)  # replicated too; rank 0's reliance decides
+            trainer.choose_target(first)  # permuted passes sharded and gathered; rank 0's reliance decides
             start_epoch, start_index = trainer.position
             for epoch in range(start_epoch, opts.epochs):
                 if trainer.done:
