@@ -17,9 +17,13 @@ The contract (tested in tests/test_fix_distributed.py):
 - Randomness: at W > 1 the regularizer's noise, ModDrop and the model's own draws (dropout)
   are reseeded each step from (seed, rank, step), so ranks differ and a resumed run redraws
   the same.
-- Agreement: calibration, the ModDrop target and validation run on every rank over the
-  whole data (replicated, so equal to one process); rank 0's numbers are then broadcast so
-  that early stopping and the guard decide the same everywhere.
+- Agreement: calibration runs on every rank over the whole calibration batches
+  (replicated). The reliance behind the ModDrop target and validation use
+  :class:`~biasscope.perception.AuditSet`: every rank makes the clean pass over the whole
+  held set, the permuted passes are sharded by batch across the ranks and their
+  per-example scores gathered in global order, so the numbers equal one process's. Rank 0's
+  numbers are then broadcast so that the target, early stopping and the guard decide the
+  same everywhere.
 
 World size 1 never comes here: :class:`~biasscope._trainer.Trainer` runs as in one process.
 """
@@ -36,7 +40,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ._batch import Batch
 from ._distributed import all_reduce_sum, shard_bounds, world_size
 from ._distributed import rank as current_rank
-from .errors import DataLoadError
 
 __all__ = ["DistributedUpdate", "rank_seed", "rank_shard"]
 
@@ -127,9 +130,7 @@ class DistributedUpdate:
         global ``batch``; returns the step's record with the global batch's numbers."""
         t, world = self.trainer, world_size()
         local, share = rank_shard(batch, current_rank(), world)
-        b = local.to(t.device)
-        if b.label is None:
-            raise DataLoadError("The training data has no labels; fix needs labelled batches.")
+        b = local.to(t.device)  # labelled: Trainer.step checks the global batch
         ddp = self._wrap()
         self._reseed()
         with t.autocast():
@@ -150,12 +151,7 @@ class DistributedUpdate:
         if target is not None:
             record["augmented"] = target
         if nonfinite == 0:
-            t.scaler.scale(loss).backward()  # DDP all-reduces the gradients here
-            if t.options.max_grad_norm is not None:
-                t.scaler.unscale_(t.optimizer)
-                torch.nn.utils.clip_grad_norm_(t.params, t.options.max_grad_norm)
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
+            t.apply_gradients(loss)  # DDP all-reduces the gradients in its backward
         else:
             record["skipped"] = True  # a non-finite loss on some rank: no update anywhere
         return record

@@ -41,10 +41,11 @@ class Guard:
     def watching(self) -> bool:
         return self.enabled or self.max_drop is not None
 
-    def begin(self, metrics: dict[str, float], state: dict[str, Tensor]) -> None:
-        """The input model's numbers, and its weights as the first kept ones."""
+    def begin(self, metrics: dict[str, float], state: Callable[[], dict[str, Tensor]]) -> None:
+        """The input model's numbers, and its weights (``state()``, called only when the
+        guard is watching) as the first kept ones."""
         self.start = {ACC: metrics[ACC], PROXY: metrics[PROXY]}
-        self.kept_state = state if self.watching else None
+        self.kept_state = state() if self.watching else None
 
     def check(
         self, step: int, metrics: dict[str, float], state: Callable[[], dict[str, Tensor]]

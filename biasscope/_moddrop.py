@@ -11,8 +11,7 @@ the model reads but does not use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from ._batch import Batch, OutputSpec
 from .modality import Modality
 from .perception import AuditSet
+from .regularizer import _eval_mode
 
 __all__ = ["ModDrop", "held_performance", "measure_reliance"]
 
@@ -62,18 +62,6 @@ class ModDrop:
         return {self.modalities[target]: transform}
 
 
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode under no_grad; its mode restored after."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was)
-
-
 def measure_reliance(
     model: nn.Module,
     held: Sequence[Batch],
@@ -86,7 +74,7 @@ def measure_reliance(
 ) -> dict[str, float]:
     """Per modality, the mean cross-entropy increase (nats) when it is permuted across the
     held examples (``repeats`` permutations from ``seed``, shared by the modalities)."""
-    with _evaluating(model):
+    with _eval_mode(model, True), torch.no_grad():
         data = AuditSet(model, held, modalities, device, output)
         generator = torch.Generator().manual_seed(seed)
         perms = [torch.randperm(data.n, generator=generator) for _ in range(repeats)]
@@ -110,7 +98,7 @@ def held_performance(
     """Validation loss and accuracy, and the decorrelated proxy: the accuracy with ``target``
     permuted across the examples (one fixed permutation from ``seed``, the same every call,
     so changes are the model's)."""
-    with _evaluating(model):
+    with _eval_mode(model, True), torch.no_grad():
         data = AuditSet(model, held, modalities, device, output)
         perm = torch.randperm(data.n, generator=torch.Generator().manual_seed(seed))
         proxy = data.evaluate(perm, [m for m in modalities if m.name == target])

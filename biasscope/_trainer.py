@@ -5,6 +5,7 @@ for exact resume."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -119,10 +120,7 @@ class Trainer:
         self.held = [b.to(self.device) for b in held]
         if self.target is not None:
             return
-        reliance = measure_reliance(
-            self.model, self.held, self.modalities, device=self.device, output=self.output,
-            repeats=o.reliance_repeats, seed=o.seed + 2,
-        )
+        reliance = self._reliance()
         if self.agree is not None:  # the same target on every rank
             reliance = self.agree(reliance)
         relied = max(reliance, key=reliance.get)
@@ -139,7 +137,15 @@ class Trainer:
         }
         self._make_guard()
         if self.val is not None:
-            self.guard.begin(self._agreed(self._measure()), _cpu_state(self.model))
+            self.guard.begin(self._agreed(self._measure()), lambda: _cpu_state(self.model))
+
+    def _reliance(self) -> dict[str, float]:
+        """Reliance on each modality over the held set (the same permutations every call)."""
+        o = self.options
+        return measure_reliance(
+            self.model, self.held, self.modalities, device=self.device, output=self.output,
+            repeats=o.reliance_repeats, seed=o.seed + 2,
+        )
 
     def _make_guard(self) -> None:
         o, t = self.options, self.target
@@ -181,6 +187,8 @@ class Trainer:
         """One optimisation step on ``batch``, then validation when due; returns its record.
         Under torchrun ``batch`` is the global batch and each rank trains on its shard."""
         o = self.options
+        if batch.label is None:
+            raise DataLoadError("The training data has no labels; fix needs labelled batches.")
         if self.distributed is not None:
             record = self.distributed.update(batch)
             record = {"step": record.pop("step"), "epoch": epoch, **record}
@@ -197,10 +205,7 @@ class Trainer:
 
     def _update(self, batch: Batch, epoch: int) -> dict[str, Any]:
         """Forward, backward and optimizer step on ``batch`` in one process; its record."""
-        o = self.options
         b = batch.to(self.device)
-        if b.label is None:
-            raise DataLoadError("The training data has no labels; fix needs labelled batches.")
         with self.autocast():
             ce, term, scores, target, lam_now = self._forward(b)
             loss = ce + lam_now * term.float()
@@ -213,15 +218,21 @@ class Trainer:
         if target is not None:
             record["augmented"] = target
         if torch.isfinite(loss):
-            self.scaler.scale(loss).backward()
-            if o.max_grad_norm is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, o.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.apply_gradients(loss)
         else:
             record["skipped"] = True  # a non-finite loss: no update
         return record
+
+    def apply_gradients(self, loss: Tensor) -> None:
+        """Backward through ``loss`` (under DDP the gradients are all-reduced there), then
+        unscale and clip when ``max_grad_norm`` is set, the optimizer step and the scaler
+        update."""
+        self.scaler.scale(loss).backward()
+        if self.options.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.options.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     # -- validation -----------------------------------------------------------------------
 
@@ -245,13 +256,16 @@ class Trainer:
             better = True
         else:
             better = value < best["metric"] if o.monitor == "val_loss" else value > best["metric"]
+        # one CPU copy of the weights, taken when first asked for, shared by the best state
+        # and the guard's kept state
+        snapshot = functools.cache(lambda: _cpu_state(self.model))
         if better:
-            state = _cpu_state(self.model) if o.restore_best else None
+            state = snapshot() if o.restore_best else None
             best.update(step=self.step_count, metric=value, waited=0, state=state)
         else:
             best["waited"] += 1
             self.stopped_early = o.patience is not None and best["waited"] >= o.patience
-        self.guard.check(self.step_count, metrics, lambda: _cpu_state(self.model))
+        self.guard.check(self.step_count, metrics, snapshot)
         return metrics
 
     # -- the end --------------------------------------------------------------------------
@@ -266,11 +280,7 @@ class Trainer:
 
     def reliance_after(self) -> dict[str, float]:
         """Reliance on each modality over the held set, with the current weights."""
-        o = self.options
-        return measure_reliance(
-            self.model, self.held, self.modalities, device=self.device, output=self.output,
-            repeats=o.reliance_repeats, seed=o.seed + 2,
-        )
+        return self._reliance()
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from ._fixdata import TrainingData, with_last
 from ._trainer import Trainer
 from .errors import ConfigError
 from .modality import Modality
-from .options import FixOptions
+from .options import AUGMENT_RULES, FixOptions
 from .results import Diagnostic
 
 __all__ = ["CHECKPOINT_NAME", "FixInterrupted", "FixResult", "fix", "resolve_fix_options"]
@@ -129,9 +129,9 @@ def _check(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, 
             f"fix balances modalities, so it needs at least two (got {len(modalities)}): name "
             "every modality the model takes in modalities."
         )
-    if options.augment not in ("reliance", "sensitivity", *names):
+    if options.augment not in (*AUGMENT_RULES, *names):
         raise ConfigError(
-            "augment must be 'reliance', 'sensitivity' or a modality name "
+            f"augment must be {', '.join(map(repr, AUGMENT_RULES))} or a modality name "
             f"({', '.join(names)}); got {options.augment!r}."
         )
     if resume and checkpoint_dir is None:
@@ -306,7 +306,7 @@ def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, res
                 DistributedUpdate(trainer)
             with sync_point("calibration"):  # every rank on the whole batches: the same lambda
                 trainer.calibrate(first)
-            trainer.choose_target(first)  # replicated too; rank 0's reliance decides
+            trainer.choose_target(first)  # permuted passes sharded and gathered; rank 0's reliance decides
             start_epoch, start_index = trainer.position
             for epoch in range(start_epoch, opts.epochs):
                 if trainer.done:

@@ -22,6 +22,7 @@ from .calibration import Calibration, calibrate_lambda
 from .errors import ConfigError, ModalityError
 from .estimators import DIVERGENCES, fisher_bound, poincare_bound
 from .modality import Modality, validate_modalities
+from .options import ESTIMATORS
 
 __all__ = [
     "FunctionalEntropyRegularizer",
@@ -34,7 +35,6 @@ __all__ = [
     "SCORE_FLOOR",
 ]
 
-ESTIMATORS = ("fisher", "poincare")
 #: ``inverse``: the paper's ||(1/I_1, ..., 1/I_M)||_2.
 #: ``log_inverse``: log ||(1/I_1, ..., 1/I_M)||_2 -- the same minimiser, scale-free.
 #: ``mean_log``: -mean_m log I_m -- scale-free, every modality weighted equally.
