@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec
-from .data_checks import data_checks, std_checks
+from .data_checks import std_checks
 from .explain import choose_examples, explain_examples
 from .insight_results import Attribution, ProbeResult
 from .modality import Modality
@@ -21,16 +21,9 @@ from .options import AuditOptions
 from .probe import probe_modalities
 from .results import Diagnostic, PermutationScore
 
-__all__ = ["check_data", "check_sites", "probe_step", "explain_step"]
+__all__ = ["check_sites", "probe_step", "explain_step"]
 
 Report = Callable[[str, int, int, dict], None]
-
-
-def check_data(batches: Sequence[Batch], modalities: Sequence[Modality]) -> list[Diagnostic]:
-    """The data checks (labels, constant features and modalities, duplicates, non-finite
-    values), before the model runs. Raises ``DataLoadError`` where no measure could mean
-    anything (nan/inf in a modality's input)."""
-    return data_checks(batches, modalities)
 
 
 def check_sites(sigmas: Mapping[str, Tensor], modalities: Sequence[Modality]) -> list[Diagnostic]:

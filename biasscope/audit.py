@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from ._audit_insight import check_data, check_sites, explain_step, probe_step
+from ._audit_insight import check_sites, explain_step, probe_step
 from ._audit_shard import gather_check, gather_values, local_batches
 from ._audit_state import EntropyState, MeasuredValues
 from ._audit_summary import Evidence, summarise
@@ -26,6 +26,7 @@ from ._batch import Batch, OutputSpec, call_model, split_batch
 from ._device import on_device, resolve_device, run_with_oom_retry
 from ._distributed import all_reduce_sum, is_distributed, join_group, is_writer, rank_device, shard, sync_point, world_size
 from ._perturbation import check_finite, finish_std, representation_moments
+from .data_checks import data_checks
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, validate_modalities
@@ -200,7 +201,7 @@ def audit(
         batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
         validate_modalities(batches[0], modalities)
         labelled = _usable_labels(batches)
-        checked = check_data(batches, modalities)
+        checked = data_checks(batches, modalities)
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):

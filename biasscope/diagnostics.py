@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from .errors import ModelOutputError
 from .results import Diagnostic, ModalityResult, ShapleyValues
-from .verdict import Reliance, Thresholds, disagreements, reliance_shares, too_noisy
+from .agreement import _pct
+from .verdict import Reliance, Thresholds, _names, disagreements, reliance_shares, too_noisy
 
 __all__ = [
     "OutputCheck",
@@ -130,11 +131,6 @@ def _too_noisy(modalities: Sequence[ModalityResult], names: Sequence[str]) -> li
     )]
 
 
-def _names(names: Sequence[str]) -> str:
-    quoted = [f"`{n}`" for n in names]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
-
-
 def _exactly_zero(m: ModalityResult, shapley: Sequence[ShapleyValues]) -> bool:
     fe = m.functional_entropy
     if (fe.mean, fe.ci_high) != (0.0, 0.0) or any(m.per_example.get("functional_entropy", [0.0])):
@@ -146,16 +142,15 @@ def _exactly_zero(m: ModalityResult, shapley: Sequence[ShapleyValues]) -> bool:
     return all(s.values.get(m.name, 0.0) == 0.0 for s in shapley)
 
 
-def _site_unreachable(m: ModalityResult, candidates: Sequence[str]) -> Diagnostic:
+def _site_unreachable(m: ModalityResult) -> Diagnostic:
     where = "input" if m.site.startswith("input") else "layer"
     message = (
         f"Every measure of `{m.name}` is exactly 0: the output does not change at all when "
         f"its {where} `{m.site}` changes. If the model should read this modality, the site "
         "may never reach the logits (e.g. a pooler whose output `forward` does not use)."
     )
+    # the audit names the sites that do carry it when `layers` can tell (_audit_summary)
     fix = "Choose a site on the path from this modality to the output (`biasscope.layer_table` lists them)."
-    if candidates:
-        fix = "Layers that do reach the logits: " + ", ".join(f"`{c}`" for c in candidates) + "."
     return Diagnostic("site_unreachable", "warning", message, fix, m.name)
 
 
@@ -187,10 +182,6 @@ def _bound_exceeded(m: ModalityResult) -> list[Diagnostic]:
     return out
 
 
-def _pct(x: float) -> str:
-    return "<0.1%" if 0 < x < 0.001 else f"{100 * x:.1f}%"
-
-
 def audit_diagnostics(
     modalities: Sequence[ModalityResult],
     *,
@@ -198,7 +189,6 @@ def audit_diagnostics(
     labelled: bool,
     shapley: Sequence[ShapleyValues] = (),
     thresholds: Thresholds = Thresholds(),
-    candidates: dict[str, list[str]] | None = None,
 ) -> list[Diagnostic]:
     """Every diagnostic the measured values call for, whole-audit ones first."""
     out = _reliance_diagnostic(reliance, labelled)
@@ -208,7 +198,7 @@ def audit_diagnostics(
     disagree = disagreements(modalities, thresholds) if rel is not None else {}
     for m in modalities:
         if _exactly_zero(m, shapley):
-            out.append(_site_unreachable(m, (candidates or {}).get(m.name, [])))
+            out.append(_site_unreachable(m))
         if disagree.get(m.name):
             out.append(_disagree(m, rel[m.name]))
         out += _bound_exceeded(m)
