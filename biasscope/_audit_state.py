@@ -52,9 +52,9 @@ class EntropyState:
         tensorization: bool = True,
         precision: str = "fp32",
     ) -> None:
-        self.model, self.modalities, self.output = model, list(modalities), output
+        self.model, self.modalities = model, list(modalities)
         self.sigmas = {m: sigmas[m.name] for m in self.modalities}
-        self.seed, self.precision = seed, precision
+        self.seed = seed
         self.options = dict(samples=samples, scale=scale, divergence=divergence, output=output,
                             max_rows=max_rows, precision=precision)
         self.tensorization = tensorization and len(self.modalities) > 1
@@ -67,7 +67,8 @@ class EntropyState:
     def update(self, batch: Batch, *, max_rows: int | None = None) -> None:
         """Measure one batch (already on the model's device, with its example indices);
         ``max_rows`` overrides the chunk size (the numbers do not depend on it)."""
-        clean = CleanPass(self.model, batch, self.modalities, self.output, expand=False, precision=self.precision)
+        o = self.options
+        clean = CleanPass(self.model, batch, self.modalities, o["output"], expand=False, precision=o["precision"])
         options = dict(self.options, clean=clean, max_rows=max_rows or self.options["max_rows"])
         logits, reps = clean.once()
         measured = {}
