@@ -12,7 +12,9 @@ import typer
 from biasscope.options import AuditOptions, FixOptions
 
 from . import _options as o
-from ._common import ProgressDisplay, console, err_console, guarded, load_inputs, pick, read_config, read_data
+from ._common import (
+    ProgressDisplay, console, err_console, guarded, input_paths, load_inputs, pick, read_config, read_data,
+)
 from .main import app
 
 D = FixOptions()
@@ -126,13 +128,16 @@ def fix_command(
     after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
-        from biasscope.workflow import check_output_folder
+        from biasscope.report import check_output_folder
 
         cfg = read_config(config)
         table = cfg.fix
         out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
-        if pick(model, cfg, "model") is not None:  # before any work: never write beside or over the input
-            check_output_folder(out_dir, pick(model, cfg, "model"))
+        # before any work: a writable folder that is no input (fix_and_audit also refuses
+        # the input model's own folder before it trains or writes)
+        sources = input_paths(pick(model, cfg, "model"), pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
+                              pick(val, cfg, "val", None, table), cfg.path)
+        check_output_folder(out_dir, inputs=sources)
         flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
