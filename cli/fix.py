@@ -165,10 +165,15 @@ def fix_command(
 
 
 def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
-    """FixOptions from the flags given, else the [fix] table, else the defaults."""
-    values = {k: pick(v, cfg, "steps" if k == "max_steps" else k, None, table) for k, v in flags.items()}
-    values["lambda_"] = _lambda(values["lambda_"] if values["lambda_"] is not None else pick(None, cfg, "lambda", None, table))
-    return FixOptions(**{k: v for k, v in values.items() if v is not None})
+    """FixOptions from the flags given, else the [fix] table, else the config's top level,
+    else the defaults (:func:`biasscope.config.resolve_options`); a --lambda given as text
+    (the flag, or a string in the config) is read by :func:`_lambda`."""
+    from biasscope.config import resolve_options
+
+    raw = flags.get("lambda_")
+    if raw is None:
+        raw = pick(None, cfg, "lambda", None, table)
+    return resolve_options("fix", {**flags, "lambda_": None if raw is None else _lambda(raw)}, cfg)
 
 
 def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: FixOptions, audit_options: dict,
