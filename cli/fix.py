@@ -13,7 +13,8 @@ from biasscope.options import AuditOptions, FixOptions
 
 from . import _options as o
 from ._common import (
-    ProgressDisplay, console, err_console, guarded, input_paths, load_inputs, pick, read_config, read_data,
+    ProgressDisplay, batch_size_setting, console, err_console, guarded, input_paths, load_inputs, pick, read_config,
+    read_data,
 )
 from .main import app
 
@@ -144,13 +145,13 @@ def fix_command(
                      max_drop_accuracy=max_drop_accuracy, lambda_=lambda_, guard=guard, amp=amp or None,
                      restore_best=restore_best or None, device=device, seed=seed)
         options = _fix_options(cfg, table, flags)
+        size = batch_size_setting(batch_size, cfg, table)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=label_key,
             output_key=output_key, output_index=output_index,
         )
         options = options.replace(label_key=inputs.label_key)
-        size = pick(batch_size, cfg, "batch_size", 64, table)
         train, train_info = read_data(pick(data, cfg, "data", None, table), label_key=inputs.label_key, batch_size=size, limit=pick(limit, cfg, "limit"))
         val_source = pick(val, cfg, "val", None, table)
         val_batches, val_info = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None, what="val") if val_source else (None, None)
