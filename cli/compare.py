@@ -58,6 +58,8 @@ def compare_command(
             max_drop_accuracy=max_drop_accuracy, min_share=shares, min_reliance_share=reliance,
             allow_different_data=allow_different_data,
         )
+        # compare_gates already refused audits that cannot be compared; this call is for the
+        # warnings it returns (differing settings, possibly different data), which it drops
         for warning in check_comparable(a, b, allow_different_data=allow_different_data):
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         from biasscope.render import compare_table, write_compare_html
