@@ -18,6 +18,9 @@ class ExportedModule(nn.Module):
     with a static batch size runs on batches of any size, in slices of that size (the last
     padded with copies of its final row, trimmed after)."""
 
+    #: the marker by which modality.is_compiled recognises this adapter (no import of it needed)
+    _biasscope_exported = True
+
     def __init__(
         self, module: nn.Module, *, batch_size: int | None, arg_names: tuple[str, ...] | None
     ) -> None:

@@ -24,7 +24,8 @@ from .formats._base import SUPPORTED_MODELS, naming, set_eval
 
 __all__ = ["LoadedModel", "load_model", "save_model", "ExportedModule", "MODEL_KINDS"]
 
-MODEL_KINDS = ("torchscript", "export", "state_dict", "pickle", "hf")
+#: the model formats load_model reads (the keys of biasscope.formats.FORMATS)
+MODEL_KINDS = tuple(FORMATS)
 
 
 def load_model(

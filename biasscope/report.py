@@ -4,7 +4,6 @@ maps errors to exit codes around these calls."""
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -69,12 +68,7 @@ def _run_audit(
 ) -> AuditResult:
     from .audit import audit
 
-    params = inspect.signature(audit).parameters
-    if "options" in params:
-        return audit(model, data, modalities, options=options, **kw)
-    # an audit() that still takes its options one by one
-    chosen = {k: v for k, v in options.as_dict().items() if k in params}
-    return audit(model, data, modalities, **chosen, **kw)
+    return audit(model, data, modalities, options=options, **kw)
 
 
 def audit_report(

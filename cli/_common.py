@@ -323,6 +323,15 @@ def input_paths(*sources: Any) -> list[str]:
 DEFAULT_BATCH_SIZE = 64
 
 
+def batch_size_setting(flag: Optional[int], config: Any, table: Optional[dict]) -> int:
+    """The batch size of a run (flag > the command's table > top level > DEFAULT_BATCH_SIZE),
+    checked: an integer >= 1."""
+    size = pick(flag, config, "batch_size", DEFAULT_BATCH_SIZE, table)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1 (got {size!r}).", parameter="batch_size")
+    return size
+
+
 def read_data(source: Optional[str], *, label_key: Optional[str], batch_size: int, limit: Optional[int], what: str = "data") -> tuple[list, dict]:
     from biasscope.data import load_data
     from biasscope.report import data_provenance

@@ -7,17 +7,16 @@ import typer
 from rich.markup import escape
 
 from biasscope.errors import ConfigError
-from biasscope.options import AuditOptions
+from biasscope.options import AuditOptions, check_choice
 
 from . import _options as o
 from ._common import (
-    DEFAULT_BATCH_SIZE, EXIT_GATE, ProgressDisplay, console, guarded, input_paths, load_inputs, model_source,
+    EXIT_GATE, ProgressDisplay, batch_size_setting, console, guarded, input_paths, load_inputs, model_source,
     pick, read_config, read_data, set_stage,
 )
 from .main import app
 
 _D = AuditOptions()
-FAIL_ON = ("ignored", "weak")
 
 
 def _max_rows(value: Optional[str]) -> object:
@@ -32,17 +31,15 @@ def _max_rows(value: Optional[str]) -> object:
 def _run_settings(cfg: object, fail_on: Optional[str], plotlyjs: Optional[str], batch_size: Optional[int]) -> tuple:
     """The run's settings that are not audit options: the gate, the page's plotly.js, the
     batch size (flag > config > default), each checked."""
+    from biasscope.compare import FAIL_ON
+
     table = cfg.audit  # type: ignore[attr-defined]
     fail_on = pick(fail_on, cfg, "fail_on", None, table)
-    if fail_on is not None and fail_on not in FAIL_ON:
-        raise ConfigError(f"fail_on must be 'ignored' or 'weak' (got {fail_on!r}).", parameter="fail_on")
+    if fail_on is not None:
+        check_choice("fail_on", fail_on, FAIL_ON)
     plotlyjs = pick(plotlyjs, cfg, "plotlyjs", "inline", table)
-    if plotlyjs not in ("inline", "cdn"):
-        raise ConfigError(f"plotlyjs must be 'inline' or 'cdn' (got {plotlyjs!r}).", parameter="plotlyjs")
-    size = pick(batch_size, cfg, "batch_size", DEFAULT_BATCH_SIZE, table)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1 (got {size!r}).", parameter="batch_size")
-    return fail_on, plotlyjs, size
+    check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))
+    return fail_on, plotlyjs, batch_size_setting(batch_size, cfg, table)
 
 
 @app.command("audit")

@@ -43,11 +43,10 @@ def compare_command(
     """Compare BEFORE and AFTER audits; exit 1 when a gate fails, 2 on bad input."""
     with guarded(debug):
         from biasscope.compare import check_comparable, compare_gates, headline, load_audit, parse_min_share
-        from biasscope.errors import ConfigError
+        from biasscope.options import check_choice
         from biasscope.report import check_output_file
 
-        if plotlyjs not in ("inline", "cdn"):
-            raise ConfigError(f"plotlyjs must be 'inline' or 'cdn' (got {plotlyjs!r}).", parameter="plotlyjs")
+        check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))
         shares = parse_min_share(min_share, parameter="min_share")
         reliance = parse_min_share(min_reliance_share, parameter="min_reliance_share")
         if out is not None:
@@ -59,6 +58,8 @@ def compare_command(
             max_drop_accuracy=max_drop_accuracy, min_share=shares, min_reliance_share=reliance,
             allow_different_data=allow_different_data,
         )
+        # compare_gates already refused audits that cannot be compared; this call is for the
+        # warnings it returns (differing settings, possibly different data), which it drops
         for warning in check_comparable(a, b, allow_different_data=allow_different_data):
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         from biasscope.render import compare_table, write_compare_html

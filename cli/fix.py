@@ -12,7 +12,10 @@ import typer
 from biasscope.options import AuditOptions, FixOptions
 
 from . import _options as o
-from ._common import ProgressDisplay, console, err_console, guarded, load_inputs, pick, read_config, read_data
+from ._common import (
+    ProgressDisplay, batch_size_setting, console, err_console, guarded, input_paths, load_inputs, pick, read_config,
+    read_data,
+)
 from .main import app
 
 D = FixOptions()
@@ -126,26 +129,29 @@ def fix_command(
     after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
-        from biasscope.workflow import check_output_folder
+        from biasscope.report import check_output_folder
 
         cfg = read_config(config)
         table = cfg.fix
         out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
-        if pick(model, cfg, "model") is not None:  # before any work: never write beside or over the input
-            check_output_folder(out_dir, pick(model, cfg, "model"))
+        # before any work: a writable folder that is no input (fix_and_audit also refuses
+        # the input model's own folder before it trains or writes)
+        sources = input_paths(pick(model, cfg, "model"), pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
+                              pick(val, cfg, "val", None, table), cfg.path)
+        check_output_folder(out_dir, inputs=sources)
         flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
                      max_drop_accuracy=max_drop_accuracy, lambda_=lambda_, guard=guard, amp=amp or None,
                      restore_best=restore_best or None, device=device, seed=seed)
         options = _fix_options(cfg, table, flags)
+        size = batch_size_setting(batch_size, cfg, table)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=label_key,
             output_key=output_key, output_index=output_index,
         )
         options = options.replace(label_key=inputs.label_key)
-        size = pick(batch_size, cfg, "batch_size", 64, table)
         train, train_info = read_data(pick(data, cfg, "data", None, table), label_key=inputs.label_key, batch_size=size, limit=pick(limit, cfg, "limit"))
         val_source = pick(val, cfg, "val", None, table)
         val_batches, val_info = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None, what="val") if val_source else (None, None)
@@ -160,10 +166,15 @@ def fix_command(
 
 
 def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
-    """FixOptions from the flags given, else the [fix] table, else the defaults."""
-    values = {k: pick(v, cfg, "steps" if k == "max_steps" else k, None, table) for k, v in flags.items()}
-    values["lambda_"] = _lambda(values["lambda_"] if values["lambda_"] is not None else pick(None, cfg, "lambda", None, table))
-    return FixOptions(**{k: v for k, v in values.items() if v is not None})
+    """FixOptions from the flags given, else the [fix] table, else the config's top level,
+    else the defaults (:func:`biasscope.config.resolve_options`); a --lambda given as text
+    (the flag, or a string in the config) is read by :func:`_lambda`."""
+    from biasscope.config import resolve_options
+
+    raw = flags.get("lambda_")
+    if raw is None:
+        raw = pick(None, cfg, "lambda", None, table)
+    return resolve_options("fix", {**flags, "lambda_": None if raw is None else _lambda(raw)}, cfg)
 
 
 def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: FixOptions, audit_options: dict,

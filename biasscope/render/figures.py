@@ -24,7 +24,6 @@ __all__ = [
     "permutation_figure",
     "shapley_figure",
     "compare_figure",
-    "reliance_shares",
 ]
 
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
@@ -94,11 +93,6 @@ def _thresholds(result: AuditResult) -> Thresholds:
         return Thresholds()
 
 
-def reliance_shares(result: AuditResult) -> dict[str, float] | None:
-    """Each modality's share of the summed permutation loss increase, or None."""
-    return reliance_of(result)
-
-
 def share_figure(result: AuditResult) -> go.Figure:
     """Shares of the whole (sensitivity, and reliance when labels exist) against the
     verdict thresholds, which are relative to a uniform share 1/M."""
@@ -112,7 +106,7 @@ def share_figure(result: AuditResult) -> go.Figure:
         text=[f"{100 * m.share:.1f}%" for m in mods], textposition="outside",
         cliponaxis=False, hovertemplate="%{y}: %{x:.3f}<extra>sensitivity</extra>",
     )
-    rel = reliance_shares(result)
+    rel = reliance_of(result)
     if rel is not None:
         fig.add_bar(
             y=names, x=[rel[m.name] for m in mods], orientation="h", marker_color=RELIANCE,
