@@ -32,13 +32,13 @@ from .modality import Modality
 from .options import FixOptions
 from .results import AuditResult
 
-__all__ = ["STATUS_NAME", "FixReport", "fix_and_audit"]
+__all__ = ["STATUS_NAME", "FixReport", "check_not_model_folder", "fix_and_audit"]
 
 STATUS_NAME = "STATUS"
 Progress = Callable[[str, int, int, dict[str, Any]], None]
 
 
-def _check_not_model_folder(out: str | Path, model_path: str | Path) -> Path:
+def check_not_model_folder(out: str | Path, model_path: str | Path) -> Path:
     """Refuse an output folder that is, contains, or lies inside the input model's folder
     (fix would write beside, or over, its input). Returns ``out`` as a Path."""
     out, src = Path(out).resolve(), Path(model_path).resolve()
@@ -239,7 +239,7 @@ def fix_and_audit(
         overrides: :class:`FixOptions` fields.
     """
     opts = resolve_fix_options(options, overrides)
-    out = _check_not_model_folder(out, loaded.path)
+    out = check_not_model_folder(out, loaded.path)
     join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
     return _fix_and_audit(
         loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,

@@ -130,15 +130,17 @@ def fix_command(
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
         from biasscope.report import check_output_folder
+        from biasscope.workflow import check_not_model_folder
 
         cfg = read_config(config)
         table = cfg.fix
         out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
-        # before any work: a writable folder that is no input (fix_and_audit also refuses
-        # the input model's own folder before it trains or writes)
+        # before any work: a writable folder that is no input and not the model's own folder
         sources = input_paths(pick(model, cfg, "model"), pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
                               pick(val, cfg, "val", None, table), cfg.path)
         check_output_folder(out_dir, inputs=sources)
+        if pick(model, cfg, "model") is not None:
+            check_not_model_folder(out_dir, pick(model, cfg, "model"))
         flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
