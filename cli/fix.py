@@ -129,18 +129,9 @@ def fix_command(
     after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
-        from biasscope.report import check_output_folder
-        from biasscope.workflow import check_not_model_folder
-
         cfg = read_config(config)
         table = cfg.fix
-        out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
-        # before any work: a writable folder that is no input and not the model's own folder
-        sources = input_paths(pick(model, cfg, "model"), pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
-                              pick(val, cfg, "val", None, table), cfg.path)
-        check_output_folder(out_dir, inputs=sources)
-        if pick(model, cfg, "model") is not None:
-            check_not_model_folder(out_dir, pick(model, cfg, "model"))
+        out_dir = _checked_out(cfg, table, out, model, factory, data, val)
         flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
@@ -165,6 +156,22 @@ def fix_command(
         if report.guard_tripped:
             err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
             raise typer.Exit(1)
+
+
+def _checked_out(cfg: Any, table: dict, out, model, factory, data, val) -> Path:
+    """The output folder, checked before any work: writable, no input, and not the input
+    model's own folder."""
+    from biasscope.report import check_output_folder
+    from biasscope.workflow import check_not_model_folder
+
+    out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
+    model_path = pick(model, cfg, "model")
+    sources = input_paths(model_path, pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
+                          pick(val, cfg, "val", None, table), cfg.path)
+    check_output_folder(out_dir, inputs=sources)
+    if model_path is not None:
+        check_not_model_folder(out_dir, model_path)
+    return out_dir
 
 
 def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
