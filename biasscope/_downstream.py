@@ -174,7 +174,9 @@ def _recording(model: nn.Module, batch: Batch, sites: set[str], keep: set[_Key] 
                 for elem, t in leaves:
                     prov.mark(t, (key, elem))
                 if keep is None or key in keep:
-                    entry.output, entry.versions = out, tuple(t._version for _, t in leaves)
+                    # a copy of the containers: callers may set their fields after (HF does)
+                    entry.output = _rebuild(out, lambda _elem, t: t)
+                    entry.versions = tuple(t._version for _, t in leaves)
             except _Unknown:
                 entry.signature = None
             return out
@@ -293,21 +295,21 @@ class DownstreamPlan:
         if isinstance(self.model, torch.jit.ScriptModule):
             self.reason = "a TorchScript model's submodules cannot be replayed"
             return
-        buffers = [b._version for b in self.model.buffers()]
         try:
             with torch.no_grad():
                 self.reason = self._calibrate(batch.select(torch.arange(1)))
         except Exception as exc:  # any failure of the one-example check: full passes
             self.reason = f"the one-example check failed ({type(exc).__name__}: {exc})"
-        if not self.reason and buffers != [b._version for b in self.model.buffers()]:
-            self.reason = "a module changes its buffers in the forward pass (e.g. BatchNorm in training mode)"
 
     def _calibrate(self, one: Batch) -> str:
         two = one.repeat(2)
-        with _recording(self.model, one, self.sites, None) as first:
-            call_model(self.model, one, self.output)
+        buffers = [b._version for b in self.model.buffers()]
         with _recording(self.model, two, self.sites, None) as second:
             call_model(self.model, two, self.output)
+        if buffers != [b._version for b in self.model.buffers()]:
+            return "a module changes its buffers in the forward pass (e.g. BatchNorm in training mode)"
+        with _recording(self.model, one, self.sites, None) as first:
+            call_model(self.model, one, self.output)
         for key, call in first.calls.items():
             other = second.calls.get(key)
             if call.output is None or other is None or other.output is None:

@@ -257,6 +257,13 @@ def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> 
             moved = batch.to(dev)
             run_with_oom_retry(lambda r: state.update(moved, max_rows=r), rows[0], halved)
             report("entropy", i + 1, len(local), {})
+    if state.downstream.reason:
+        notes.append(Diagnostic(
+            "full_passes", "info",
+            f"Every perturbed pass ran the whole model: {state.downstream.reason}.",
+            "Nothing to change for the numbers; the audit is slower than it could be. Put the "
+            "randomness or batch statistics out of the forward pass in eval mode to speed it up.",
+        ))
     return state.values(), notes, rows[0]
 
 
