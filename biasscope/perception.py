@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from ._batch import Batch, OutputSpec, call_model
 from ._device import model_device
 from ._distributed import gather_rows, shard, sync_point
+from ._downstream import DownstreamPlan, Recording
 from ._noise import example_permutation, stream_id
 from ._perturbation import capture, check_finite
 from ._stats import mean_interval
@@ -79,9 +81,15 @@ class AuditSet:
         layers = [m for m in modalities if m.layer is not None]
         parts: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
         scores = []
-        for batch in self.batches:  # every process holds every example's representation
+        # the permuted passes recompute only what depends on the permuted modalities
+        self.downstream = DownstreamPlan(model, modalities, output)
+        self.recordings: dict[int, Recording | None] = {}
+        for j, batch in enumerate(self.batches):  # every process holds every example's representation
             b = batch.to(device)
-            logits, reps = capture(model, b, layers, output)
+            self.downstream.prepare(b)
+            with self.downstream.record(b) if j in self.owned else nullcontext() as rec:
+                logits, reps = capture(model, b, layers, output)
+            self.recordings[j] = rec
             _check_labels(logits, b.label)
             scores.append(_score(logits, b.label))
             for m in modalities:
@@ -128,7 +136,8 @@ class AuditSet:
             for j in self.owned:
                 rows = perm[self.offsets[j] : self.offsets[j + 1]]
                 b = self.batches[j].to(self.device)
-                with intervene(self.model, b, {m: self._replace(m, rows) for m in absent}) as bb:
+                with intervene(self.model, b, {m: self._replace(m, rows) for m in absent}) as bb, \
+                        self.downstream.replay(self.recordings[j], b, 1):
                     logits = check_finite(call_model(self.model, bb, self.output))
                 c, ll = _score(logits, b.label)
                 correct.append(c)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, split_batch
 from ._device import model_device
+from ._downstream import DownstreamPlan
 from ._perturbation import CleanPass, perturbation_samples, representation_std
 from .calibration import Calibration, calibrate_lambda
 from .errors import ConfigError, ModalityError
@@ -228,6 +229,7 @@ class FunctionalEntropyRegularizer(nn.Module):
             }
         self._generator: torch.Generator | None = None
         self._validated = False
+        self._downstream: DownstreamPlan | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -292,8 +294,11 @@ class FunctionalEntropyRegularizer(nn.Module):
         with _eval_mode(model, self.eval_mode):
             sigmas = self.noise_scales(b)
             # one clean pass for every modality (with its graph unless detached)
+            if self._downstream is None:  # checked once, in the mode the term runs in
+                self._downstream = DownstreamPlan(model, self.modalities, self.output)
             clean = CleanPass(
-                model, b, self.modalities, self.output, with_grad=grad and not self.detach_clean
+                model, b, self.modalities, self.output, with_grad=grad and not self.detach_clean,
+                downstream=self._downstream,
             )
             for m in self.modalities:  # one modality at a time, in order: as the audit does
                 f, q = perturbation_samples(

@@ -132,3 +132,38 @@ def test_the_audit_says_when_it_runs_full_passes(cls, full):
     result = bs.audit(model, data, [bs.Modality("x", layer="enc"), bs.Modality("y", input=1)], samples=4,
                       permutation_repeats=0, shapley=False, probe=False, explain=0, device="cpu")
     assert ("full_passes" in {d.code for d in result.diagnostics}) == full
+
+
+def _off(monkeypatch, module):
+    monkeypatch.setattr(module, "DownstreamPlan", lambda *a, **k: DownstreamPlan(*a, **{**k, "enabled": False}))
+
+
+def test_permutation_and_shapley_passes_give_the_full_passes_numbers(monkeypatch):
+    from biasscope import perception
+
+    model, data, mods, _ = next(c for c in cases() if c.name == "three_modalities").build()
+    batches = collect_batches(data)
+    run = lambda: (perception.permutation_scores(model, batches, mods, repeats=2),  # noqa: E731
+                   perception.modality_shapley(model, batches, mods))
+    fast = run()
+    _off(monkeypatch, perception)
+    full = run()
+    assert fast == full
+
+
+def test_the_regularizer_term_and_its_gradient_match_full_passes():
+    from biasscope.regularizer import FunctionalEntropyRegularizer
+
+    model, data, mods, _ = next(c for c in cases() if c.name == "layer_sites").build()
+    results = []
+    for enabled in (True, False):
+        reg = FunctionalEntropyRegularizer(model, mods, samples=4, seed=0, term_examples=None)
+        reg._downstream = DownstreamPlan(model, mods, OutputSpec(), enabled=enabled)
+        model.zero_grad()
+        term, _ = reg(data[0])
+        term.backward()
+        results.append((term.detach(), [p.grad.clone() for p in model.parameters()]))
+        assert enabled is False or reg._downstream.skipped > 0
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-9)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
