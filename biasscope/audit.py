@@ -81,6 +81,10 @@ def _usable_labels(batches: Sequence[Batch]) -> bool:
 
 
 def _resolve_options(options: AuditOptions | None, overrides: dict[str, Any]) -> AuditOptions:
+    if "profile" in overrides:  # the profile's options, then those set in options, then overrides
+        profile, standard = overrides.pop("profile"), AuditOptions()
+        given = {} if options is None else {k: v for k, v in options.as_dict().items() if getattr(standard, k) != v}
+        options = AuditOptions.from_profile(profile, **given)
     options = options or AuditOptions()
     known = {f.name for f in fields(AuditOptions)}
     unknown = sorted(set(overrides) - known)
@@ -180,7 +184,9 @@ def audit(
             or tuples (``model(*batch[:-1])``, label last). A DataLoader works.
         modalities: the :class:`Modality` specs (1..M).
         options: an :class:`~biasscope.options.AuditOptions` (defaults and meaning of every
-            option); ``overrides`` are its fields (``audit(m, d, mods, samples=8)``).
+            option); ``overrides`` are its fields (``audit(m, d, mods, samples=8)``), or
+            ``profile="quick"`` (``"standard"``, ``"thorough"``) for a profile's options under
+            those given.
         output: which entry of the model's output holds the logits.
         thresholds: the verdict thresholds (:class:`~biasscope.verdict.Thresholds`).
         progress: ``progress(stage, done, total, info)`` for a progress display.

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["AuditOptions", "FixOptions", "flag_name", "options_from_mapping"]
+__all__ = ["AUDIT_PROFILES", "AuditOptions", "FixOptions", "flag_name", "options_from_mapping", "profile_options"]
 
 #: the largest number of model passes per example an audit may plan (samples x modalities),
 #: the "stated budget" against which absurd sample counts are refused up front
@@ -175,6 +175,16 @@ class AuditOptions:
             raise _fail("probe", self.probe, "True or False")
         check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
 
+    @classmethod
+    def from_profile(cls, profile: str, **changes: Any) -> AuditOptions:
+        """The options of ``profile`` (``quick``, ``standard``, ``thorough``: see
+        ``AUDIT_PROFILES``) with ``changes`` on top.
+
+        >>> AuditOptions.from_profile("quick").samples, AuditOptions.from_profile("quick", seed=1).seed
+        (8, 1)
+        """
+        return cls(**profile_options(profile, changes))
+
     def replace(self, **changes: Any) -> AuditOptions:
         return replace(self, **changes)
 
@@ -182,8 +192,30 @@ class AuditOptions:
         return asdict(self)
 
 
+#: the audit's profiles: the options each sets (``standard`` is AuditOptions' defaults).
+#: quick is for CI and monitoring (every pull request), thorough for a report to rely on.
+AUDIT_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": dict(samples=8, permutation_repeats=4, shapley=False, probe=False, explain=0),
+    "standard": {},
+    "thorough": dict(samples=128, permutation_repeats=30, tensorization=True),
+}
+
+
+def profile_options(profile: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` on top of the profile's options (the values given win).
+
+    >>> profile_options("quick", {"samples": 16})["samples"], profile_options("quick", {})["samples"]
+    (16, 8)
+    """
+    check_choice("profile", profile, tuple(AUDIT_PROFILES))
+    return {**AUDIT_PROFILES[profile], **values}
+
+
 def options_from_mapping(cls: type, values: dict[str, Any]) -> Any:
-    """Build ``cls`` from a mapping, refusing unknown keys with the list of known ones."""
+    """Build ``cls`` from a mapping, refusing unknown keys with the list of known ones. For
+    AuditOptions, a ``profile`` key (quick, standard, thorough) sets the options not given."""
+    if cls is AuditOptions and "profile" in values:
+        values = profile_options(values["profile"], {k: v for k, v in values.items() if k != "profile"})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
