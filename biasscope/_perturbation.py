@@ -108,13 +108,28 @@ def representation_moments(
     """Per modality the float64 accumulators [sum, sumsq, n] over the batch dim (None when
     the feature shape varies) and over all dims but the last, and whether it varies.
     ``on_logits`` receives each batch's clean logits (the same pass: no second one needed)."""
+    def passes() -> Iterable[dict[str, Tensor]]:
+        for batch in batches:
+            logits, reps = capture(model, batch, modalities, output)
+            if on_logits is not None:
+                on_logits(logits)
+            yield reps
+
+    return moments_of(passes(), modalities)
+
+
+def batch_std(reps: Mapping[str, Tensor], modalities: Sequence[Modality]) -> dict[str, Tensor]:
+    """:func:`representation_std` of one batch from its clean pass's representations
+    (no pass of its own)."""
+    return finish_std(moments_of([reps], modalities), modalities)
+
+
+def moments_of(passes: Iterable[Mapping[str, Tensor]], modalities: Sequence[Modality]) -> dict[str, tuple[list | None, list, bool]]:
+    """The accumulators of :func:`representation_moments` over each pass's representations."""
     full: dict[str, list] = {}  # name -> [sum, sumsq, n] over the batch dim
     last: dict[str, list] = {}  # name -> [sum, sumsq, n] over all dims but the last
     varying: set[str] = set()
-    for batch in batches:
-        logits, reps = capture(model, batch, modalities, output)
-        if on_logits is not None:
-            on_logits(logits)
+    for reps in passes:
         for name, h in reps.items():
             h = h.detach().double()
             _accumulate(last, name, h.reshape(-1, h.shape[-1]) if h.dim() > 1 else h[:, None])

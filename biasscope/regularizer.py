@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ._batch import Batch, OutputSpec, split_batch
 from ._device import model_device
 from ._downstream import DownstreamPlan
-from ._perturbation import CleanPass, perturbation_samples, representation_std
+from ._perturbation import CleanPass, batch_std, perturbation_samples, representation_std
 from .calibration import Calibration, calibrate_lambda
 from .errors import ConfigError, ModalityError
 from .estimators import DIVERGENCES, fisher_bound, poincare_bound
@@ -292,7 +292,6 @@ class FunctionalEntropyRegularizer(nn.Module):
         grad = torch.is_grad_enabled()
         out: dict[str, Tensor] = {}
         with _eval_mode(model, self.eval_mode):
-            sigmas = self.noise_scales(b)
             # one clean pass for every modality (with its graph unless detached)
             if self._downstream is None:  # checked once, in the mode the term runs in
                 self._downstream = DownstreamPlan(model, self.modalities, self.output)
@@ -300,6 +299,8 @@ class FunctionalEntropyRegularizer(nn.Module):
                 model, b, self.modalities, self.output, with_grad=grad and not self.detach_clean,
                 downstream=self._downstream,
             )
+            # the per-batch noise scale from that clean pass (no pass of its own)
+            sigmas = dict(self.sigmas) if self.sigmas is not None else batch_std(clean.once()[1], self.modalities)
             for m in self.modalities:  # one modality at a time, in order: as the audit does
                 f, q = perturbation_samples(
                     model,
