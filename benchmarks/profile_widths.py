@@ -34,6 +34,7 @@ def _relative(e) -> float:
 def measure(examples: int) -> dict:
     model = train_plain(TwoModalityNet(seed=0), benchmark_data("colored", "train", n=3000, seed=0), epochs=15, seed=0)
     val = batches_of(benchmark_data("colored", "val", n=examples, seed=0))
+    bs.audit(model, val[:1], DEMO_MODALITIES, profile="quick", device="cpu")  # warm-up: one-time imports
     out = {}
     for profile in AUDIT_PROFILES:
         start = time.perf_counter()
