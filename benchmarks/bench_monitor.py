@@ -6,7 +6,7 @@ or attributions). Prints the monitor's seconds over the training's seconds, both
 the same run (the monitor times each audit; the rest of the loop is training), and the
 smallest ``every`` that keeps the cost under 5%.
 
-    python benchmarks/bench_monitor.py                # 2000 steps, CPU, one thread
+    python benchmarks/bench_monitor.py                # 3000 steps, CPU, one thread
     python benchmarks/bench_monitor.py --steps 300    # quicker
 """
 
@@ -54,7 +54,7 @@ def run(steps: int, every: int, held_out: int, batch: int, device: str) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=DEFAULT_EVERY)
     parser.add_argument("--held-out", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)

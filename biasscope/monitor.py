@@ -41,7 +41,7 @@ MONITOR_OPTIONS: dict[str, Any] = {
     "tensorization": False,
     "check_output": False,
 }
-DEFAULT_EVERY = 500
+DEFAULT_EVERY = 1000
 METRIC_PREFIX = "biasscope"
 
 
