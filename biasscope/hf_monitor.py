@@ -2,8 +2,8 @@
 logs the per-modality shares, reliance and verdicts through ``Trainer.log``: every
 ``report_to`` integration (TensorBoard, W&B, MLflow...) and ``state.log_history`` get them.
 
-Needs ``transformers`` and ``accelerate`` (``pip install 'biasscope[hf]'``); this module
-imports them, ``import biasscope`` does not.
+Needs ``transformers`` and ``accelerate`` (``pip install 'biasscope[hf]'``), imported when the
+class is first used (``import biasscope`` and this module's import need neither).
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from .errors import ConfigError
 from .modality import Modality
 from .monitor import DEFAULT_EVERY, Monitor, MonitorRecord, batch_to_device, check_settings
 
-try:
-    from transformers import TrainerCallback
-except ImportError:
-    raise ConfigError("The Hugging Face monitor needs transformers: pip install 'biasscope[hf]'.") from None
-
 __all__ = ["HFMonitor"]
 
 
-class HFMonitor(TrainerCallback):
+class _TrainerHooks:
     """Audit a fixed batch during ``Trainer.train()``; log shares, reliance, verdicts.
 
     Add it with ``HFMonitor(...).attach(trainer)`` (it logs through ``trainer.log``)::
@@ -62,7 +57,7 @@ class HFMonitor(TrainerCallback):
     def history(self) -> list[MonitorRecord]:
         return self.monitor.history if self.monitor is not None else []
 
-    def attach(self, trainer: Any) -> HFMonitor:
+    def attach(self, trainer: Any) -> Any:
         """Add this callback to ``trainer`` and log through it; returns self."""
         self.trainer = trainer
         trainer.add_callback(self)
@@ -94,3 +89,16 @@ class HFMonitor(TrainerCallback):
     def _audit(self, step: int) -> None:
         record = self.monitor.audit_now(step)  # type: ignore[union-attr]
         self.trainer.log(record.metrics())
+
+
+def __getattr__(name: str) -> Any:
+    """Build ``HFMonitor`` (a ``transformers.TrainerCallback``) on first use."""
+    if name != "HFMonitor":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from transformers import TrainerCallback
+    except ImportError:
+        raise ConfigError("The Hugging Face monitor needs transformers: pip install 'biasscope[hf]'.") from None
+    cls = type(name, (_TrainerHooks, TrainerCallback), {"__module__": __name__, "__doc__": _TrainerHooks.__doc__})
+    globals()[name] = cls
+    return cls

@@ -2,8 +2,8 @@
 per-modality shares, reliance and verdicts through the trainer's own loggers (TensorBoard,
 CSV, W&B, MLflow: whatever ``Trainer(logger=...)`` has).
 
-Needs ``lightning`` (``pip install 'biasscope[lightning]'``) or ``pytorch_lightning``; this
-module imports it, ``import biasscope`` does not. :class:`LightningMonitor` subclasses
+Needs ``lightning`` (``pip install 'biasscope[lightning]'``) or ``pytorch_lightning``, imported
+when the class is first used (``import biasscope`` and this module's import need neither). :class:`LightningMonitor` subclasses
 ``lightning.pytorch.callbacks.Callback`` (``pytorch_lightning``'s when only that is
 installed); ``PyTorchLightningMonitor`` is the same callback for ``pytorch_lightning.Trainer``.
 """
@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .modality import Modality
 from .monitor import DEFAULT_EVERY, Monitor, MonitorRecord, batch_to_device, check_settings
 
-__all__ = ["LightningMonitor"]
+__all__ = ["LightningMonitor", "PyTorchLightningMonitor"]
 
 
 def _callback_base(package: str) -> type:
@@ -99,15 +99,17 @@ def _monitor_class(package: str, name: str) -> type:
     return cls
 
 
-try:
-    LightningMonitor = _monitor_class("lightning.pytorch", "LightningMonitor")
-except ConfigError:
-    LightningMonitor = _monitor_class("pytorch_lightning", "LightningMonitor")
-
-
 def __getattr__(name: str) -> Any:
-    if name == "PyTorchLightningMonitor":  # for pytorch_lightning.Trainer when both are installed
+    """Build the callback class on first use: ``import biasscope.lightning_monitor`` needs no
+    Lightning; ``LightningMonitor`` needs ``lightning`` (or ``pytorch_lightning``)."""
+    if name == "LightningMonitor":
+        try:
+            cls = _monitor_class("lightning.pytorch", name)
+        except ConfigError:
+            cls = _monitor_class("pytorch_lightning", name)
+    elif name == "PyTorchLightningMonitor":  # for pytorch_lightning.Trainer when both are installed
         cls = _monitor_class("pytorch_lightning", name)
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = cls
+    return cls

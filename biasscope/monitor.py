@@ -89,11 +89,26 @@ class MonitorRecord:
 class Monitor:
     """Audit ``model`` on one fixed ``batch`` every ``every`` steps of a training loop.
 
-    >>> monitor = Monitor(model, val_batch, [Modality("image", input="image"), ...], every=100)
-    >>> for step in range(steps):
-    ...     train_step()
-    ...     monitor.step(step)          # audits at 0, 100, 200, ...
-    >>> monitor.write_html("trajectory.html")
+    In a loop: ``monitor.step(step)`` after each optimizer step, then ``monitor.history`` (one
+    :class:`MonitorRecord` per audit) and ``monitor.write_html("trajectory.html")``.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from biasscope import Modality
+    >>> class Net(nn.Module):  # reads the image, never the text
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.head = nn.Linear(4, 3)
+    ...     def forward(self, image, text):
+    ...         return self.head(image)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> batch = {"image": torch.randn(32, 4, generator=g), "text": torch.randn(32, 2, generator=g),
+    ...          "label": torch.randint(0, 3, (32,), generator=g)}
+    >>> monitor = Monitor(Net(), batch, [Modality("image", input="image"), Modality("text", input="text")], every=10)
+    >>> [step for step in range(25) if monitor.step(step)]
+    [0, 10, 20]
+    >>> monitor.history[-1].shares["text"], monitor.history[-1].verdicts["text"]
+    (0.0, 'ignored')
 
     Args:
         model: the classifier being trained (audited in eval mode, its mode restored after).
@@ -157,8 +172,9 @@ class Monitor:
 
         return trajectory_figure(self.history, title=title)
 
-    def write_html(self, path: str | os.PathLike[str], *, plotlyjs: str = "cdn") -> Path:
-        """Write the trajectory figure as one HTML file (``plotlyjs``: ``cdn`` or ``inline``)."""
+    def write_html(self, path: str | os.PathLike[str], *, plotlyjs: str = "inline") -> Path:
+        """Write the trajectory figure as one HTML file: ``plotlyjs="inline"`` works offline
+        (4.8 MB), ``"cdn"`` loads plotly.js from its CDN (small), as the reports."""
         from .options import check_choice
 
         check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))

@@ -33,9 +33,8 @@ __all__ = [
     "Agreement",
 ]
 
-#: 2: verdict ``unused``, reliance shares, ``reliance_measurable``, ``chance_accuracy`` and the
-#: agreement analysis; 3: ``example_ids`` (the id of each per-example value). Older files are
-#: migrated on reading (biasscope/migrations.py); the JSON Schema: biasscope/schemas/.
+#: 3: ``example_ids``; older files are migrated on reading (biasscope/migrations.py, which
+#: says what each version added); the JSON Schema: biasscope/schemas/audit.schema.json.
 SCHEMA_VERSION = 3
 MEASURES = ("functional_entropy", "fisher_bound", "variance", "poincare_bound")
 VERDICTS = ("ignored", "unused", "weak", "ok", "dominant")
@@ -224,8 +223,7 @@ class AuditResult:
     agreement: Agreement | None = None
     probes: list[ProbeResult] = field(default_factory=list)  # label information per modality
     attributions: list[Attribution] = field(default_factory=list)  # inside a modality (captum)
-    #: the id of each example, in the order of every ``per_example`` list (default: positions)
-    example_ids: list[int | str] = field(default_factory=list)
+    example_ids: list[int | str] = field(default_factory=list)  # of per_example's values (positions)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -82,9 +82,10 @@ def test_trajectory_html_has_one_line_per_modality_and_measure(tmp_path):
     names = [trace.name for trace in fig.data]
     assert names == ["a: sensitivity", "a: reliance", "b: sensitivity", "b: reliance"]
     assert list(fig.data[2].y) == [0.0, 0.0, 0.0] and list(fig.data[0].x) == [0, 1, 2]
-    path = monitor.write_html(tmp_path / "trajectory.html")
+    path = monitor.write_html(tmp_path / "trajectory.html", plotlyjs="cdn")
     text = path.read_text()
     assert "b: sensitivity" in text and path.stat().st_size < 100_000  # plotly.js from the CDN
+    assert monitor.write_html(tmp_path / "offline.html").stat().st_size > 1_000_000  # inline
 
 
 @pytest.mark.parametrize("every", [0, -1, 1.5, True])
@@ -103,3 +104,27 @@ def test_batch_to_device_keeps_the_structure():
     moved = batch_to_device(batch, "cpu")
     assert isinstance(moved["y"], tuple) and isinstance(moved["y"][1], list) and moved["name"] == "n"
     assert torch.equal(moved["x"], batch["x"])
+
+
+def test_the_callback_modules_import_no_framework_until_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, biasscope, biasscope.monitor, biasscope.lightning_monitor, biasscope.hf_monitor; "
+            "print(sorted({'lightning', 'pytorch_lightning', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_missing_framework_says_which_extra_to_install(monkeypatch):
+    import sys
+
+    from biasscope import hf_monitor, lightning_monitor
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ConfigError, match=r"biasscope\[hf\]"):
+        hf_monitor.__getattr__("HFMonitor")
+    monkeypatch.setitem(sys.modules, "lightning.pytorch.callbacks", None)
+    monkeypatch.setitem(sys.modules, "pytorch_lightning.callbacks", None)
+    with pytest.raises(ConfigError, match=r"biasscope\[lightning\]"):
+        lightning_monitor.__getattr__("LightningMonitor")
