@@ -24,9 +24,10 @@ class _TrainerHooks:
 
     Add it with ``HFMonitor(...).attach(trainer)`` (it logs through ``trainer.log``)::
 
-        monitor = HFMonitor(val_batch, [Modality("image", input="pixel_values"), ...]).attach(trainer)
+        monitor = HFMonitor(val_batch, [Modality("image", input="pixel_values"), ...],
+                            html="trajectory.html").attach(trainer)
         trainer.train()
-        monitor.monitor.write_html("trajectory.html")
+        monitor.history[-1].verdicts
 
     Args:
         batch: one held-out batch the model is called with (``model(**batch)``; its label
