@@ -200,7 +200,8 @@ def _replaying(model: nn.Module, rec: Recording, rows: Batch, k: int, dims: dict
 
     def repeated(key: _Key, elem: tuple, t: Tensor) -> Tensor:
         d = dims[(key[0], key[1], elem)]
-        out = t if d is None else t.repeat(*[k if j == d else 1 for j in range(t.dim())])
+        # a copy either way: the pass may change it in place, the recording must not change
+        out = t.clone() if d is None else t.repeat(*[k if j == d else 1 for j in range(t.dim())])
         held.append(out)
         prov.mark(out, (key, elem))
         return out
