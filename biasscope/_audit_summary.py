@@ -4,6 +4,7 @@ agreement, diagnostics), built once, without mutating anything after constructio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +18,7 @@ from .diagnostics import audit_diagnostics
 from .insight_results import Attribution, ProbeResult
 from .modality import Modality
 from .probe import probe_clauses, probe_diagnostics
-from .results import AuditResult, Diagnostic, JointCheck, ModalityResult, PermutationScore, ShapleyValues
+from .results import AuditResult, Estimate, Diagnostic, JointCheck, ModalityResult, PermutationScore, ShapleyValues
 from .verdict import Thresholds, modality_verdicts, reliance_shares, reliance_status, verdict_sentence
 
 __all__ = ["Evidence", "summarise"]
@@ -56,10 +57,18 @@ def _modality_results(
             per_class={k: [float(v[classes_of == c].mean()) for c in classes] for k, v in per.items()},
             per_example={k: v.tolist() for k, v in per.items()},
             permutation=evidence.permutation.get(m.name),
-            **{k: mean_interval(v, method="bootstrap", seed=evidence.seed) for k, v in per.items()},
+            **{k: _interval(v, evidence.seed) for k, v in per.items()},
         ))
     rel = reliance_shares(out)
     return [replace(r, reliance_share=None if rel is None else rel[r.name]) for r in out]
+
+
+def _interval(values: np.ndarray, seed: int) -> Estimate:
+    """The bootstrap interval of the mean; nan (unavailable) when any value is (a bound
+    that some example cannot give, :mod:`biasscope.bounds`)."""
+    if not np.isfinite(values).all():
+        return Estimate(math.nan, math.nan, math.nan)
+    return mean_interval(values, method="bootstrap", seed=seed)
 
 
 def _joint(values: MeasuredValues, seed: int) -> JointCheck | None:

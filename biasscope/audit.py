@@ -257,7 +257,7 @@ def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> 
             moved = batch.to(dev)
             run_with_oom_retry(lambda r: state.update(moved, max_rows=r), rows[0], halved)
             report("entropy", i + 1, len(local), {})
-    return state.values(), notes, rows[0]
+    return state.values(), [*notes, *state.diagnostics()], rows[0]
 
 
 def _settings(options: AuditOptions, dev, thresholds: Thresholds, modalities, labelled: bool) -> dict[str, Any]:
