@@ -218,6 +218,8 @@ def audit(
         early = _output_diagnostics(gather_check(check), options.check_output)
         values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report)
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
+        if any(d.code == "gradients_blocked" for d in notes):  # attributions need gradients too
+            options = options.replace(explain=0)
         insight = dict(options=options, device=dev, output=output, report=report)
         probes = probe_step(model, batches, modalities, permutation=permutation, labelled=labelled, **insight)
         values = gather_values(values)

@@ -56,7 +56,8 @@ def bound_diagnostics(gaps: Mapping[str, BoundGaps], *, blocked: str | None) -> 
             "The model's forward pass blocks gradients with respect to its modality "
             f"representations ({blocked}), so the Fisher and Poincaré bounds are unavailable. "
             "The functional entropy, variance, permutation and Shapley checks need forward "
-            "passes only and are reported as usual.",
+            "passes only and are reported as usual; the attributions (integrated gradients) "
+            "are skipped.",
             "For the bounds, let the gradient flow from the audit sites to the output (no "
             "torch.no_grad, inference_mode, .detach() or numpy inside forward).",
         )]
