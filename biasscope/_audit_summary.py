@@ -19,7 +19,10 @@ from .insight_results import Attribution, ProbeResult
 from .modality import Modality
 from .probe import probe_clauses, probe_diagnostics
 from .results import AuditResult, Estimate, Diagnostic, JointCheck, ModalityResult, PermutationScore, ShapleyValues
-from .verdict import Thresholds, modality_verdicts, reliance_shares, reliance_status, verdict_sentence
+from .verdict import (
+    Thresholds, accuracy_shares, modality_verdicts, reliance_shares, reliance_status, shuffle_effect, undecided,
+    verdict_sentence,
+)
 
 __all__ = ["Evidence", "summarise"]
 
@@ -59,8 +62,9 @@ def _modality_results(
             permutation=evidence.permutation.get(m.name),
             **{k: _interval(v, evidence.seed) for k, v in per.items()},
         ))
-    rel = reliance_shares(out)
-    return [replace(r, reliance_share=None if rel is None else rel[r.name]) for r in out]
+    rel, acc = reliance_shares(out), accuracy_shares(out)
+    return [replace(r, reliance_share=None if rel is None else rel[r.name],
+                    accuracy_share=None if acc is None else acc[r.name]) for r in out]
 
 
 def _interval(values: np.ndarray, seed: int) -> Estimate:
@@ -109,9 +113,10 @@ def summarise(
     measured = _modality_results(modalities, values, evidence, classes_of, classes)
     accuracy = float((pred == labels).mean()) if labels is not None else None
     chance = majority_rate(labels)
+    thresholds, shapley = evidence.thresholds, evidence.shapley
     reliance = reliance_status(measured, accuracy=accuracy, chance=chance, n_examples=int(pred.size),
-                               shapley=evidence.shapley)
-    verdicts = modality_verdicts(measured, evidence.thresholds, reliance=reliance)
+                               shapley=shapley, thresholds=thresholds)
+    verdicts = modality_verdicts(measured, thresholds, reliance=reliance, shapley=shapley)
     results = [replace(r, verdict=verdicts[r.name]) for r in measured]
     diagnostics = audit_diagnostics(results, reliance=reliance, labelled=labels is not None,
                                     shapley=evidence.shapley, thresholds=evidence.thresholds)
@@ -130,7 +135,9 @@ def summarise(
         shapley=list(evidence.shapley),
         sentence=verdict_sentence(verdicts, note=note, disagree=[
             d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality],
-            about=probe_clauses(evidence.probes, verdicts)),
+            about=probe_clauses(evidence.probes, verdicts),
+            moves={r.name: shuffle_effect(r.permutation) for r in results if r.verdict == "unused"},
+            undecided=undecided(results, thresholds, shapley) if reliance.measurable else ()),
         provenance=evidence.provenance,
         diagnostics=[*evidence.early_diagnostics, *diagnostics],
         reliance_measurable=reliance.measurable if reliance_shares(results) is not None else None,
