@@ -235,9 +235,7 @@ class AuditResult:
                 return m
         raise KeyError(f"no modality {name!r}; have {[m.name for m in self.modalities]}")
 
-    @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.modalities]
+    names = property(lambda self: [m.name for m in self.modalities], doc="The modality names.")
 
     @property
     def ignored(self) -> list[str]:
@@ -266,6 +264,8 @@ class AuditResult:
         data = asdict(self)
         data = {"schema_version": self.schema_version, "ignored": self.ignored, **data}
         data["verdicts"] = {m.name: m.verdict for m in self.modalities}
+        for m, d in zip(self.modalities, data["modalities"]):  # a bound without a gradient: null
+            d["unavailable"] = [k for k in MEASURES if not math.isfinite(m.measure(k).mean)]
         if self.agreement is not None:
             data["agreement"]["sizes_agree"] = self.agreement.sizes_agree
             data["agreement"]["agree"] = self.agreement.agree
