@@ -55,18 +55,16 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
     if not compact:
         table.add_column("site", style="dim")
     table.add_column("verdict", no_wrap=True)
-    table.add_column("sens." if compact else "sensitivity", justify="right", no_wrap=True)
+    table.add_column("sens.", justify="right", no_wrap=True)
     if rel is not None:
-        table.add_column("reliance", justify="right", no_wrap=True)
-        table.add_column("acc." if compact else "acc. share", justify="right", no_wrap=True)
+        table.add_column("loss", justify="right", no_wrap=True)
+        table.add_column("acc.", justify="right", no_wrap=True)
     table.add_column("FE" if compact else "FE [95% CI]", justify="right", no_wrap=compact)
     if not compact:
         for col in ("Fisher", "Var", "Poincaré"):
             table.add_column(col, justify="right")
     if perm:
-        table.add_column("perm. drop" if compact else "perm. acc. drop", justify="right", no_wrap=compact)
-        if not compact:
-            table.add_column("flips", justify="right")
+        table.add_column("perm. drop", justify="right", no_wrap=True)
     for m in result.modalities:
         row: list[RenderableType] = [
             Text(m.name, style="bold"),
@@ -80,14 +78,10 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
             row += [Text(fmt_bound(m.fisher_bound)), Text(fmt(m.variance.mean)), Text(fmt_bound(m.poincare_bound))]
         if perm:
             row.append(_est(m.permutation.accuracy_drop, interval=not compact))
-            if not compact:
-                flips = m.permutation.flip_rate
-                row.append(Text(DASH) if flips is None else _est(flips))
         table.add_row(*row)
     if rel is not None:
-        table.caption = ("sensitivity: share of the functional entropy; reliance: share of the permutation loss "
-                         "increase; acc. share: of the permutation accuracy drop; flips: share of predictions "
-                         "changed by a shuffle")
+        table.caption = ("sens.: share of the functional entropy; reliance: loss / acc., shares of the "
+                         "permutation loss increase / accuracy drop (flip rates: audit.json)")
         table.caption_justify = "left"
     return table
 
