@@ -458,7 +458,7 @@ def test_audit_table_text(audit_result):
         f"[{fe.ci_low:.3g},", f"{fe.ci_high:.3g}]", f"[{drop.ci_low:.3g},", f"{drop.ci_high:.3g}]"
     ]
     assert rows[at["b"]] == ["b", "input:b", "ignored", "0.0%", "0.0%", "0.0%", "0", "0", "0", "0", "0"]
-    assert "perm. acc. drop" in text and "reliance: share of the permutation loss increase" in text
+    assert "perm. drop" in text and "shares of the permutation loss increase / accuracy drop" in text
 
 
 def test_audit_table_colours_verdicts(audit_result):
