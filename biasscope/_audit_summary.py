@@ -136,8 +136,9 @@ def summarise(
         sentence=verdict_sentence(verdicts, note=note, disagree=[
             d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality],
             about=probe_clauses(evidence.probes, verdicts),
-            moves={r.name: shuffle_effect(r.permutation) for r in results if r.verdict == "unused"},
-            undecided=undecided(results, thresholds, shapley) if reliance.measurable else ()),
+            moves={r.name: shuffle_effect(r.name, r.permutation, thresholds) for r in results if r.verdict == "unused"},
+            undecided=undecided(results, thresholds, shapley) if reliance.measurable else (),
+            relied=reliance.measurable or labels is None),
         provenance=evidence.provenance,
         diagnostics=[*evidence.early_diagnostics, *diagnostics],
         reliance_measurable=reliance.measurable if reliance_shares(results) is not None else None,

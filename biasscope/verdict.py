@@ -25,9 +25,10 @@ share, so 1.0 is a uniform share.
 Then, with reliance measurable:
 
 - ``ignored``: the output does not depend on it, and it is not relied upon;
-- ``unused``: noise in it moves the output, but it is not relied upon (read, not used for
-  the predictions: e.g. a gate that rescales the logits moves the confidence, not the
-  decisions);
+- ``unused``: noise in it moves the output, or shuffling it moves the top-class
+  probability by more than ``margin_confidence`` (default 0.01) on average, but it is not
+  relied upon (read, not used for the predictions: e.g. a gate that rescales the logits
+  moves the confidence, not the decisions);
 
 without it: ``ignored`` when the output does not depend on it. A modality whose reliance
 cannot be told is neither: it counts among the used modalities below. The top-level
@@ -87,7 +88,8 @@ class Thresholds:
     """Verdict thresholds: ``ignored``, ``weak`` and ``dominant`` on the relative share
     (1.0 = a uniform share), ``disagree_factor`` and ``disagree_gap`` on the sensitivity and
     reliance shares of one modality, ``margin_accuracy`` and ``margin_flip`` the practical
-    margins of the accuracy drop and the prediction-flip rate (see :mod:`biasscope.verdict`)."""
+    margins of the accuracy drop and the prediction-flip rate, ``margin_confidence`` that of
+    the mean change of the top-class probability under a shuffle (see :mod:`biasscope.verdict`)."""
 
     ignored: float = 0.1
     weak: float = 0.5
@@ -96,6 +98,7 @@ class Thresholds:
     disagree_gap: float = 0.3
     margin_accuracy: float = 0.01
     margin_flip: float = 0.02
+    margin_confidence: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0 <= self.ignored <= self.weak <= self.dominant:
@@ -110,10 +113,10 @@ class Thresholds:
                 f"disagree_factor={self.disagree_factor}, disagree_gap={self.disagree_gap}.",
                 parameter="thresholds",
             )
-        if not (0 < self.margin_accuracy < 1 and 0 < self.margin_flip < 1):
+        if not all(0 < x < 1 for x in (self.margin_accuracy, self.margin_flip, self.margin_confidence)):
             raise ConfigError(
-                "Verdict margins need 0 < margin_accuracy < 1 and 0 < margin_flip < 1; got "
-                f"margin_accuracy={self.margin_accuracy}, margin_flip={self.margin_flip}.",
+                "Verdict margins must lie in (0, 1); got margin_accuracy="
+                f"{self.margin_accuracy}, margin_flip={self.margin_flip}, margin_confidence={self.margin_confidence}.",
                 parameter="thresholds",
             )
 
@@ -258,6 +261,12 @@ def _quiet(m: ModalityResult, n: int, thresholds: Thresholds) -> bool:
     return not m.functional_entropy.ci_low > 0 or n * m.share < thresholds.ignored
 
 
+def _moves(m: ModalityResult, thresholds: Thresholds) -> bool:
+    """Shuffling ``m`` moves the confidence (the top-class probability) beyond its margin."""
+    change = m.permutation.confidence_change if m.permutation is not None else None
+    return change is not None and change.mean > thresholds.margin_confidence
+
+
 def _among(values: dict[str, float], used: list[str]) -> dict[str, float]:
     total = sum(max(values[n], 0.0) for n in used)
     return {n: max(values[n], 0.0) / total if total > 0 else 0.0 for n in used}
@@ -283,7 +292,7 @@ def modality_verdicts(
     out: dict[str, str] = {}
     for m in modalities:
         if measurable and effects[m.name] == NOT_RELIED:
-            out[m.name] = "ignored" if _quiet(m, n, thresholds) else "unused"
+            out[m.name] = "ignored" if _quiet(m, n, thresholds) and not _moves(m, thresholds) else "unused"
         elif not measurable and _quiet(m, n, thresholds):
             out[m.name] = "ignored"
     used = [m.name for m in modalities if m.name not in out]
@@ -307,13 +316,16 @@ def modality_verdicts(
     return {m.name: out[m.name] for m in modalities}
 
 
-def shuffle_effect(score: PermutationScore | None) -> str:
-    """What shuffling a modality does, in words: "shuffling it changes 0.0% of the
-    predictions and moves the top-class probability by 0.09" ("" for older results)."""
+def shuffle_effect(name: str, score: PermutationScore | None, thresholds: Thresholds = Thresholds()) -> str:
+    """What shuffling a modality does, in words: "shuffling `b` changes 0.0% of the
+    predictions and moves the top-class probability by 0.09 on average: the confidence
+    moves, not the decisions" ("" for older results)."""
     if score is None or score.flip_rate is None or score.confidence_change is None:
         return ""
-    return (f"shuffling it changes {100 * score.flip_rate.mean:.1f}% of the predictions and moves "
-            f"the top-class probability by {score.confidence_change.mean:.2g} on average")
+    moves = score.confidence_change.mean
+    return (f"shuffling `{name}` changes {100 * score.flip_rate.mean:.1f}% of the predictions and moves "
+            f"the top-class probability by {moves:.2g} on average"
+            + (": the confidence moves, not the decisions" if moves > thresholds.margin_confidence else ""))
 
 
 def _names(names: list[str]) -> str:
@@ -333,14 +345,15 @@ def _names_about(names: list[str], about: Mapping[str, str]) -> str:
 def verdict_sentence(
     verdicts: dict[str, str], *, note: str = "", disagree: Sequence[str] = (),
     about: Mapping[str, str] | None = None, moves: Mapping[str, str] | None = None,
-    undecided: Sequence[str] = (),
+    undecided: Sequence[str] = (), relied: bool = True,
 ) -> str:
     """The sentence that leads the report, e.g. "The model ignores `text`; it leans on
     `image`.", then the modalities whose reliance cannot be told (``undecided``), those whose
     sensitivity and reliance shares ``disagree``, then ``note`` (e.g. why reliance is not
     measurable). ``about`` holds, per ignored or unused modality, what the probe says of it
     (:func:`biasscope.probe.probe_clauses`); ``moves`` per unused modality what shuffling it
-    does (:func:`shuffle_effect`)."""
+    does (:func:`shuffle_effect`). ``relied=False`` (labels, but a model at chance): the
+    dominant modality is where the output moves most, not what the model leans on."""
     about, moves = about or {}, moves or {}
     by = {v: [n for n, x in verdicts.items() if x == v] for v in ("ignored", "unused", "weak", "dominant")}
     parts = []
@@ -348,11 +361,9 @@ def verdict_sentence(
         every = len(by["ignored"]) == len(verdicts) > 1
         parts.append(("ignores every modality: " if every else "ignores ") + _names_about(by["ignored"], about))
     if by["unused"]:
-        effect = "; ".join(f"`{n}`: {moves[n]}" for n in by["unused"] if n in moves)
-        parts.append(
-            f"does not rely on {_names(by['unused'])} for its predictions"
-            + (f" ({effect})" if effect else "") + ", though noise there moves the output"
-        )
+        effects = [moves[n] for n in by["unused"] if moves.get(n)]
+        parts.append(f"does not rely on {_names(by['unused'])} for its predictions"
+                     + (f" ({'; '.join(effects)})" if effects else ", though noise there moves the output"))
     if parts:
         sentence = "The model " + "; it ".join(parts)
         if by["weak"]:
@@ -364,7 +375,8 @@ def verdict_sentence(
     else:
         sentence = f"The model uses all {len(verdicts)} modalities"
     if by["dominant"]:
-        sentence += f"; it leans on {_names(by['dominant'])}"
+        lean = "it leans on" if relied else "its output moves most with"
+        sentence += f"; {lean} {_names(by['dominant'])}"
     sentence += "."
     sentence += "".join(f" `{n}` {about[n]}." for n in by["unused"] if n in about)
     if undecided:
