@@ -116,10 +116,11 @@ def summarise(
     thresholds, shapley = evidence.thresholds, evidence.shapley
     reliance = reliance_status(measured, accuracy=accuracy, chance=chance, n_examples=int(pred.size),
                                shapley=shapley, thresholds=thresholds)
-    verdicts = modality_verdicts(measured, thresholds, reliance=reliance, shapley=shapley)
+    n = int(pred.size)
+    verdicts = modality_verdicts(measured, thresholds, reliance=reliance, shapley=shapley, n_examples=n)
     results = [replace(r, verdict=verdicts[r.name]) for r in measured]
     diagnostics = audit_diagnostics(results, reliance=reliance, labelled=labels is not None,
-                                    shapley=evidence.shapley, thresholds=evidence.thresholds)
+                                    shapley=shapley, thresholds=thresholds, n_examples=n)
     if candidates is not None:
         diagnostics = [_with_candidates(d, candidates) for d in diagnostics]
     diagnostics += probe_diagnostics(evidence.probes, verdicts)
@@ -137,7 +138,7 @@ def summarise(
             d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality],
             about=probe_clauses(evidence.probes, verdicts),
             moves={r.name: shuffle_effect(r.name, r.permutation, thresholds) for r in results if r.verdict == "unused"},
-            undecided=undecided(results, thresholds, shapley) if reliance.measurable else (),
+            undecided=undecided(results, thresholds, shapley, n) if reliance.measurable else (),
             relied=reliance.measurable or labels is None),
         provenance=evidence.provenance,
         diagnostics=[*evidence.early_diagnostics, *diagnostics],

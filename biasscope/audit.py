@@ -244,24 +244,37 @@ def audit(
                          candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
 
 
-def _without_unusable_labels(batches: list[Batch], requested: str) -> tuple[list[Batch], str | None]:
+def _without_unusable_labels(batches: list[Batch], requested: str) -> tuple[list[Batch], tuple[str, int] | None]:
     """The batches without their labels when these are multi-hot or real-valued (or the
     requested output kind says so): the reliance checks need one class per example. Also
-    the labels' kind (:func:`biasscope.output_kinds.label_kind`)."""
+    the labels' kind (:func:`biasscope.output_kinds.label_kind`) and width, if any."""
     found = label_kind([b.label for b in batches])
     if requested in SENSITIVITY_ONLY or (requested == "auto" and found is not None):
-        return [replace(b, label=None) for b in batches], found
-    return batches, found
+        label = batches[0].label
+        width = 1 if label is None or label.dim() < 2 else int(label.shape[1])
+        return [replace(b, label=None) for b in batches], None if found is None else (found, width)
+    return batches, None
 
 
 def _resolve_output(model, first: Batch, options: AuditOptions, output: OutputSpec,
-                    found: str | None) -> tuple[OutputSpec, str, list[Diagnostic]]:
-    """The output spec with its kind (given, or detected on the first batch), the divergence
-    it calls for, and what the reader is told about it (:mod:`biasscope.output_kinds`)."""
+                    found: tuple[str, int] | None) -> tuple[OutputSpec, str, list[Diagnostic]]:
+    """The output spec with its kind (given, or detected on the first batch and the labels'
+    kind ``found``), the divergence it calls for, and what the reader is told about it
+    (:mod:`biasscope.output_kinds`)."""
     kind, detected = options.output_kind, options.output_kind == "auto"
     if detected:
         with torch.no_grad():
-            kind = found or detect_output_kind([find_output(model, first, output)], [])
+            raw = find_output(model, first, output)
+        width = 1 if raw.dim() < 2 else int(raw[0].numel())
+        if found is not None and found[1] != width:
+            raise DataLoadError(
+                f"The labels are neither class indices nor one target per output column ({found[0]} "
+                f"labels of width {found[1]}, an output of width {width}). biasscope needs one integer "
+                "class per example; for a multi-label or regression output, say so with `output_kind` "
+                "(`--output-kind multilabel` or `regression`); for unlabelled data pass label_key=None "
+                "(`--label-key none`)."
+            )
+        kind = found[0] if found is not None else detect_output_kind([raw], [])
     if kind in SENSITIVITY_ONLY and options.divergence == "official":
         raise ConfigError(
             f"The official divergence (softmax BCE) is not defined for a {kind} output; use "

@@ -120,8 +120,8 @@ def _undecided(modalities: Sequence[ModalityResult], names: Sequence[str], thres
         f"Over {repeats} shuffles it cannot be told whether the model relies on {_names(names)} "
         f"({intervals}): the intervals are neither wholly inside the practical margins "
         f"({_pct(thresholds.margin_accuracy)} accuracy, {_pct(thresholds.margin_flip)} flipped "
-        "predictions) nor wholly beyond them, or the modality holds a sizeable share of the "
-        "accuracy drop. It is not called ignored or unused; its level (weak/ok/dominant) rests "
+        "predictions, or what flipped predictions cost by chance on this many examples) nor wholly "
+        "beyond them, or the modality holds a sizeable share of the accuracy drop. It is not called ignored or unused; its level (weak/ok/dominant) rests "
         "on the mean shares.",
         f"Raise `permutation_repeats` (it was {repeats}; "
         f"{max(AuditOptions().permutation_repeats, 2 * repeats)} or more narrows the intervals): "
@@ -223,11 +223,12 @@ def audit_diagnostics(
     labelled: bool,
     shapley: Sequence[ShapleyValues] = (),
     thresholds: Thresholds = Thresholds(),
+    n_examples: int | None = None,
 ) -> list[Diagnostic]:
     """Every diagnostic the measured values call for, whole-audit ones first."""
     out = _reliance_diagnostic(reliance, labelled)
     if reliance.measurable:
-        out += _undecided(modalities, undecided(modalities, thresholds, shapley), thresholds)
+        out += _undecided(modalities, undecided(modalities, thresholds, shapley, n_examples), thresholds)
         out += _redundant(modalities, shapley, thresholds)
     rel = reliance_shares(modalities) if reliance.measurable else None
     disagree = disagreements(modalities, thresholds) if rel is not None else {}

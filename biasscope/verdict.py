@@ -12,23 +12,29 @@ share, so 1.0 is a uniform share.
   all-permuted Shapley baseline) by more than the accuracy margin and by more than 2.33
   binomial standard errors. Otherwise (a constant predictor, random labels, the wrong label
   column) the verdict rests on sensitivity alone and says so.
-- Each modality's reliance, from the 95% intervals over R shuffles of the accuracy drop
-  and of the prediction-flip rate (the share of predictions that change):
-  *relied upon* when either interval lies wholly beyond its margin (``margin_accuracy``,
-  default 0.01, ``margin_flip``, default 0.02); *not relied upon* (an equivalence test)
-  when both intervals lie wholly inside their margins, its relative share of the summed
-  accuracy drop is below ``ignored``, and its accuracy Shapley value (when computed) is
-  inside the accuracy margin (two modalities carrying the same data each cost nothing
-  alone); *cannot tell* otherwise (the ``reliance_undecided`` diagnostic). More shuffles
-  narrow the intervals, so they can only turn "cannot tell" into one of the two.
+- Each modality's reliance, from the 95% interval over R shuffles of its accuracy drop:
+  *relied upon* when the interval lies wholly beyond the margin; *not relied upon* (an
+  equivalence test) when it lies wholly inside it, the modality's relative share of the
+  summed accuracy drop is below ``weak``, and its accuracy Shapley value (when computed) is
+  inside the margin (two modalities carrying the same data each cost nothing alone). The
+  margin is ``margin_accuracy`` (default 0.01, one point of accuracy), or what the
+  predictions a shuffle flips can cost by chance on N examples when that is larger (1.96 x
+  sqrt(flip rate / N): a modality the labels ignore flips predictions both ways, and on a
+  finite set the count of each way differs). *Cannot tell* otherwise (the
+  ``reliance_undecided`` diagnostic). More shuffles narrow the interval, so they can only
+  turn "cannot tell" into one of the two.
 
-Then, with reliance measurable:
+Then, with reliance measurable, a modality not relied upon is
 
-- ``ignored``: the output does not depend on it, and it is not relied upon;
-- ``unused``: noise in it moves the output, or shuffling it moves the top-class
-  probability by more than ``margin_confidence`` (default 0.01) on average, but it is not
-  relied upon (read, not used for the predictions: e.g. a gate that rescales the logits
-  moves the confidence, not the decisions);
+- ``ignored`` when the output does not depend on it (sensitivity, above) and shuffling it
+  changes no decision and no confidence of practical size: the interval of its
+  prediction-flip rate (the share of predictions that change) lies inside ``margin_flip``
+  (default 0.02) and the mean change of the top-class probability is at most
+  ``margin_confidence`` (default 0.01);
+- ``unused`` otherwise: read, but not relied upon for the accuracy of the predictions
+  (noise there moves the output; or a gate that rescales the logits moves the confidence,
+  not the decisions; or the model reads a modality the labels ignore, whose shuffles flip
+  predictions both ways);
 
 without it: ``ignored`` when the output does not depend on it. A modality whose reliance
 cannot be told is neither: it counts among the used modalities below. The top-level
@@ -68,6 +74,7 @@ __all__ = [
     "reliance_shares",
     "accuracy_shares",
     "reliance_effect",
+    "accuracy_margin",
     "relied_upon",
     "undecided",
     "reliance_status",
@@ -81,6 +88,8 @@ __all__ = [
 #: one-sided z of the "above chance" test (1%)
 ABOVE_CHANCE_Z = 2.33
 RELIED, NOT_RELIED, UNDECIDED = "relied upon", "not relied upon", "cannot tell"
+#: z of the accuracy change that flips alone can make by chance (:func:`accuracy_margin`)
+NULL_Z = 1.96
 
 
 @dataclass(frozen=True)
@@ -165,28 +174,38 @@ def _shapley_accuracy(shapley: Sequence[ShapleyValues]) -> dict[str, float]:
 def reliance_effect(
     score: PermutationScore | None, thresholds: Thresholds = Thresholds(), *,
     accuracy_share: float = 0.0, modalities: int = 1, shapley: float | None = None,
+    n_examples: int | None = None,
 ) -> str:
-    """:data:`RELIED`, :data:`NOT_RELIED` or :data:`UNDECIDED` (see the module docstring):
-    ``accuracy_share`` is the modality's share of the summed accuracy drop among
-    ``modalities``, ``shapley`` its accuracy Shapley value (None: not computed). Results
-    without a flip rate (older files) rest on the accuracy drop alone."""
+    """:data:`RELIED`, :data:`NOT_RELIED` or :data:`UNDECIDED` (see the module docstring),
+    from the accuracy-drop interval: ``accuracy_share`` is the modality's share of the summed
+    accuracy drop among ``modalities``, ``shapley`` its accuracy Shapley value (None: not
+    computed). The flip rate tells ``ignored`` from ``unused`` (:func:`modality_verdicts`)."""
     if score is None:
         return UNDECIDED
-    drop, flip = score.accuracy_drop, score.flip_rate
-    ma, mf = thresholds.margin_accuracy, thresholds.margin_flip
-    if drop.ci_low > ma or (flip is not None and flip.ci_low > mf):
+    drop, ma = score.accuracy_drop, accuracy_margin(score, thresholds, n_examples)
+    if drop.ci_low > ma:
         return RELIED
-    inside = drop.ci_high <= ma and (flip is None or flip.ci_high <= mf)  # False for nan bounds
-    small = modalities * accuracy_share < thresholds.ignored and (shapley is None or shapley <= ma)
-    return NOT_RELIED if inside and small else UNDECIDED
+    small = modalities * accuracy_share < thresholds.weak and (shapley is None or shapley <= ma)
+    return NOT_RELIED if drop.ci_high <= ma and small else UNDECIDED  # False for nan bounds
+
+
+def accuracy_margin(score: PermutationScore, thresholds: Thresholds = Thresholds(), n_examples: int | None = None) -> float:
+    """The accuracy-drop margin: ``margin_accuracy``, or, when larger, what the predictions a
+    shuffle flips can cost by chance on ``n_examples`` examples: if flips were as likely to
+    fix as to break a prediction, the accuracy change would have a standard deviation of
+    sqrt(flip rate / N); the margin is 1.96 of those."""
+    flips = score.flip_rate
+    if not n_examples or flips is None or not flips.mean > 0:
+        return thresholds.margin_accuracy
+    return max(thresholds.margin_accuracy, NULL_Z * math.sqrt(flips.mean / n_examples))
 
 
 def _effects(modalities: Sequence[ModalityResult], thresholds: Thresholds,
-             shapley: Sequence[ShapleyValues]) -> dict[str, str]:
+             shapley: Sequence[ShapleyValues], n_examples: int | None) -> dict[str, str]:
     acc = accuracy_shares(modalities) or {}
     values = _shapley_accuracy(shapley)
     return {m.name: reliance_effect(m.permutation, thresholds, accuracy_share=acc.get(m.name, 0.0),
-                                    modalities=len(modalities), shapley=values.get(m.name))
+                                    modalities=len(modalities), shapley=values.get(m.name), n_examples=n_examples)
             for m in modalities}
 
 
@@ -197,12 +216,12 @@ def relied_upon(score: PermutationScore | None, thresholds: Thresholds = Thresho
 
 
 def undecided(modalities: Sequence[ModalityResult], thresholds: Thresholds = Thresholds(),
-              shapley: Sequence[ShapleyValues] = ()) -> list[str]:
+              shapley: Sequence[ShapleyValues] = (), n_examples: int | None = None) -> list[str]:
     """The modalities whose reliance cannot be told (neither relied upon nor shown
     negligible); empty without permutation scores."""
     if not modalities or any(m.permutation is None for m in modalities):
         return []
-    return [n for n, e in _effects(modalities, thresholds, shapley).items() if e == UNDECIDED]
+    return [n for n, e in _effects(modalities, thresholds, shapley, n_examples).items() if e == UNDECIDED]
 
 
 def reliance_status(
@@ -262,9 +281,13 @@ def _quiet(m: ModalityResult, n: int, thresholds: Thresholds) -> bool:
 
 
 def _moves(m: ModalityResult, thresholds: Thresholds) -> bool:
-    """Shuffling ``m`` moves the confidence (the top-class probability) beyond its margin."""
-    change = m.permutation.confidence_change if m.permutation is not None else None
-    return change is not None and change.mean > thresholds.margin_confidence
+    """Shuffling ``m`` changes predictions, or moves the confidence (the top-class
+    probability), beyond the margins: the flip-rate interval is not inside ``margin_flip``,
+    or the mean confidence change exceeds ``margin_confidence``."""
+    p = m.permutation
+    if p is None or p.flip_rate is None:
+        return False
+    return not p.flip_rate.ci_high <= thresholds.margin_flip or p.confidence_change.mean > thresholds.margin_confidence
 
 
 def _among(values: dict[str, float], used: list[str]) -> dict[str, float]:
@@ -278,14 +301,16 @@ def modality_verdicts(
     *,
     reliance: Reliance | None = None,
     shapley: Sequence[ShapleyValues] = (),
+    n_examples: int | None = None,
 ) -> dict[str, str]:
     """The verdict of each modality under the rule in this module's docstring.
 
     ``reliance`` says whether reliance is measurable (default: when every modality has a
-    permutation score and some modality is relied upon)."""
+    permutation score and some modality is relied upon); ``n_examples`` the audit set's
+    size (for :func:`accuracy_margin`)."""
     n = len(modalities)
     rel = reliance_shares(modalities)
-    effects = _effects(modalities, thresholds, shapley) if rel is not None else {}
+    effects = _effects(modalities, thresholds, shapley, n_examples) if rel is not None else {}
     if reliance is None:
         reliance = Reliance(RELIED in effects.values())
     measurable = reliance.measurable and rel is not None
@@ -322,10 +347,12 @@ def shuffle_effect(name: str, score: PermutationScore | None, thresholds: Thresh
     moves, not the decisions" ("" for older results)."""
     if score is None or score.flip_rate is None or score.confidence_change is None:
         return ""
-    moves = score.confidence_change.mean
-    return (f"shuffling `{name}` changes {100 * score.flip_rate.mean:.1f}% of the predictions and moves "
-            f"the top-class probability by {moves:.2g} on average"
-            + (": the confidence moves, not the decisions" if moves > thresholds.margin_confidence else ""))
+    moves, flips = score.confidence_change.mean, score.flip_rate.mean
+    said = f"shuffling `{name}` changes {100 * flips:.1f}% of the predictions"
+    if flips > thresholds.margin_flip:
+        return f"{said} but costs no accuracy beyond the margin: {100 * score.accuracy_drop.mean:.1f} points"
+    said += f" and moves the top-class probability by {moves:.2g} on average"
+    return said + (": the confidence moves, not the decisions" if moves > thresholds.margin_confidence else "")
 
 
 def _names(names: list[str]) -> str:

@@ -13,6 +13,7 @@ from biasscope.verdict import (
     NOT_RELIED,
     RELIED,
     UNDECIDED,
+    accuracy_margin,
     relied_upon,
     reliance_effect,
     reliance_status,
@@ -103,9 +104,14 @@ def test_relied_upon_is_an_effect_beyond_the_margin():
     assert not relied_upon(tiny) and reliance_effect(tiny) == NOT_RELIED
     # the interval straddles the margin: cannot tell
     assert reliance_effect(_perm(0.012, spread=0.005)) == UNDECIDED
-    # no accuracy drop but 30% of the predictions flip: relied upon for its decisions
-    assert reliance_effect(_perm(0.0, spread=0.005, flip=0.3)) == RELIED
-    # both inside, but a sizeable share of the (small) summed accuracy drop: cannot tell
+    # 30% of the predictions flip but the accuracy does not drop: read, not relied upon
+    flips = _perm(0.0, spread=0.005, flip=0.3)
+    assert reliance_effect(flips) == NOT_RELIED
+    # what flips can cost by chance on N examples widens the margin: 1.96 sqrt(0.3 / 100) = 0.107
+    assert accuracy_margin(flips, n_examples=100) == pytest.approx(1.96 * (0.3 / 100) ** 0.5)
+    assert reliance_effect(_perm(0.05, spread=0.02, flip=0.3), n_examples=100) == NOT_RELIED
+    assert reliance_effect(_perm(0.05, spread=0.02, flip=0.3)) == RELIED  # 1 point alone
+    # inside, but a sizeable share of the (small) summed accuracy drop: cannot tell
     assert reliance_effect(tiny, accuracy_share=0.5, modalities=2) == UNDECIDED
     # an accuracy Shapley value beyond the margin (a duplicate): cannot tell
     assert reliance_effect(tiny, shapley=0.2) == UNDECIDED
