@@ -137,7 +137,9 @@ def summarise(
         sentence=verdict_sentence(verdicts, note=note, disagree=[
             d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality],
             about=probe_clauses(evidence.probes, verdicts),
-            moves={r.name: shuffle_effect(r.name, r.permutation, thresholds) for r in results if r.verdict == "unused"},
+            moves={r.name: shuffle_effect(r.name, r.permutation, margin_flip=thresholds.margin_flip,
+                                          margin_confidence=thresholds.margin_confidence)
+                   for r in results if r.verdict == "unused"},
             undecided=undecided(results, thresholds, shapley, n) if reliance.measurable else (),
             relied=reliance.measurable or labels is None),
         provenance=evidence.provenance,
