@@ -209,7 +209,7 @@ def audit(
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
-        output, divergence, kind_notes = _resolve_output(model, local[0].to(dev), options, output, label_kind_found)
+        output, divergence, kind_notes = _resolve_output(model, batches[0].to(dev), options, output, label_kind_found)
         report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
         with sync_point("the noise scale"):
             logits: list[Tensor] = []

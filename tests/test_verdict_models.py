@@ -316,3 +316,66 @@ def test_accuracy_shares_sit_beside_loss_shares():
     drops = np.array([r[m].permutation.accuracy_drop.mean for m in ("a", "b")])
     assert [r[m].accuracy_share for m in ("a", "b")] == pytest.approx(list(drops / drops.sum()))
     assert r["a"].reliance_share != pytest.approx(r["a"].accuracy_share)
+
+
+def test_unavailable_bounds_are_said_in_every_view():
+    from rich.console import Console
+
+    from biasscope.render import audit_table, render_html
+
+    model = Reads(torch.sign)
+    r = bs.audit(model, _self_labelled(model), MODS, permutation_repeats=3, shapley=False, **FAST)
+    html = render_html(r, plotlyjs="cdn")
+    assert html.count(">unavailable</td>") == 2  # b's Fisher and Poincaré cells
+    console = Console(record=True, width=160, color_system=None)
+    console.print(audit_table(r))
+    row = next(line for line in console.export_text().splitlines() if line.split()[:1] == ["b"])
+    assert row.count("unavailable") == 2
+    loaded = bs.AuditResult.from_dict(r.to_dict())
+    assert math.isnan(loaded["b"].fisher_bound.mean) and math.isfinite(loaded["a"].fisher_bound.mean)
+
+
+def test_labels_that_fit_no_output_kind_are_refused_naming_the_flag():
+    model = Reads()  # three class scores
+    a, b = _inputs()
+    with pytest.raises(bs.DataLoadError, match="--output-kind"):
+        bs.audit(model, [(a, b, torch.rand(len(a)))], MODS, **FAST)  # real-valued, one column
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "NONE"])
+def test_label_key_none_audits_without_labels_even_with_a_label_in_the_file(tmp_path, monkeypatch, spelling):
+    from typer.testing import CliRunner
+
+    from biasscope.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faint.py").write_text(FAINT_FACTORY)
+    torch.save(Reads().state_dict(), tmp_path / "m.pt")
+    a, b = _inputs()
+    torch.save({"a": a, "b": b, "label": torch.randn(len(a))}, tmp_path / "val.pt")  # a regression target
+    res = CliRunner().invoke(app, [
+        "audit", "m.pt", "--factory", "faint.py:Faint", "--data", "val.pt", "-m", "a=input:a", "-m", "b=input:b",
+        "--samples", "4", "--no-probe", "--explain", "0", "--device", "cpu", "--out", "r", "--label-key", spelling,
+    ])
+    assert res.exit_code == 0, res.output
+    result = bs.AuditResult.load(tmp_path / "r" / "audit.json")
+    assert result.accuracy is None and result.class_source == "prediction"
+
+
+def test_redundant_modalities_when_the_joint_shuffle_costs_more_than_the_single_ones():
+    from biasscope.diagnostics import audit_diagnostics
+    from biasscope.results import Estimate, ModalityResult, PermutationScore, ShapleyValues
+    from biasscope.verdict import Reliance
+
+    zero = Estimate(0.0, 0.0, 0.0)
+
+    def mod(name):
+        return ModalityResult(name, f"input:{name}", zero, zero, zero, zero, share=0.5, per_class={},
+                              per_example={}, permutation=PermutationScore(zero, zero, zero, repeats=10))
+
+    shapley = [ShapleyValues("accuracy", {"a": 0.25, "b": 0.25}, full=1.0, empty=0.5, interaction=-0.5, exact=True)]
+    found = [d for d in audit_diagnostics([mod("a"), mod("b")], reliance=Reliance(True), labelled=True, shapley=shapley)
+             if d.code == "redundant_modalities"]
+    assert len(found) == 1 and "costs 50.0% accuracy" in found[0].message and "`a` and `b`" in found[0].message
+    verdicts = bs.verdict.modality_verdicts([mod("a"), mod("b")], reliance=Reliance(True), shapley=shapley)
+    assert "ignored" not in verdicts.values()  # each costs nothing alone, yet the pair is used
