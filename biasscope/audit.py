@@ -209,9 +209,9 @@ def audit(
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
-        output, divergence, kind_notes = _resolve_output(model, batches[0].to(dev), options, output, label_kind_found)
         report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
         with sync_point("the noise scale"):
+            output, divergence, kind_notes = _resolve_output(model, batches[0].to(dev), options, output, label_kind_found)
             logits: list[Tensor] = []
             moments = representation_moments(model, (b.to(dev) for b in local), modalities, output,
                                              on_logits=logits.append)
