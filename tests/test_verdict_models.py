@@ -4,6 +4,7 @@ outputs of other kinds; a constant predictor; a gate; duplicate modalities."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -333,6 +334,9 @@ def test_unavailable_bounds_are_said_in_every_view():
     assert row.count("unavailable") == 2
     loaded = bs.AuditResult.from_dict(r.to_dict())
     assert math.isnan(loaded["b"].fisher_bound.mean) and math.isfinite(loaded["a"].fisher_bound.mean)
+    from biasscope.json_schema import validate
+
+    validate(json.loads(r.to_json()), "audit")  # null bounds, flip rates and shares fit the schema
 
 
 def test_labels_that_fit_no_output_kind_are_refused_naming_the_flag():
