@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .errors import BiasscopeError, DataLoadError, ModelOutputError
 
-__all__ = ["Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output"]
+__all__ = ["Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output", "find_output"]
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Where the logits are in the model's output (a tensor, a dict/ModelOutput, a tuple)."""
+    """Where the logits are in the model's output (a tensor, a dict/ModelOutput, a tuple),
+    and what they hold (``kind``: :data:`biasscope.output_kinds.OUTPUT_KINDS`)."""
 
     key: str = "logits"
     index: int | None = None
+    kind: str = "auto"
 
 
 def _batch_size(tensors: Sequence[Any]) -> int:
@@ -152,14 +154,18 @@ def _as_label(label: Any) -> Tensor | None:
 
 def logits_from_output(output: Any, spec: OutputSpec = OutputSpec()) -> Tensor:
     """The (N, C) logits in ``output``; a single logit (N,) or (N, 1) becomes two classes
-    ``[0, x]`` so that softmax gives ``[1 - sigmoid(x), sigmoid(x)]``."""
+    ``[0, x]`` so that softmax gives ``[1 - sigmoid(x), sigmoid(x)]``; probabilities
+    (``spec.kind == "probs"``) become their log; multi-label and regression outputs are kept
+    as (N, C) (:mod:`biasscope.output_kinds`)."""
     found = _find_logits(output, spec)
     if not isinstance(found, Tensor) or not found.is_floating_point():
         raise ModelOutputError(
             f"The model's output holds no floating-point logits ({_describe(output)}). "
             "Choose them with --output-key NAME (dict/ModelOutput) or --output-index I (tuple)."
         )
-    if found.dim() == 1 or (found.dim() == 2 and found.shape[1] == 1):
+    if spec.kind in ("multilabel", "regression"):
+        found = found.reshape(found.shape[0], -1) if found.dim() == 2 else found.reshape(-1, 1)
+    elif found.dim() == 1 or (found.dim() == 2 and found.shape[1] == 1):
         x = found.reshape(-1, 1)
         found = torch.cat([torch.zeros_like(x), x], dim=1)
     if found.dim() != 2:
@@ -167,6 +173,8 @@ def logits_from_output(output: Any, spec: OutputSpec = OutputSpec()) -> Tensor:
             f"The model's logits have shape {tuple(found.shape)}; biasscope needs (batch, classes). "
             "Wrap the model so that it returns one row of class scores per example."
         )
+    if spec.kind == "probs":
+        found = found.clamp_min(torch.finfo(found.dtype).tiny).log()
     return found
 
 
@@ -201,6 +209,14 @@ def _describe(output: Any) -> str:
     if isinstance(output, (tuple, list)):
         return f"a {len(output)}-tuple of [" + "; ".join(_describe(v) for v in output) + "]"
     return f"a {type(output).__name__}"
+
+
+def find_output(model: nn.Module, batch: Batch, spec: OutputSpec = OutputSpec()) -> Tensor:
+    """The output tensor ``spec`` points at, as the model returns it (no conversion)."""
+    found = _find_logits(run_model(model, batch), spec)
+    if not isinstance(found, Tensor):
+        return logits_from_output(found, spec)  # raises the message that says what is there
+    return found
 
 
 def run_model(model: nn.Module, batch: Batch) -> Any:

@@ -331,9 +331,11 @@ class DownstreamPlan:
         return ""
 
     @contextmanager
-    def record(self, batch: Batch) -> Iterator[Recording | None]:
-        """Record the clean pass run inside (yields None when replaying is off)."""
-        if not self.active:
+    def record(self, batch: Batch, *, keep: bool = True) -> Iterator[Recording | None]:
+        """Record the clean pass run inside (checking the plan on ``batch`` first, once);
+        yields None when replaying is off or ``keep`` is False."""
+        self.prepare(batch)
+        if not (self.active and keep):
             yield None
             return
         with _recording(self.model, batch, self.sites, self.keep) as rec:

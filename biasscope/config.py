@@ -197,7 +197,8 @@ def resolve_options(
         if value is not None:
             values[name] = value
             origin.pop(name, None)
-    if values.get("label_key") in ("", "none"):
+    key = values.get("label_key")
+    if isinstance(key, str) and key.lower() in ("", "none"):  # `--label-key none` (or None): no labels
         values["label_key"] = None
     try:
         return options_from_mapping(cls, values)

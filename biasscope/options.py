@@ -129,7 +129,7 @@ class AuditOptions:
         limit: use at most this many examples.
         max_rows: the largest expanded batch (examples x samples) run at once, or ``"auto"``.
         permutation_repeats: R shuffles per modality for the permutation score (0 skips; at least
-            2; below the default the verdict often reports ``reliance_too_noisy``).
+            2; below the default the verdict often reports ``reliance_undecided``).
         shapley: also compute exact modality Shapley values (needs labels).
         tensorization: also run the joint-perturbation (tensorization) check (off by default:
             it adds (M+1)K gradient-free passes per example, 2.3x the audit's minimal work).
@@ -139,6 +139,9 @@ class AuditOptions:
             used; needs labels, skipped without them).
         explain: attribute this many examples inside the modality each depends on most
             (highest and lowest functional entropy, alternately; 0 skips).
+        output_kind: what the output holds (:mod:`biasscope.output_kinds`): ``"auto"``
+            (detected), ``"logits"``, ``"probs"``, ``"log_probs"``, ``"binary"``,
+            ``"multilabel"`` or ``"regression"``.
     """
 
     samples: int = 32
@@ -156,6 +159,7 @@ class AuditOptions:
     precision: str = "fp32"
     probe: bool = True
     explain: int = 3
+    output_kind: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
@@ -174,6 +178,9 @@ class AuditOptions:
         if not isinstance(self.probe, bool):
             raise _fail("probe", self.probe, "True or False")
         check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
+        from .output_kinds import OUTPUT_KINDS
+
+        check_choice("output_kind", self.output_kind, OUTPUT_KINDS)
 
     @classmethod
     def from_profile(cls, profile: str, **changes: Any) -> AuditOptions:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +51,8 @@ class _Performance:
 
     accuracy: float
     log_likelihood: float
+    flip_rate: float = 0.0  # share of predictions that differ from the clean ones
+    confidence_change: float = 0.0  # mean |change| of the clean top class's probability
 
     def metric(self, name: str) -> float:
         return getattr(self, name)
@@ -72,30 +73,28 @@ class AuditSet:
         output: OutputSpec,
     ) -> None:
         self.model, self.batches, self.device, self.output = model, list(batches), device, output
-        sizes = [b.size for b in self.batches]
-        self.offsets = [0, *np.cumsum(sizes).tolist()]
+        self.offsets = [0, *np.cumsum([b.size for b in self.batches]).tolist()]
         self.n = self.offsets[-1]
         # the batches this process evaluates permuted: those whose first example is in its shard
         mine = shard(self.n)
         self.owned = [j for j in range(len(self.batches)) if self.offsets[j] in mine]
         layers = [m for m in modalities if m.layer is not None]
         parts: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
-        scores = []
-        # the permuted passes recompute only what depends on the permuted modalities
-        self.downstream = DownstreamPlan(model, modalities, output)
+        scores, clean_top = [], []
+        self.downstream = DownstreamPlan(model, modalities, output)  # permuted passes rerun what depends on it
         self.recordings: dict[int, Recording | None] = {}
-        for j, batch in enumerate(self.batches):  # every process holds every example's representation
-            b = batch.to(device)
-            self.downstream.prepare(b)
-            with self.downstream.record(b) if j in self.owned else nullcontext() as rec:
+        for j, b in enumerate(batch.to(device) for batch in self.batches):  # every example, in every process
+            with self.downstream.record(b, keep=j in self.owned) as rec:
                 logits, reps = capture(model, b, layers, output)
             self.recordings[j] = rec
             _check_labels(logits, b.label)
             scores.append(_score(logits, b.label))
+            clean_top.append(_top(logits))
             for m in modalities:
-                h = reps[m.name] if m.layer is not None else batch.get_input(m.input)
+                h = reps[m.name] if m.layer is not None else b.get_input(m.input)
                 parts[m.name].append(h.detach().cpu())
         self.clean = _performance(torch.cat([c for c, _ in scores]), torch.cat([ll for _, ll in scores]))
+        self.clean_top = torch.cat(clean_top)  # (N, 2): the clean predicted class and its probability
         self.pool: dict[str, Tensor | None] = {}
         for m in modalities:
             hs = parts.pop(m.name)
@@ -131,7 +130,7 @@ class AuditSet:
         """Performance with each modality in ``absent`` replaced by the representation of
         example ``perm[i]`` at row ``i`` (one permutation of the whole set, shared). Each
         process runs its own batches; the per-example scores are gathered in global order."""
-        correct, loglik = [], []
+        correct, loglik, moved = [], [], []
         with sync_point("the permutation checks"):
             for j in self.owned:
                 rows = perm[self.offsets[j] : self.offsets[j + 1]]
@@ -142,15 +141,35 @@ class AuditSet:
                 c, ll = _score(logits, b.label)
                 correct.append(c)
                 loglik.append(ll)
+                moved.append(_moved(logits, self.clean_top[self.offsets[j] : self.offsets[j + 1]]))
         empty = torch.zeros(0, dtype=torch.float64)
+        moved_all = gather_rows(torch.cat(moved) if moved else empty.view(0, 2))
         return _performance(gather_rows(torch.cat(correct) if correct else empty),
-                            gather_rows(torch.cat(loglik) if loglik else empty))
+                            gather_rows(torch.cat(loglik) if loglik else empty), moved_all)
 
 
-def _performance(correct: Tensor, loglik: Tensor) -> _Performance:
-    """Accuracy and mean log-likelihood from the per-example scores of the whole set."""
+def _performance(correct: Tensor, loglik: Tensor, moved: Tensor | None = None) -> _Performance:
+    """Accuracy and mean log-likelihood from the per-example scores of the whole set, and
+    from ``moved`` (N, 2) the flip rate and the mean confidence change."""
     n = correct.numel()
-    return _Performance(float(correct.sum()) / n, float(loglik.sum()) / n)
+    flips, conf = (0.0, 0.0) if moved is None else (float(v) / n for v in moved.sum(0))
+    return _Performance(float(correct.sum()) / n, float(loglik.sum()) / n, flips, conf)
+
+
+def _top(logits: Tensor) -> Tensor:
+    """Per example (float64, on CPU): the predicted class and its probability."""
+    p = torch.softmax(logits.double(), dim=1)
+    top, cls = p.max(dim=1)
+    return torch.stack([cls.double(), top], dim=1).cpu()
+
+
+def _moved(logits: Tensor, clean_top: Tensor) -> Tensor:
+    """Per example: whether the prediction differs from the clean one, and the absolute
+    change of the clean predicted class's probability (N, 2)."""
+    p = torch.softmax(logits.double(), dim=1).cpu()
+    cls = clean_top[:, 0].long()
+    flipped = (p.argmax(dim=1) != cls).double()
+    return torch.stack([flipped, (p.gather(1, cls[:, None])[:, 0] - clean_top[:, 1]).abs()], dim=1)
 
 
 def _score(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
@@ -230,9 +249,11 @@ def permutation_scores(
     clean = data.clean
     scores: dict[str, PermutationScore] = {}
     for i, m in enumerate(modalities):
-        drop, rel, loss = [], [], []
+        drop, rel, loss, flips, conf = [], [], [], [], []
         for r, perm in enumerate(perms):
             shuffled = data.evaluate(perm, [m])
+            flips.append(shuffled.flip_rate)
+            conf.append(shuffled.confidence_change)
             d = clean.accuracy - shuffled.accuracy
             drop.append(d)
             rel.append(d / clean.accuracy if clean.accuracy > 0 else 0.0)
@@ -244,6 +265,8 @@ def permutation_scores(
             loss_increase=mean_interval(np.array(loss)),
             repeats=repeats,
             scope=data.scope(m),
+            flip_rate=mean_interval(np.array(flips)),
+            confidence_change=mean_interval(np.array(conf)),
         )
     return scores
 

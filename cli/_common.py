@@ -303,7 +303,7 @@ def load_inputs(
     }
     if factory:
         provenance["model"]["factory"] = str(factory)
-    return Inputs(config, loaded, modalities, output, None if key in ("", "none") else key, provenance)
+    return Inputs(config, loaded, modalities, output, None if key is None or key.lower() in ("", "none") else key, provenance)
 
 
 def input_paths(*sources: Any) -> list[str]:

@@ -24,7 +24,7 @@ HfClass = typer.Option(None, "--hf-class", help="transformers class for a Huggin
 Modalities = typer.Option([], "--modality", "-m", help="NAME=input:KEY_OR_INDEX or NAME=layer:dotted.path (repeat per modality).")
 Preset = typer.Option(None, "--preset", help="Fill the modality layers for a known architecture, e.g. vilt, visualbert, clip, lxmert (instead of --modality; an unknown name lists them).")
 Data = typer.Option(None, "--data", "-d", help=".pt / .npz / .safetensors file, or package.module:function / file.py:function.")
-LabelKey = typer.Option(None, "--label-key", help=f"Key of the label in dict batches {default(_AUDIT.label_key)}; 'none' for unlabelled data.")
+LabelKey = typer.Option(None, "--label-key", help=f"Key of the label in dict batches {default(_AUDIT.label_key)}; none (any case) for unlabelled data.")
 BatchSize = typer.Option(None, "--batch-size", help="Batch size \\[default: 64].")
 Limit = typer.Option(None, "--limit", help="Use at most N examples.")
 OutputKey = typer.Option(None, "--output-key", help="Entry of a dict/ModelOutput that holds the logits \\[default: logits].")

@@ -58,6 +58,7 @@ def audit_command(
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
     profile: Optional[str] = typer.Option(None, "--profile", help="quick (CI, monitoring: K=8, 4 shuffles, no Shapley/probe/attributions), standard (the defaults) or thorough (K=128, 30 shuffles, tensorization check); the options given win [default: standard]."),
+    output_kind: Optional[str] = typer.Option(None, "--output-kind", help=f"What the output holds: auto (detected), logits, probs, log_probs, binary, multilabel or regression {o.default(_D.output_kind)}."),
     samples: Optional[int] = typer.Option(None, "--samples", "-k", help=f"Gaussian samples per example and modality {o.default(_D.samples)}."),
     scale: Optional[float] = typer.Option(None, "--scale", help=f"Noise scale s: z ~ N(0, s^2 sigma^2) per feature {o.default(_D.scale)}."),
     divergence: Optional[str] = typer.Option(None, "--divergence", help=f"kl or official (the paper code's BCE) {o.default(_D.divergence)}."),
@@ -93,7 +94,7 @@ def audit_command(
             "shapley": False if no_shapley else None,
             "tensorization": tensorization,
             "check_output": False if no_output_check else None,
-            "probe": False if no_probe else None, "explain": explain, "profile": profile,
+            "probe": False if no_probe else None, "explain": explain, "output_kind": output_kind, "profile": profile,
         }, cfg)
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source = pick(data, cfg, "data")

@@ -23,6 +23,7 @@ from ._common import (
     DASH,
     MEASURE_LABELS,
     VERDICT_COLORS,
+    accuracy_shares_of,
     agreement_of,
     bound_notes,
     fmt,
@@ -186,11 +187,12 @@ def _title(result: AuditResult, title: str | None) -> str:
 
 
 def _modality_rows(result: AuditResult) -> list[dict[str, Any]]:
-    rel = reliance_of(result)
+    rel, acc = reliance_of(result), accuracy_shares_of(result)
     return [
         {
             "m": m,
             "reliance": None if rel is None else rel[m.name],
+            "accuracy_share": None if acc is None else acc[m.name],
             "estimates": [m.measure(k) for k in MEASURES],
         }
         for m in result.modalities
