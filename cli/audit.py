@@ -51,6 +51,8 @@ def audit_command(
     kind: Optional[str] = o.Kind,
     trust_pickle: bool = o.TrustPickle,
     hf_class: Optional[str] = o.HfClass,
+    call: Optional[str] = o.Call,
+    adapter: Optional[str] = o.Adapter,
     preset: Optional[str] = o.Preset,
     label_key: Optional[str] = o.LabelKey,
     batch_size: Optional[int] = o.BatchSize,
@@ -97,12 +99,14 @@ def audit_command(
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source = pick(data, cfg, "data")
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path)
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path,
+                              pick(adapter, cfg, "adapter"))
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=options.label_key or "none",
-            output_key=output_key, output_index=output_index,
+            output_key=output_key, output_index=output_index, call=call, adapter=adapter,
+            modalities_from_data=True,
         )
         batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
         # under torchrun every process measures its share; rank 0 alone shows, writes and prints
