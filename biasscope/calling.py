@@ -23,7 +23,7 @@ from ._sources import _import_callable
 from .errors import ConfigError, ModalityError
 from .modality import Modality, is_compiled
 
-__all__ = ["CALLS", "call_as", "default_modalities", "describe_default", "load_adapter"]
+__all__ = ["CALLS", "call_as", "default_modalities", "describe_default", "embedding_layer", "load_adapter"]
 
 #: the call conventions: ``model(**inputs)`` (a tuple batch: ``model(*inputs)``),
 #: ``model(*inputs.values())``, ``model(inputs)`` (one dict or tuple argument)
@@ -82,7 +82,7 @@ def _forward_parameters(model: nn.Module) -> tuple[list[str], bool, bool]:
     return names, any(p.kind == p.VAR_POSITIONAL for p in params), any(p.kind == p.VAR_KEYWORD for p in params)
 
 
-def _embedding_of(model: nn.Module, batch: Batch, key: str | int) -> str | None:
+def embedding_layer(model: nn.Module, batch: Batch, key: str | int) -> str | None:
     """The path of the first submodule that receives the integer input ``key`` itself (the
     layer that embeds token ids), found in one forward pass."""
     batch = batch.to(model_device(model))
@@ -150,7 +150,7 @@ def default_modalities(model: nn.Module, batch: Batch) -> list[Modality]:
         if value.is_floating_point():
             out.append(Modality(name, input=key))
             continue
-        layer = _embedding_of(model, batch, key)
+        layer = embedding_layer(model, batch, key)
         if layer is None:
             raise _refuse(f"input {key!r} holds integers that no layer embeds directly", batch)
         out.append(Modality(name, layer=layer))

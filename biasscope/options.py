@@ -26,6 +26,9 @@ MAX_EXPLAIN = 50
 
 DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: the captum methods an audit's attributions use, by name (``auto``: integrated gradients,
+#: feature ablation where the site holds integers)
+ATTRIBUTIONS = ("auto", "integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
@@ -139,6 +142,9 @@ class AuditOptions:
             used; needs labels, skipped without them).
         explain: attribute this many examples inside the modality each depends on most
             (highest and lowest functional entropy, alternately; 0 skips).
+        attribution: the captum method: ``"auto"`` (integrated gradients; feature ablation
+            at integer sites), ``"integrated_gradients"``, ``"saliency"``,
+            ``"input_x_gradient"`` or ``"feature_ablation"``.
     """
 
     samples: int = 32
@@ -156,6 +162,7 @@ class AuditOptions:
     precision: str = "fp32"
     probe: bool = True
     explain: int = 3
+    attribution: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
@@ -174,6 +181,7 @@ class AuditOptions:
         if not isinstance(self.probe, bool):
             raise _fail("probe", self.probe, "True or False")
         check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
+        check_choice("attribution", self.attribution, ATTRIBUTIONS)
 
     def replace(self, **changes: Any) -> AuditOptions:
         return replace(self, **changes)

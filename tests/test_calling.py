@@ -239,3 +239,25 @@ def test_custom_pretrained_model_points_to_the_state_dict_route(tmp_path, monkey
     result, out = _audit("hf_dir/model.safetensors", "--factory", "custom.py:build", "--data", "val.pt", "-o", "out")
     assert result.exit_code == 0, out
     assert _verdicts("out")["text"][1] in ("ignored", "unused")
+
+
+def test_cli_attributions_show_words_by_the_named_method(project):
+    transformers = pytest.importorskip("transformers")
+    tmp, _ = project
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(15)]
+    (tmp / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(tmp / "vocab.txt")).save_pretrained(tmp / "tok")
+    args = ["tokens.pt", "--factory", "models.py:tokens", "--data", "val_ids.pt", "--tokenizer", "tok",
+            "--attribution", "input_x_gradient", "-o", "out"]
+    result = runner.invoke(app, ["audit", *args, "-k", "4", "--permutation-repeats", "2", "--no-probe", "--explain", "4", "-q"])
+    assert result.exit_code == 0, result.stdout
+    with open("out/audit.json", encoding="utf-8") as f:
+        attributions = json.load(f)["attributions"]
+    ids = torch.load("val_ids.pt")["ids"]
+    on_words = [a for a in attributions if a["modality"] == "ids"]
+    assert on_words and {a["method"] for a in attributions} == {"input_x_gradient"}
+    for a in on_words:
+        assert a["site"] == "layer:embed" and a["kind"] == "tokens"
+        assert a["tokens"] == [words[int(i)] for i in ids[a["example"]]]
+    result = runner.invoke(app, ["audit", *args[:-2], "--tokenizer", "nowhere", "-o", "out2"])
+    assert result.exit_code == 2 and "No tokenizer at 'nowhere'" in " ".join(result.stdout.split() + result.stderr.split())
