@@ -135,7 +135,7 @@ class AuditOptions:
             2; below the default the verdict often reports ``reliance_too_noisy``).
         shapley: also compute exact modality Shapley values (needs labels).
         tensorization: also run the joint-perturbation (tensorization) check (off by default:
-            it adds (M+1)K gradient-free passes per example, 2.3x the audit's minimal work).
+            it adds (M+1)K gradient-free passes per example; its cost: docs/benchmarks.md).
         check_output: refuse outputs that cannot be logits of the label classes.
         precision: forward-pass precision on CUDA (divergences stay in float64).
         probe: probe each modality's representation for the label (information available vs

@@ -154,7 +154,7 @@ def fix_command(
         report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
         _finish(report, out_dir, options)
         if report.guard_tripped:
-            err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
+            err_console.print(f"[bold red]guard:[/] {escape(report.message)}", highlight=False)
             raise typer.Exit(1)
 
 
