@@ -261,3 +261,11 @@ def test_cli_attributions_show_words_by_the_named_method(project):
         assert a["tokens"] == [words[int(i)] for i in ids[a["example"]]]
     result = runner.invoke(app, ["audit", *args[:-2], "--tokenizer", "nowhere", "-o", "out2"])
     assert result.exit_code == 2 and "No tokenizer at 'nowhere'" in " ".join(result.stdout.split() + result.stderr.split())
+
+
+def test_layers_lists_a_batch_called_model_under_its_own_paths(project):
+    args = ["layers", "net.pt", "--factory", "models.py:batched", "--data", "val.pt"]
+    assert runner.invoke(app, args).exit_code == 2  # model(**batch) does not fit forward(batch)
+    result = runner.invoke(app, [*args, "--call", "batch"])
+    assert result.exit_code == 0, result.stdout
+    assert all(f"\n│ {path} " in result.stdout for path in ("image", "text", "head"))
