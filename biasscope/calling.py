@@ -83,23 +83,23 @@ def _forward_parameters(model: nn.Module) -> tuple[list[str], bool, bool]:
 
 
 def embedding_layer(model: nn.Module, batch: Batch, key: str | int) -> str | None:
-    """The path of the first submodule that receives the integer input ``key`` itself (the
-    layer that embeds token ids), found in one forward pass."""
+    """The path of the layer that embeds the integer input ``key``: the innermost submodule
+    that receives that very tensor and returns floats shaped like it plus feature dimensions
+    (found in one forward pass); None when no layer does."""
     batch = batch.to(model_device(model))
     ids = batch.get_input(key)
     found: list[str] = []
-    handles = []
 
     def hook(name: str):
-        def fn(_module: nn.Module, args: tuple) -> None:
-            if not found and args and args[0] is ids:
-                found.append(name)
+        def fn(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            takes = any(a is ids for a in (*args, *kwargs.values()))
+            if takes and isinstance(output, Tensor) and output.is_floating_point() \
+                    and output.shape[: ids.dim()] == ids.shape and output.dim() > ids.dim():
+                found.append(name)  # post-hooks complete innermost first
 
         return fn
 
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_pre_hook(hook(name)))
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
             run_model(model, batch)
@@ -114,8 +114,8 @@ def _refuse(reason: str, batch: Batch) -> ModalityError:
     return ModalityError(
         f"No modality given, and biasscope cannot take them from the data: {reason} (the batch "
         f"holds inputs {names}). Name each modality: --modality NAME=input:KEY_OR_INDEX or "
-        "NAME=layer:dotted.path (`biasscope layers MODEL --data DATA` lists the layers), or "
-        "Modality(name, input=...) in Python."
+        "NAME=layer:dotted.path (`biasscope layers MODEL --data DATA` lists the layers), a "
+        "--preset for a known architecture (vilt, clip, ...), or Modality(name, input=...) in Python."
     )
 
 
@@ -133,9 +133,9 @@ def default_modalities(model: nn.Module, batch: Batch) -> list[Modality]:
     if batch.kwargs:
         keys = list(batch.kwargs)
         if not var_kwargs and any(k.split(".")[0] not in names for k in keys):
-            missing = [k for k in keys if k.split(".")[0] not in names]
+            missing = ", ".join(k for k in keys if k.split(".")[0] not in names)
             hint = "; a forward that takes the whole batch as one argument needs --call batch" if len(names) == 1 else ""
-            raise _refuse(f"the model's forward({', '.join(names)}) takes no input named {', '.join(missing)}{hint}", batch)
+            raise _refuse(f"the model's forward({', '.join(names)}) takes no input named {missing}{hint}", batch)
         pairs: list[tuple[str, str | int]] = [(str(k), k) for k in keys]
     else:
         if not var_args and len(batch.args) > len(names):

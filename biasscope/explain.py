@@ -270,10 +270,10 @@ def explain_examples(
     dev = torch.device(device) if device is not None else model_device(model)
     out = []
     reasons = list(selected) if selected is not None else [None] * len(examples)
-    site = modality
+    site, where = modality, (None if on_input else modality)
     for index, reason in zip(examples, reasons):
         batch = _locate(batches, int(index)).to(dev)
-        modality = input_site(model, batch, site, output) if on_input else site
+        modality = where = where or input_site(model, batch, site, output)  # one per modality
         with torch.no_grad():
             logits, reps = _capture_site(model, batch, modality, output)
         h = reps.detach()
