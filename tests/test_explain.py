@@ -235,3 +235,21 @@ def test_explain_option_validates(bad):
     assert AuditOptions().explain == 3 and AuditOptions(explain=0).explain == 0
     with pytest.raises(ConfigError, match=r"explain must be an integer in \[0, 50\]"):
         AuditOptions(explain=bad)
+
+
+def test_gru_final_hidden_state_is_shown_on_the_words():
+    class Gru(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed, self.rnn = nn.Embedding(30, 8), nn.GRU(8, 6, num_layers=2, batch_first=True)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, ids):
+            return self.head(self.rnn(self.embed(ids))[1][-1])
+
+    ids = torch.randint(0, 30, (4, 7), generator=torch.Generator().manual_seed(7))
+    batches = [split_batch({"ids": ids}, label_key=None)]
+    a = explain_examples(Gru().eval(), batches, Modality("text", layer="rnn", element=1, batch_dim=1), [1])[0]
+    assert a.site == "layer:embed" and a.kind == "tokens" and a.shape == [7, 8]  # not 2 x 6 GRU units
+    assert a.tokens == [str(int(v)) for v in ids[1]] and a.convergence_delta < 1e-2
