@@ -12,7 +12,10 @@ from torch import Tensor, nn
 
 from .errors import BiasscopeError, DataLoadError, ModelOutputError
 
-__all__ = ["Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output", "find_output"]
+__all__ = [
+    "Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output", "find_output",
+    "nest_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ def split_batch(batch: Any, *, label_key: str | None = "label") -> Batch:
     if isinstance(batch, Mapping):
         kwargs = dict(batch)
         label = kwargs.pop(label_key, None) if label_key is not None else None
+        kwargs = _flatten(kwargs)
         if not kwargs:
             raise DataLoadError(
                 f"A dict batch holds only the label {label_key!r}; it needs the model's inputs too."
@@ -135,6 +139,30 @@ def split_batch(batch: Any, *, label_key: str | None = "label") -> Batch:
         f"A batch of type {type(batch).__name__} is not supported: use a dict of tensors "
         "(model(**batch), label under 'label') or a tuple of tensors (model(*batch), label last)."
     )
+
+
+def _flatten(inputs: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts of inputs as one level with dotted keys (``{"a": {"b": x}}`` ->
+    ``{"a.b": x}``), so that a modality names ``input:a.b``; :func:`nest_inputs` undoes it."""
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def nest_inputs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys back to nested dicts: the keyword arguments the model is called with."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def _as_label(label: Any) -> Tensor | None:
@@ -222,7 +250,7 @@ def find_output(model: nn.Module, batch: Batch, spec: OutputSpec = OutputSpec())
 def run_model(model: nn.Module, batch: Batch) -> Any:
     """``model(*args, **kwargs)``, with a clear error when the model rejects the inputs."""
     try:
-        return model(*batch.args, **batch.kwargs)
+        return model(*batch.args, **nest_inputs(batch.kwargs))
     except BiasscopeError:
         raise
     except Exception as exc:  # any failure inside a user's forward is a user-input problem
@@ -233,7 +261,8 @@ def run_model(model: nn.Module, batch: Batch) -> Any:
         raise ModelOutputError(
             f"The model rejected its inputs ({type(exc).__name__}: {exc}). It was called with "
             f"[{shapes}]. Check that the data matches the model (dict batches call model(**batch) "
-            "without the label; tuple batches call model(*batch[:-1]))."
+            "without the label; tuple batches call model(*batch[:-1])); a model called another "
+            "way takes --call batch|positional or --adapter module:function."
         ) from exc
 
 

@@ -26,6 +26,7 @@ from ._batch import Batch, OutputSpec, call_model, find_output, split_batch
 from ._device import on_device, resolve_device, run_with_oom_retry
 from ._distributed import all_reduce_sum, is_distributed, join_group, is_writer, rank_device, shard, sync_point, world_size
 from ._perturbation import check_finite, finish_std, representation_moments
+from .calling import default_modalities, describe_default
 from .data_checks import data_checks
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
@@ -170,7 +171,7 @@ def _candidates(model, batch, modalities, output, label_key):
 def audit(
     model: nn.Module,
     data: Iterable[Any],
-    modalities: Sequence[Modality],
+    modalities: Sequence[Modality] | None = None,
     *,
     options: AuditOptions | None = None,
     output: OutputSpec | None = None,
@@ -185,7 +186,9 @@ def audit(
         model: any ``nn.Module`` classifier; it is returned to its device and mode after.
         data: an iterable of batches: dicts (``model(**batch)``, label under ``label_key``)
             or tuples (``model(*batch[:-1])``, label last). A DataLoader works.
-        modalities: the :class:`Modality` specs (1..M).
+        modalities: the :class:`Modality` specs (1..M); None: the inputs the model's forward
+            takes by name (dict batches) or position (tuple batches), see
+            :func:`biasscope.calling.default_modalities`, with an info diagnostic saying so.
         options: an :class:`~biasscope.options.AuditOptions` (defaults and meaning of every
             option); ``overrides`` are its fields (``samples=8``) or ``profile="quick"``.
         output: which entry of the model's output holds the logits.
@@ -199,17 +202,14 @@ def audit(
             chance by a margin) while ``check_output`` is on.
     """
     options = _resolve_options(options, overrides)
-    modalities, output = list(modalities), output or OutputSpec()
+    output = output or OutputSpec()
     thresholds = thresholds or Thresholds()
     join_group(device=options.device)  # under torchrun: this process measures its share
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
     dev = rank_device(options.device) if is_distributed() else resolve_device(options.device)
     with sync_point("loading the data"):
-        batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
-        validate_modalities(batches[0], modalities)
-        batches, label_kind_found = _without_unusable_labels(batches, options.output_kind)
+        batches, modalities, label_kind_found, checked = _load(model, data, modalities, options)
         labelled = _usable_labels(batches)
-        checked = data_checks(batches, modalities)
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
@@ -287,6 +287,26 @@ def _resolve_output(model, first: Batch, options: AuditOptions, output: OutputSp
         )
     divergence = DIVERGENCE_OF.get(kind, options.divergence)
     return replace(output, kind=kind), divergence, output_kind_diagnostic(kind, detected=detected)
+
+
+def _load(model, data, given, options: AuditOptions):
+    """The batches (without labels the reliance checks cannot use), the modalities, the labels'
+    kind and the data checks' diagnostics."""
+    batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
+    modalities, taken = _modalities(model, batches[0], given)
+    validate_modalities(batches[0], modalities)
+    batches, label_kind_found = _without_unusable_labels(batches, options.output_kind)
+    return batches, modalities, label_kind_found, taken + data_checks(batches, modalities)
+
+
+def _modalities(model, batch: Batch, given: Sequence[Modality] | None) -> tuple[list[Modality], list[Diagnostic]]:
+    """The modalities given, or those the data's keys name (with a note saying so)."""
+    if given is not None:
+        return list(given), []
+    found = default_modalities(model, batch)
+    note = Diagnostic("modalities_from_data", "info", describe_default(found) + ".",
+                      fix="Name them to choose: --modality NAME=input:KEY or Modality(name, input=key).")
+    return found, [note]
 
 
 def _entropy(model, local, modalities, sigmas, options, output, dev, report, *,

@@ -31,5 +31,5 @@ def test_audit_with_a_profile_runs_its_options():
     model, data, mods, _ = next(c for c in cases() if c.name == "balanced").build()
     result = bs.audit(model, data, mods, profile="quick", device="cpu", options=AuditOptions(seed=1))
     settings = result.settings
-    assert (settings["samples"], settings["permutation_repeats"], settings["shapley"], settings["seed"]) == (8, 4, False, 1)
-    assert result.shapley == [] and all(m.permutation.repeats == 4 for m in result.modalities)
+    assert (settings["samples"], settings["permutation_repeats"], settings["shapley"], settings["seed"]) == (8, 5, False, 1)
+    assert result.shapley == [] and all(m.permutation.repeats == 5 for m in result.modalities)

@@ -231,12 +231,12 @@ PROBE_CODES = ("information_unused", "ignoring_is_right", "information_underused
 
 def _insight_context(result: AuditResult) -> dict[str, Any]:
     """The probe's figure and rows, and one card per attribution (figure, tokens)."""
-    from .insight_figures import attribution_figure, probe_figure, token_html
+    from .insight_figures import attribution_caption, attribution_figure, probe_figure, token_html
 
     said = {d.modality: d.message for d in result.diagnostics if d.code in PROBE_CODES}
     cards = [
         {"a": a, "fig": _figure_html(f"attribution-{i}", attribution_figure(a)),
-         "tokens": Markup(token_html(a)) if a.kind == "tokens" else None}
+         "tokens": Markup(token_html(a)) if a.kind == "tokens" else None, "caption": attribution_caption(a)}
         for i, a in enumerate(result.attributions)
     ]
     return {
