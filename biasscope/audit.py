@@ -33,6 +33,7 @@ from .modality import Modality, validate_modalities
 from .options import AuditOptions
 from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import AuditResult, Diagnostic
+from .shift import shift_accuracy, shift_batches
 from .verdict import Thresholds
 
 __all__ = ["audit", "collect_batches"]
@@ -170,6 +171,7 @@ def audit(
     thresholds: Thresholds | None = None,
     progress: Progress | None = None,
     tokenizer: Any | None = None,
+    shift_data: Iterable[Any] | None = None,
     **overrides: Any,
 ) -> AuditResult:
     """Audit how much ``model`` depends on each modality.
@@ -186,6 +188,8 @@ def audit(
         progress: ``progress(stage, done, total, info)`` for a progress display.
         tokenizer: decodes token ids in the attributions (``convert_ids_to_tokens`` or
             ``decode``); without it tokens are shown as ids.
+        shift_data: labelled batches where the suspected shortcut is broken (or a later,
+            other-source sample): the result's ``shift_accuracy`` (:mod:`biasscope.shift`).
     Raises:
         ModelOutputError: the output cannot be the logits of the label classes (its width
             changes with the batch size, is below the label range, or its accuracy is below
@@ -231,8 +235,12 @@ def audit(
             thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early, *notes],
             probes=probes, attributions=attributions,
         )
-        return summarise(modalities, values, evidence,
-                         candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
+        result = summarise(modalities, values, evidence,
+                           candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
+        if shift_data is not None:
+            shifted = shift_batches(shift_data, label_key=options.label_key)
+            result = replace(result, shift_accuracy=shift_accuracy(model, shifted, output=output, device=dev))
+        return result
 
 
 def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> tuple[MeasuredValues, list, int]:

@@ -30,7 +30,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
 #: how fix picks the modality that ModDrop permutes (besides a modality name)
-AUGMENT_RULES = ("reliance", "sensitivity")
+AUGMENT_RULES = ("reliance", "sensitivity", "all")
 
 
 def flag_name(parameter: str) -> str:

@@ -224,6 +224,7 @@ class AuditResult:
     agreement: Agreement | None = None
     probes: list[ProbeResult] = field(default_factory=list)  # label information per modality
     attributions: list[Attribution] = field(default_factory=list)  # inside a modality (captum)
+    shift_accuracy: float | None = None  # accuracy on the shifted data (audit's shift_data)
     schema_version: int = SCHEMA_VERSION
 
     def __getitem__(self, name: str) -> ModalityResult:
@@ -313,6 +314,7 @@ class AuditResult:
             agreement=_agreement_from_dict(data.get("agreement")),
             probes=[probe_from_dict(p) for p in data.get("probes") or []],
             attributions=[attribution_from_dict(a) for a in data.get("attributions") or []],
+            shift_accuracy=data.get("shift_accuracy"),
             schema_version=version,
         )
 

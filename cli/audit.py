@@ -46,6 +46,7 @@ def _run_settings(cfg: object, fail_on: Optional[str], plotlyjs: Optional[str], 
 def audit_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = o.Data,
+    shift_data: Optional[str] = typer.Option(None, "--shift-data", help="Shifted data (labelled; the suspected shortcut broken, or a later sample): the report shows the accuracy on it, and compare can gate on it."),
     modality: List[str] = o.Modalities,
     factory: Optional[str] = o.Factory,
     kind: Optional[str] = o.Kind,
@@ -97,7 +98,7 @@ def audit_command(
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source = pick(data, cfg, "data")
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path)
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, shift_data, cfg.path)
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
@@ -105,13 +106,15 @@ def audit_command(
             output_key=output_key, output_index=output_index,
         )
         batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
+        shifted, shift_info = read_data(shift_data, label_key=inputs.label_key, batch_size=size, limit=None, what="shift-data") if shift_data else (None, None)
         # under torchrun every process measures its share; rank 0 alone shows, writes and prints
         with torchrun_group(options.device) as writer:
             with ProgressDisplay(quiet or not writer) as progress:
                 report = audit_report(
                     inputs.loaded.module, batches, inputs.modalities, options=options,
                     output=inputs.output, thresholds=cfg.thresholds, progress=progress,
-                    provenance={**inputs.provenance, "data": data_info}, plotlyjs=plotlyjs,
+                    provenance={**inputs.provenance, "data": data_info, **({"shift_data": shift_info} if shift_info else {})},
+                    plotlyjs=plotlyjs, shift_data=shifted,
                 )
             with writing_stage():
                 if writer:
