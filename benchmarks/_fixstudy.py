@@ -69,7 +69,8 @@ def run_seed(benchmark: str, seed: int, rows, *, steps: int, n: int = 3000, epoc
 
     A row's options are fix's, plus ``start`` ("biased": fine-tune the biased baseline, the
     default; "scratch": train a fresh TwoModalityNet; "reset_head": the baseline with its head
-    re-initialised), ``steps`` (this row's step count) and ``shift`` (pass the decorrelated
+    re-initialised), ``steps`` (this row's step count; ``epochs_default``: none, fix's
+    ``epochs`` decides) and ``shift`` (pass the decorrelated
     validation split as ``shift_data``)."""
     train = benchmark_data(benchmark, "train", n=n, seed=seed)
     val = benchmark_data(benchmark, "val", n=500, seed=seed)
@@ -88,7 +89,8 @@ def run_seed(benchmark: str, seed: int, rows, *, steps: int, n: int = 3000, epoc
             shifted = benchmark_data(benchmark, "val", n=500, seed=seed, decorrelated=True)
             extra["shift_data"] = batches(shifted, 250)
         t0 = time.perf_counter()
-        opts = {"epochs": 1000, "max_steps": options.pop("steps", steps), "seed": seed, "device": "cpu", **options}
+        schedule = {} if options.pop("epochs_default", False) else {"epochs": 1000, "max_steps": options.pop("steps", steps)}
+        opts = {**schedule, "seed": seed, "device": "cpu", **options}
         result = run_fix(model, batches(train), MODALITIES, val_data=batches(val, 250), **extra, **opts)
         out[name] = (accuracy(result.model, test), time.perf_counter() - t0)
         print(f"  seed {seed} {name:<40} {out[name][0]:.3f} ({out[name][1]:.0f} s)", flush=True)

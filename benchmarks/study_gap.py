@@ -34,6 +34,10 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("symmetric ModDrop p 0.5", dict(modality_dropout=0.5, augment="all")),
     ("min_dominant (lambda auto) + ModDrop p 0.5", dict(form="min_dominant", lambda_="auto", modality_dropout=0.5)),
     ("min_dominant (lambda auto) + ModDrop p 1", dict(form="min_dominant", lambda_="auto", modality_dropout=1.0)),
+    ("plain fine-tune, 960 steps", dict(PLAIN, steps=960)),
+    ("ModDrop p 0.5, 10 epochs (470 steps)", dict(modality_dropout=0.5, epochs=10, epochs_default=True)),
+    ("ModDrop p 0.5, 20 epochs (940 steps)", dict(modality_dropout=0.5, epochs=20, epochs_default=True)),
+    ("ModDrop p 0.5, 960 steps, shifted data", dict(modality_dropout=0.5, steps=960, shift=True)),
 ]
 FORMS = ("inverse", "log_share", "min_log", "min_dominant")
 

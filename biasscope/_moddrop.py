@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec
+from .errors import ConfigError
 from .modality import Modality
 from .perception import AuditSet
 from .regularizer import _eval_mode
@@ -25,7 +26,8 @@ from .regularizer import _eval_mode
 __all__ = ["TIE_MARGIN", "ModDrop", "choose_target", "held_performance", "measure_reliance"]
 
 #: Two reliances within this fraction of the larger one are a near-tie: which modality is the
-#: shortcut is then not decided by the coin of the permutations (symmetric ModDrop instead).
+#: shortcut is then not decided by the coin of the permutations; fix refuses and names
+#: ``augment`` (benchmarks/near_tie.py: symmetric ModDrop did no better than leaving the model).
 TIE_MARGIN = 0.2
 
 
@@ -78,9 +80,9 @@ class ModDrop:
 
 def choose_target(reliance: dict[str, float], augment: str, names: Sequence[str]) -> tuple[str | None, str]:
     """(modality, rule) for ModDrop from the held set's reliance and ``augment``:
-    ``given`` (a modality name), ``all`` (symmetric ModDrop, asked for), ``sensitivity``
-    (per step; also when nothing is relied upon), ``tie`` (symmetric ModDrop: the two
-    largest reliances are within :data:`TIE_MARGIN`) or ``reliance`` (the largest)."""
+    ``given`` (a modality name), ``all`` (symmetric ModDrop), ``sensitivity`` (per step;
+    also when nothing is relied upon) or ``reliance`` (the largest). Refuses a near-tie (the
+    two largest reliances within :data:`TIE_MARGIN`): the user names the target."""
     if augment in names:
         return augment, "given"
     if augment == "all":
@@ -89,7 +91,15 @@ def choose_target(reliance: dict[str, float], augment: str, names: Sequence[str]
     if augment == "sensitivity" or not ranked[0] > 0:
         return None, "sensitivity"
     if len(ranked) > 1 and ranked[1] >= (1 - TIE_MARGIN) * ranked[0]:
-        return None, "tie"
+        first, second = sorted(reliance, key=reliance.get, reverse=True)[:2]
+        raise ConfigError(
+            f"The model relies on {first} and {second} about equally (loss increase when permuted: "
+            f"{reliance[first]:.3g} and {reliance[second]:.3g} nats, within {TIE_MARGIN:.0%}), so which "
+            "one is the shortcut is a coin flip fix will not make. Name it: --augment "
+            f"{first} (or augment='{first}') if {first} is the shortcut, --augment {second} if "
+            f"{second} is; --augment all permutes every modality (symmetric ModDrop); shifted data "
+            "(--shift-data) then checks the choice.", parameter="augment",
+        )
     return max(reliance, key=reliance.get), "reliance"
 
 

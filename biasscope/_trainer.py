@@ -46,6 +46,20 @@ def _optimizer(o: FixOptions, params: list[Tensor]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
 
 
+def reinitialise(model: nn.Module) -> None:
+    """Draw fresh weights for every layer with ``reset_parameters`` (from the global RNG,
+    which fix seeds)."""
+    layers = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
+    if not layers:
+        raise ConfigError(
+            f"from_scratch (--from-scratch) re-initialises layers with reset_parameters, and the "
+            f"{type(model).__name__} model has none (a TorchScript or exported model?): give the "
+            "model as an nn.Module (a state dict with --factory), or fine-tune without it."
+        )
+    for layer in layers:
+        layer.reset_parameters()
+
+
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -140,6 +154,8 @@ class Trainer:
         self._make_guard()
         if self.validated:
             self.guard.begin(self._agreed(self._measure()), lambda: _cpu_state(self.model))
+        if o.from_scratch:  # after the input's reliance and guard numbers
+            reinitialise(self.model)
 
     def _reliance(self) -> dict[str, float]:
         """Reliance on each modality over the held set (the same permutations every call)."""
@@ -177,7 +193,7 @@ class Trainer:
         else:
             term, scores = torch.zeros((), device=self.device), {}
         target = self.target["modality"]
-        if self.target["rule"] in ("all", "tie"):  # symmetric ModDrop
+        if self.target["rule"] == "all":  # symmetric ModDrop
             target = [m.name for m in self.modalities]
         elif self.moddrop.active and per_step:
             ranked = scores if self.agree_scores is None else self.agree_scores(scores)

@@ -360,9 +360,6 @@ def assumption(target: dict[str, Any], *, shifted: bool) -> str:
         return f"assumes `{m}`, the modality the model relies on, is the shortcut"
     if rule == "given":
         return f"assumes `{m}` (--augment) is the shortcut"
-    if rule == "tie":
-        return ("assumes nothing about which modality is the shortcut: the reliances are a near-tie, "
-                "so ModDrop permutes every modality (symmetric)")
     if rule == "all":
         return "assumes nothing about which modality is the shortcut: ModDrop permutes every modality"
     return "assumes the most sensitive modality at each step is the shortcut"

@@ -85,6 +85,7 @@ def fix_command(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (file or factory)."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation data: the guard, early stopping, best weights, the ModDrop target, and the before/after audits."),
     shift_data: Optional[str] = typer.Option(None, "--shift-data", help="Shifted data: labelled examples where the suspected shortcut is broken (or a later, other-source sample). fix keeps the weights with the best accuracy on it; the reports show it before and after."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise every layer and train from scratch with the same ingredients (after measuring the input's reliance)."),
     force: bool = typer.Option(False, "--force", help="Train even when the input's audit finds no modality ignored, unused or weak."),
     modality: List[str] = o.Modalities,
     factory: Optional[str] = o.Factory,
@@ -138,7 +139,7 @@ def fix_command(
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
                      max_drop_accuracy=max_drop_accuracy, lambda_=lambda_, guard=guard, amp=amp or None,
-                     restore_best=restore_best or None, device=device, seed=seed)
+                     restore_best=restore_best or None, from_scratch=from_scratch or None, device=device, seed=seed)
         options = _fix_options(cfg, table, flags)
         size = batch_size_setting(batch_size, cfg, table)
         inputs = load_inputs(
@@ -245,7 +246,7 @@ def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
     console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {r.device}", highlight=False)
     t = r.target or {}
     reliance = ", ".join(f"{k} {v:.3g}" for k, v in (t.get("reliance") or {}).items())
-    console.print(f"ModDrop target: {t.get('modality') or ('every modality' if t.get('rule') in ('all', 'tie') else 'per step')} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
+    console.print(f"ModDrop target: {t.get('modality') or ('every modality' if t.get('rule') == 'all' else 'per step')} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
     console.print(f"[bold]assumption:[/] {escape(r.assumption)}", highlight=False)
     if report.before.shift_accuracy is not None:
         console.print(f"accuracy on the shifted data: {report.before.shift_accuracy:.3f} -> {report.after.shift_accuracy:.3f}", highlight=False)

@@ -5,12 +5,14 @@ best on it; without, a swap of reliance is a failure, and near-ties get symmetri
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from biasscope import Modality
 from biasscope._moddrop import TIE_MARGIN, ModDrop, choose_target
 from biasscope._batch import split_batch
+from biasscope.errors import ConfigError
 from biasscope.fix import fix
 from biasscope.shift import shift_accuracy, shift_batches
 
@@ -116,7 +118,8 @@ def test_target_choice_rules_and_near_ties():
     names = ["a", "b", "c"]
     assert choose_target({"a": 1.0, "b": 0.1, "c": 0.0}, "reliance", names) == ("a", "reliance")
     tie = {"a": 1.0, "b": 1.0 - TIE_MARGIN / 2, "c": 0.0}  # e.g. 1.09 vs 1.06 nats
-    assert choose_target(tie, "reliance", names) == (None, "tie")
+    with pytest.raises(ConfigError, match="--augment a .* --augment b"):
+        choose_target(tie, "reliance", names)
     assert choose_target({"a": 1.0, "b": 1.0 - 2 * TIE_MARGIN, "c": 0.0}, "reliance", names) == ("a", "reliance")
     assert choose_target(tie, "b", names) == ("b", "given")
     assert choose_target(tie, "all", names) == (None, "all")
@@ -135,9 +138,9 @@ def test_symmetric_moddrop_permutes_one_modality_per_dropped_row():
     assert 150 < int(moved["a"].sum()) < 250  # each modality about half the rows
 
 
-def test_a_near_tie_trains_with_symmetric_moddrop():
+def test_a_near_tie_is_refused_and_symmetric_moddrop_is_asked_for():
     """A model on both paths equally (each carries the label alike): the target is not a coin
-    flip but every modality."""
+    flip; fix refuses, naming --augment; --augment all trains with symmetric ModDrop."""
     model = TwoPath("x")
     with torch.no_grad():
         model.s_head.weight.copy_(4.0 * torch.eye(3))
@@ -145,11 +148,14 @@ def test_a_near_tie_trains_with_symmetric_moddrop():
     train = [{**b, "s": nn.functional.one_hot(b["label"], 3).float(),
               "x": torch.cat([nn.functional.one_hot(b["label"], 3).float(), torch.zeros(len(b["label"]), 1)], 1)}
              for b in train]
-    result = fix(model, train, MODS, max_steps=4, **{k: v for k, v in OPTS.items() if k != "epochs"})
+    opts = {k: v for k, v in OPTS.items() if k != "epochs"}
+    with pytest.raises(ConfigError, match="about equally .* --augment"):
+        fix(model, train, MODS, max_steps=4, **opts)
+    result = fix(model, train, MODS, max_steps=4, augment="all", **opts)
     r = result.target["reliance"]
-    assert result.target["rule"] == "tie" and abs(r["s"] - r["x"]) <= TIE_MARGIN * r["s"], r
+    assert result.target["rule"] == "all" and abs(r["s"] - r["x"]) <= TIE_MARGIN * r["s"], r
     assert {h["augmented"] for h in result.history} == {"all"}
-    assert "symmetric" in result.assumption
+    assert "every modality" in result.assumption
 
 
 def test_history_has_scores_by_default():

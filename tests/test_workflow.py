@@ -101,7 +101,11 @@ def test_guard_trips_on_noise_exit_1_with_the_report_written(planted):
 
 def test_after_audit_names_the_written_model_and_the_data(planted):
     res = runner.invoke(app, ["fix", "models/state.pt", "--data", "train_signal.pt", "--val", "val_signal.pt", *RUN, "--out", "out"])
-    assert res.exit_code == 0, res.output
+    # without shifted data the move of reliance from s onto x is a swap: exit 1, reports written
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "assumes `s`, the modality the model relies on, is the shortcut" in text
+    assert "not a success:" in text and "[bold red]" not in text and "--shift-data" in text
     out = planted / "out"
     before = AuditResult.load(out / "before" / "audit.json")
     after = AuditResult.load(out / "after" / "audit.json")
