@@ -129,7 +129,7 @@ def _guard_gates(result: FixResult) -> list[Gate] | None:
         f"{last['val_proxy_accuracy']:.4f}"
     )
     gates = []
-    if g["enabled"]:
+    if g["enabled"] and not g["shifted"]:  # with shifted data the shifted accuracy decides
         no_gain = g["trip"] is not None and g["trip"]["reason"] == "no_gain"
         gates.append(Gate(f"fix guard (tolerance {g['tolerance']:g})", not no_gain, detail))
     if g["max_drop_accuracy"] is not None:

@@ -166,3 +166,16 @@ def test_history_has_scores_by_default():
     assert all("val_accuracy" in h for h in scored[1:])  # the first step's, then each validation's
     first = result.history[0]["scores"]  # after one step of a model on s alone
     assert first["s"] > 100 * first["x"]
+
+
+def test_from_scratch_measures_the_input_then_reinitialises():
+    """The target is chosen on the input (it relies on s); the weights trained are fresh
+    (lr 0: the returned weights are the re-initialised ones)."""
+    train, _, _ = _data()
+    model = TwoPath("s")
+    result = fix(model, train, MODS, from_scratch=True, max_steps=1, **{**OPTS, "lr": 0.0})
+    assert result.target["modality"] == "s" and result.target["reliance"]["s"] > 1.0
+    assert not torch.equal(result.model.s_head.weight, model.s_head.weight)
+    assert torch.equal(model.s_head.weight, 4.0 * torch.eye(3))  # the input is untouched
+    with pytest.raises(ConfigError, match="reset_parameters"):
+        fix(torch.jit.script(TwoPath("s")), train, MODS, from_scratch=True, max_steps=1, **OPTS)
