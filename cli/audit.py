@@ -113,8 +113,7 @@ def audit_command(
                 report = audit_report(
                     inputs.loaded.module, batches, inputs.modalities, options=options,
                     output=inputs.output, thresholds=cfg.thresholds, progress=progress,
-                    provenance={**inputs.provenance, "data": data_info, **({"shift_data": shift_info} if shift_info else {})},
-                    plotlyjs=plotlyjs, shift_data=shifted,
+                    provenance={**inputs.provenance, "data": data_info, "shift_data": shift_info}, plotlyjs=plotlyjs, shift_data=shifted,
                 )
             with writing_stage():
                 if writer:

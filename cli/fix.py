@@ -129,7 +129,8 @@ def fix_command(
     """Fine-tune MODEL on --data with ModDrop on the relied-upon modality (and the
     functional-entropy regularizer with --lambda auto); write the
     model in its input format (never over the input), a training log, and audits before and
-    after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
+    after. Exit 1 when the result is not a success (the guard stopped it, or the reliance
+    swapped; reports written); exit 0 without training when nothing is ignored or weak.
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
         cfg = read_config(config)
@@ -149,23 +150,20 @@ def fix_command(
         )
         options = options.replace(label_key=inputs.label_key)
         train, train_info = read_data(pick(data, cfg, "data", None, table), label_key=inputs.label_key, batch_size=size, limit=pick(limit, cfg, "limit"))
-        val_source = pick(val, cfg, "val", None, table)
-        val_batches, val_info = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None, what="val") if val_source else (None, None)
-        shift_source = pick(shift_data, cfg, "shift_data", None, table)
-        shift_batches, shift_info = read_data(shift_source, label_key=inputs.label_key, batch_size=size, limit=None, what="shift-data") if shift_source else (None, None)
-        provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "shift_data": shift_info,
-                      "factory": pick(factory, cfg, "factory"),
+        (val_batches, val_info), (shift_batches, shift_info) = (
+            _held(pick(v, cfg, key, None, table), inputs.label_key, size, flag) for v, key, flag in ((val, "val", "val"), (shift_data, "shift_data", "shift-data")))
+        provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "shift_data": shift_info, "factory": pick(factory, cfg, "factory"),
                       "preset": pick(preset, cfg, "preset"), "output_key": inputs.output.key, "output_index": inputs.output.index}
         audit_options = {"samples": pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)}
-        report = _run(inputs, train, (val_batches, shift_batches), out_dir, options, audit_options, provenance,
-                      resume=resume, quiet=quiet, force=force)
+        report = _run(inputs, train, (val_batches, shift_batches), out_dir, options, audit_options, provenance, resume=resume, quiet=quiet, force=force)
         _finish(report, out_dir, options)
-        if report.failed:
-            from rich.markup import escape
 
-            label = "guard" if report.guard_tripped else "not a success"
-            err_console.print(f"[bold red]{label}:[/] {escape(report.message)}", highlight=False)
-            raise typer.Exit(1)
+
+def _held(source: Optional[str], label_key: Optional[str], size: int, flag: str) -> tuple:
+    """The batches and provenance of --val or --shift-data (None, None when not given)."""
+    if not source:
+        return None, None
+    return read_data(source, label_key=label_key, batch_size=size, limit=None, what=flag)
 
 
 def _checked_out(cfg: Any, table: dict, out, model, factory, data, val, shift) -> Path:
@@ -222,10 +220,17 @@ def _run(inputs: Any, train: list, held: tuple, out_dir: Path, options: FixOptio
 
 
 def _finish(report: Any, out_dir: Path, options: FixOptions) -> None:
-    """Write the report folder and show the summary: rank 0 alone under torchrun."""
+    """Write the report folder and show the summary: rank 0 alone under torchrun; exit 1
+    when the result is not a success (the guard tripped, or the reliance swapped)."""
     if report.writer:
         report.write(out_dir)
         _show(report, out_dir, options)
+    if report.failed:
+        from rich.markup import escape
+
+        label = "guard" if report.guard_tripped else "not a success"
+        err_console.print(f"[bold red]{label}:[/] {escape(report.message)}", highlight=False)
+        raise typer.Exit(1)
 
 
 def _show(report: Any, out_dir: Path, options: FixOptions) -> None:

@@ -109,7 +109,7 @@ def test_after_audit_names_the_written_model_and_the_data(planted):
     assert "not a success:" in text and "[bold red]" not in text and "--shift-data" in text
     out = planted / "out"
     compare = " ".join((out / "compare.html").read_text().split())
-    assert "no swap of reliance" in compare and "1 of 1 gate failed" in compare
+    assert "no swap of reliance" in compare and "1 of 2 gates failed" in compare  # the guard's passed
     before = AuditResult.load(out / "before" / "audit.json")
     after = AuditResult.load(out / "after" / "audit.json")
     assert after.provenance["model"]["sha256"] == _sha(out / "model.pt")
