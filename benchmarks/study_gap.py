@@ -38,6 +38,7 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("ModDrop p 0.5, 10 epochs (470 steps)", dict(modality_dropout=0.5, epochs=10, epochs_default=True)),
     ("ModDrop p 0.5, 20 epochs (940 steps)", dict(modality_dropout=0.5, epochs=20, epochs_default=True)),
     ("ModDrop p 0.5, 960 steps, shifted data", dict(modality_dropout=0.5, steps=960, shift=True)),
+    ("from scratch: fix --from-scratch (ModDrop p 0.5), 470 steps", dict(from_scratch=True, steps=SCRATCH_STEPS)),
 ]
 FORMS = ("inverse", "log_share", "min_log", "min_dominant")
 

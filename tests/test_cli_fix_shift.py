@@ -75,5 +75,5 @@ def test_nothing_to_fix_exits_0_without_training_unless_forced(planted):  # noqa
     forced = runner.invoke(app, [*args, "--force", "--out", "forced"])
     text = " ".join(forced.output.split())
     assert forced.exit_code == 2 and "about equally" in text and "--augment s" in text, text
-    named = runner.invoke(app, [*args, "--force", "--augment", "s", "--out", "named"])
+    named = runner.invoke(app, [*args, "--force", "--augment", "s", "--steps", "2", "--out", "named"])
     assert named.exit_code in (0, 1) and (planted / "named" / "model.pt").exists()
