@@ -171,7 +171,9 @@ class Trainer:
         watched = t["modality"] or t["relied_upon"]
         self.guard = Guard(
             modality=watched, pushed=[m.name for m in self.modalities if m.name != watched],
-            enabled=o.guard, tolerance=o.guard_tolerance, max_drop_accuracy=o.max_drop_accuracy,
+            # from scratch the accuracy starts at chance: the input's numbers are no yardstick
+            # for the proxy rule (shifted data and max_drop_accuracy still are)
+            enabled=o.guard and not o.from_scratch, tolerance=o.guard_tolerance, max_drop_accuracy=o.max_drop_accuracy,
             shifted=self.shift is not None,
         )
 

@@ -216,6 +216,8 @@ class FixOptions:
         max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
         from_scratch: re-initialise every layer (``reset_parameters``) after the target and
             the guard's start are measured on the input, then train: for users who can retrain.
+            The proxy rule of ``guard`` is off then (training starts at chance); shifted data
+            and ``max_drop_accuracy`` still guard it.
     """
 
     epochs: int = 20
