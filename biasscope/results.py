@@ -298,9 +298,7 @@ class AuditResult:
         joint = data.get("joint")
         return cls(
             modalities=mods,
-            joint=None
-            if joint is None
-            else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
+            joint=None if joint is None else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],
             n_examples=int(data["n_examples"]),

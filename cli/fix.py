@@ -53,6 +53,7 @@ class FixDisplay:
         r = info or {}
         scores = " ".join(f"{k}={v:.3g}" for k, v in r.get("scores", {}).items())
         val = f" val_acc={r['val_accuracy']:.3f} proxy={r['val_proxy_accuracy']:.3f}" if "val_accuracy" in r else ""
+        val += f" shifted={r['shift_accuracy']:.3f}" if "shift_accuracy" in r else ""
         metrics = f"loss={r.get('loss', 0):.4f} ce={r.get('ce', 0):.4f} reg={r.get('reg', 0):.4g} {scores}{val}"
         self.progress.update(self.task, completed=done, metrics=metrics)
 
