@@ -167,8 +167,8 @@ class Trainer:
 
     def _make_guard(self) -> None:
         o, t = self.options, self.target
-        self.reg.dominant = t["modality"] or t["relied_upon"]  # the min_dominant form's
         watched = t["modality"] or t["relied_upon"]
+        self.reg.dominant = watched  # the modality the min_dominant form penalises
         self.guard = Guard(
             modality=watched, pushed=[m.name for m in self.modalities if m.name != watched],
             # from scratch the accuracy starts at chance: the input's numbers are no yardstick
