@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich.markup import escape
 
 from biasscope.options import AuditOptions, FixOptions
 
@@ -227,8 +228,6 @@ def _finish(report: Any, out_dir: Path, options: FixOptions) -> None:
         report.write(out_dir)
         _show(report, out_dir, options)
     if report.failed:
-        from rich.markup import escape
-
         label = "guard" if report.guard_tripped else "not a success"
         err_console.print(f"[bold red]{label}:[/] {escape(report.message)}", highlight=False)
         raise typer.Exit(1)
