@@ -296,11 +296,9 @@ class AuditResult:
         from .migrations import migrate_audit
 
         data = migrate_audit(data)
-
-        mods = [_modality_from_dict(m) for m in data["modalities"]]
         joint = data.get("joint")
         return cls(
-            modalities=mods,
+            modalities=[_modality_from_dict(m) for m in data["modalities"]],
             joint=None if joint is None else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],

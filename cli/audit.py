@@ -97,20 +97,17 @@ def audit_command(
             "label_key": label_key, "limit": limit, "precision": precision,
             "shapley": False if no_shapley else None, "tensorization": tensorization,
             "check_output": False if no_output_check else None,
-            "probe": False if no_probe else None, "explain": explain, "output_kind": output_kind,
-            "attribution": attribution,
+            "probe": False if no_probe else None, "explain": explain, "output_kind": output_kind, "attribution": attribution,
         }, cfg)
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, table))
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path,
-                              pick(adapter, cfg, "adapter"), shift_data)
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path, pick(adapter, cfg, "adapter"), shift_data)
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=options.label_key or "none",
-            output_key=output_key, output_index=output_index, call=call, adapter=adapter,
-            modalities_from_data=True,
+            output_key=output_key, output_index=output_index, call=call, adapter=adapter, modalities_from_data=True,
         )
         batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
         shifted, shift_info = read_data(shift_data, label_key=inputs.label_key, batch_size=size, limit=None, what="shift-data") if shift_data else (None, None)
