@@ -35,6 +35,7 @@ from .options import AuditOptions
 from .output_kinds import DIVERGENCE_OF, SENSITIVITY_ONLY, detect_output_kind, label_kind, output_kind_diagnostic
 from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import AuditResult, Diagnostic
+from .shift import shift_accuracy, shift_batches
 from .verdict import Thresholds
 
 __all__ = ["audit", "collect_batches"]
@@ -177,7 +178,7 @@ def audit(
     output: OutputSpec | None = None,
     thresholds: Thresholds | None = None,
     progress: Progress | None = None,
-    tokenizer: Any | None = None,
+    tokenizer: Any | None = None, shift_data: Iterable[Any] | None = None,
     **overrides: Any,
 ) -> AuditResult:
     """Audit how much ``model`` depends on each modality.
@@ -196,6 +197,7 @@ def audit(
         progress: ``progress(stage, done, total, info)`` for a progress display.
         tokenizer: decodes token ids in the attributions (``convert_ids_to_tokens`` or
             ``decode``); without it tokens are shown as ids.
+        shift_data: labelled shifted data: the result's ``shift_accuracy`` (:mod:`biasscope.shift`).
     Raises:
         ModelOutputError: the output cannot be the logits of the label classes (its width
             changes with the batch size, is below the label range, or its accuracy is below
@@ -244,8 +246,18 @@ def audit(
             thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early, *notes],
             probes=probes, attributions=attributions,
         )
-        return summarise(modalities, values, evidence,
-                         candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
+        candidates = _candidates(model, batches[0].to(dev), modalities, output, options.label_key)
+        result = summarise(modalities, values, evidence, candidates=candidates)
+        return _with_shift_accuracy(result, model, shift_data, options.label_key, output, dev)
+
+
+def _with_shift_accuracy(result: AuditResult, model: nn.Module, shift_data: Iterable[Any] | None,
+                         label_key: str | None, output: OutputSpec, dev: torch.device) -> AuditResult:
+    """``result`` with the accuracy on the shifted data (unchanged without it)."""
+    if shift_data is None:
+        return result
+    shifted = shift_batches(shift_data, label_key=label_key)
+    return replace(result, shift_accuracy=shift_accuracy(model, shifted, output=output, device=dev))
 
 
 def _without_unusable_labels(batches: list[Batch], requested: str) -> tuple[list[Batch], tuple[str, int] | None]:

@@ -42,7 +42,7 @@ _ALIASES = {"fix": {"steps": "max_steps"}}
 #: keys of a command's table that are not options of the verb (where to write, gates...)
 _EXTRA: dict[str, dict[str, Any]] = {
     "audit": {"out": str, "fail_on": str, "plotlyjs": str, "batch_size": int, "tokenizer": str, "profile": str},
-    "fix": {"data": str, "val": str, "out": str, "batch_size": int, "audit_samples": int},
+    "fix": {"data": str, "val": str, "shift_data": str, "out": str, "batch_size": int, "audit_samples": int},
 }
 _TYPES: dict[str, Any] = {"int": (int,), "float": _NUMBER, "str": (str,), "bool": (bool,)}
 
@@ -143,7 +143,7 @@ def load_config(path: str | Path) -> ProjectConfig:
     for table in (audit, fix):
         if "out" in table:
             table["out"] = _resolve(base, table["out"])
-    for key in ("data", "val"):
+    for key in ("data", "val", "shift_data"):
         if key in fix:
             fix[key] = _resolve(base, fix[key])
     thresholds_raw = raw.get("thresholds", {})

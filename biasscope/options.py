@@ -35,7 +35,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
 #: how fix picks the modality that ModDrop permutes (besides a modality name)
-AUGMENT_RULES = ("reliance", "sensitivity")
+AUGMENT_RULES = ("reliance", "sensitivity", "all")
 
 
 def flag_name(parameter: str) -> str:
@@ -261,9 +261,13 @@ class FixOptions:
             than ``guard_tolerance`` while the decorrelated proxy (accuracy with the target
             permuted across examples) does not rise by more than ``guard_tolerance``.
         max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
+        from_scratch: re-initialise every layer (``reset_parameters``) after the target and
+            the guard's start are measured on the input, then train: for users who can retrain.
+            The proxy rule of ``guard`` is off then (training starts at chance); shifted data
+            and ``max_drop_accuracy`` still guard it.
     """
 
-    epochs: int = 10
+    epochs: int = 20
     max_steps: int | None = None
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -301,6 +305,7 @@ class FixOptions:
     detach_clean: bool = False
     term_examples: int | None = 16
     term_every: int = 2
+    from_scratch: bool = False
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
@@ -338,6 +343,8 @@ class FixOptions:
             raise _fail("detach_clean", self.detach_clean, "True or False")
         check_int("term_examples", self.term_examples, low=2, optional=True)
         check_int("term_every", self.term_every, low=1)
+        if not isinstance(self.from_scratch, bool):
+            raise _fail("from_scratch", self.from_scratch, "True or False")
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
 
