@@ -21,20 +21,81 @@ from typing import Any
 
 from ._batch import OutputSpec
 from ._distributed import is_writer, join_group, local_only, sync_point
-from ._files import write_atomic, write_outputs
+from ._files import MANIFEST_NAME, check_output_folder, manifest_names, write_atomic, write_outputs
 from ._sources import fingerprint
 from .audit import audit
 from .compare import Gate
-from .errors import ConfigError
+from .errors import ConfigError, OutputPathError
 from .fix import FixInterrupted, FixResult, fix, resolve_fix_options
 from .loading import LoadedModel, save_model
 from .modality import Modality
 from .options import FixOptions
 from .results import AuditResult
 
-__all__ = ["STATUS_NAME", "FixReport", "check_not_model_folder", "fix_and_audit"]
+__all__ = ["STATUS_NAME", "FixReport", "check_fix_output", "check_not_model_folder", "fix_and_audit",
+           "fix_output_names"]
 
 STATUS_NAME = "STATUS"
+_REPORTS = ("before/", "before/audit.json", "before/report.html", "after/", "after/audit.json",
+            "after/report.html", "compare.html", "training_log.csv", "training_log.json")
+#: the STATUS line that lists what this tool wrote in the folder (while no manifest does)
+_OWNED = "written by biasscope: "
+
+
+def model_dest_name(model_path: str | Path) -> str:
+    """Where fix writes the fixed model inside its output folder: ``model/`` for a Hugging
+    Face folder, else ``model`` with the input's suffix (``.pt`` without one)."""
+    path = Path(model_path)
+    return "model/" if path.is_dir() else f"model{path.suffix or '.pt'}"
+
+
+def fix_output_names(model_path: str | Path) -> list[str]:
+    """Every file and folder (ending in ``/``) a fix run writes in its output folder."""
+    return [model_dest_name(model_path), *_REPORTS, STATUS_NAME, "checkpoints/", MANIFEST_NAME]
+
+
+def owned_names(out: Path) -> set[str]:
+    """What this tool wrote in ``out``: the files its manifest lists, or, while a run is
+    unfinished, those its STATUS lists."""
+    owned = manifest_names(out)
+    try:
+        for line in (out / STATUS_NAME).read_text(encoding="utf-8").splitlines():
+            if line.startswith(_OWNED):
+                owned |= set(json.loads(line[len(_OWNED):]))
+    except (OSError, ValueError, TypeError):
+        pass
+    return owned
+
+
+def _check_model_owned(out: Path, model_path: str | Path) -> None:
+    """The fixed model replaces ``out/model*``: refuse when something there was not written
+    by this tool (biasscope never deletes what its manifest does not list)."""
+    name = model_dest_name(model_path).rstrip("/")
+    dest = out / name
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    owned = owned_names(out)
+    if name in owned or f"{name}/" in owned:
+        return
+    files = [p.relative_to(out).as_posix() for p in dest.rglob("*") if p.is_file()] if dest.is_dir() else [name]
+    foreign = sorted(set(files) - owned)
+    if foreign or not files:
+        raise OutputPathError(
+            f"{str(dest)!r} exists and biasscope did not write it ({', '.join(foreign[:3]) or 'an empty folder'} "
+            f"is not in {MANIFEST_NAME} there); fix would replace it with the fixed model. Move it "
+            "away, or choose another out: biasscope never deletes what it did not write.",
+            parameter="out",
+        )
+
+
+def check_fix_output(out: str | Path, model_path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """Every check of a fix's output folder, before any work: a writable folder whose every
+    file to write is neither an input nor in the way (:func:`check_output_folder`), not the
+    input model's folder, and no model there that this tool did not write."""
+    check_output_folder(out, fix_output_names(model_path), inputs=[model_path, *inputs])
+    out = check_not_model_folder(out, model_path)
+    _check_model_owned(out, model_path)
+    return out
 Progress = Callable[[str, int, int, dict[str, Any]], None]
 
 
@@ -52,9 +113,12 @@ def check_not_model_folder(out: str | Path, model_path: str | Path) -> Path:
     return Path(out)
 
 
-def _status(out: Path, lines: list[str]) -> None:
+def _status(out: Path, lines: list[str], owned: Sequence[str] = ()) -> None:
+    """Write ``out/STATUS``: what is missing and how to finish, and (the last line) what this
+    tool wrote there, so that a later run may replace it."""
     if is_writer():  # under torchrun rank 0 alone writes
-        write_atomic(out / STATUS_NAME, "\n".join(lines) + "\n")
+        owned = sorted({*owned, *owned_names(out)})
+        write_atomic(out / STATUS_NAME, "\n".join([*lines, _OWNED + json.dumps(owned)]) + "\n")
 
 
 def _audit_on_writer(stage: str, model: Any, data: Any, modalities: Sequence[Modality], kw: dict) -> AuditResult | None:
@@ -188,7 +252,8 @@ class FixReport:
         out = Path(out)
         run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps,
                "guard_tripped": self.guard_tripped}
-        written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run)
+        model = self.model_path.relative_to(out).as_posix() if self.model_path.parent == out else None
+        written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run, written=[model] if model else [])
         (out / STATUS_NAME).unlink(missing_ok=True)
         return written
 
@@ -199,10 +264,6 @@ def _uninformative(before: AuditResult) -> list:
     from .probe import uninformative_warnings
 
     return uninformative_warnings(before.probes)
-
-
-def _model_dest(out: Path, loaded: LoadedModel) -> Path:
-    return out / "model" if loaded.kind == "hf" else out / f"model{loaded.path.suffix or '.pt'}"
 
 
 def fix_and_audit(
@@ -239,7 +300,7 @@ def fix_and_audit(
         overrides: :class:`FixOptions` fields.
     """
     opts = resolve_fix_options(options, overrides)
-    out = check_not_model_folder(out, loaded.path)
+    out = check_fix_output(out, loaded.path)
     join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
     return _fix_and_audit(
         loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,
@@ -256,6 +317,9 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
     alone audits and writes."""
     if is_writer():
         out.mkdir(parents=True, exist_ok=True)
+        # the old manifest goes first: a stopped run never leaves it beside a newer model
+        _status(out, ["unfinished: starting", f"to finish: {resume_hint}"], [model_dest_name(loaded.path)])
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
     report = progress or (lambda stage, done, total, info: None)
     audited = val_data if val_data is not None else data
     if not isinstance(audited, (list, tuple)):
@@ -275,7 +339,7 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
         _status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
         raise
     with sync_point("the audit of the fixed model"):  # rank 0 saves and audits; the others wait
-        model_path = _model_dest(out, loaded)
+        model_path = out / model_dest_name(loaded.path).rstrip("/")
         if is_writer():
             model_path = save_model(loaded, result.model, model_path)
             _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])

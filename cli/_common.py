@@ -54,6 +54,8 @@ def error_text(exc: BaseException, *, debug: bool = False) -> str:
     ``--max-rows``) and, unless ``debug``, a TorchScript interpreter trace cut to its error
     line."""
     text = str(exc)
+    if getattr(exc, "source", None):  # about a file's keys (biasscope.toml): no flag names
+        return text
     parameter = getattr(exc, "parameter", None)
     names = ([parameter] if parameter else []) + _PARAMETERS
     for name in dict.fromkeys(names):
@@ -280,7 +282,7 @@ def load_inputs(
             path,
             factory=factory,
             kind=pick(kind, config, "kind"),
-            trust_pickle=bool(trust_pickle or config.get("trust_pickle", False)),
+            trust_pickle=bool(trust_pickle),  # from the command line only, never a file
             hf_class=pick(hf_class, config, "hf_class"),
         )
     modalities = [] if modality is None else resolve_modalities(modality, config, preset, loaded.module)

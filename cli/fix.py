@@ -162,16 +162,15 @@ def _checked_out(cfg: Any, table: dict, out, model, factory, data, val) -> Path:
     """The output folder, checked before any work: writable, no input, and not the input
     model's own folder."""
     from biasscope.report import check_output_folder
-    from biasscope.workflow import check_not_model_folder
+    from biasscope.workflow import check_fix_output
 
     out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
     model_path = pick(model, cfg, "model")
     sources = input_paths(model_path, pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
                           pick(val, cfg, "val", None, table), cfg.path)
-    check_output_folder(out_dir, inputs=sources)
-    if model_path is not None:
-        check_not_model_folder(out_dir, model_path)
-    return out_dir
+    if model_path is None:
+        return check_output_folder(out_dir, inputs=sources)
+    return check_fix_output(out_dir, model_path, sources)
 
 
 def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
