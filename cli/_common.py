@@ -41,6 +41,22 @@ _PARAMETERS = sorted(
        "lambda_"},
     key=len, reverse=True,
 )
+_QUOTED = re.compile(r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+#: parameters whose command-line flag is not ``--`` + the name (``flag_name``)
+_FLAGS = {"max_steps": "--steps", "check_output": "--no-output-check", "shapley": "--no-shapley",
+          "probe": "--no-probe", "audit_samples": "--audit-samples"}
+
+
+#: a Python keyword setting in a library message, as the command line says it
+_SETTINGS = {"check_output=False": "--no-output-check", "guard=False": "--no-guard", "resume=False": "no --resume",
+             "resume=True": "--resume", "amp=False": "no --amp", "amp=True": "--amp", "trust_pickle=True": "--trust-pickle",
+             "shapley=False": "--no-shapley", "probe=False": "--no-probe"}
+
+
+def _flag_spelling(name: str) -> str:
+    return _FLAGS.get(name, flag_name(name))
+
+
 _TS_TRACE = re.compile(r"\n?\s*Traceback of TorchScript.*?\n(?=[^\n]*\b\w+(Error|Exception)\b: )", re.S)
 
 
@@ -58,8 +74,13 @@ def error_text(exc: BaseException, *, debug: bool = False) -> str:
         return text
     parameter = getattr(exc, "parameter", None)
     names = ([parameter] if parameter else []) + _PARAMETERS
+    for setting, flag in _SETTINGS.items():
+        text = re.sub(rf"`?(?<![\w-]){re.escape(setting)}`?", flag, text)
+    parts = _QUOTED.split(text)  # quoted values (paths, names) are never rewritten
     for name in dict.fromkeys(names):
-        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag_name(name), text)
+        pattern = re.compile(rf"(?<![\w\-/\\.]){re.escape(name)}(?![\w/\\])")
+        parts = [p if i % 2 else pattern.sub(_flag_spelling(name), p) for i, p in enumerate(parts)]
+    text = "".join(parts)
     if not debug and "Traceback of TorchScript" in text:
         text = _TS_TRACE.sub(" ", text)
         text = re.sub(r"\n\s*Traceback of TorchScript.*", " (rerun with --debug for the TorchScript trace)", text, flags=re.S)

@@ -1,0 +1,146 @@
+"""Issue 18's reproductions through the command line: no trust from a file, no input
+overwritten, nothing deleted that the tool did not write, no resume of another model's
+checkpoint, no manifest beside a stale model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_cli_fix import MODS, project  # noqa: E402,F401  (the fixture)
+
+from biasscope.cli.main import app  # noqa: E402
+from biasscope.report import MANIFEST_NAME, read_manifest  # noqa: E402
+
+runner = CliRunner()
+FIX = ["fix", "state.pt", "--factory", "fixmodels.py:build", *MODS, "--batch-size", "16", "--audit-samples", "4", "--quiet"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_trust_pickle_in_the_config_is_refused_naming_the_flag(project):
+    torch.save(torch.load(project / "train.pt"), project / "data.pt")
+    for text in ("trust_pickle = true\n", "[audit]\ntrust_pickle = true\n"):
+        (project / "biasscope.toml").write_text('model = "pickled.pt"\ndata = "train.pt"\n' + text)
+        res = runner.invoke(app, ["audit", *MODS, "--out", "r"])
+        assert res.exit_code == 2, res.output
+        assert "--trust-pickle" in res.output and "biasscope.toml" in res.output and "did not foresee" not in res.output
+        assert not (project / "r").exists()
+
+
+@pytest.mark.parametrize("flag", ["--data", "--val"])
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+def test_fix_never_writes_over_an_input(project, flag, link):
+    """--data/--val pointing at a file fix would write (the model, a report), directly, by a
+    symlink or by a hard link: refused before any work."""
+    (project / "out").mkdir()
+    target = project / "out" / "model.pt"
+    if link == "same":
+        os.replace(project / "train.pt", target)
+        source = "out/model.pt"
+    else:
+        os.replace(project / "train.pt", project / "kept.pt")
+        (os.symlink if link == "symlink" else os.link)(project / "kept.pt", target)
+        source = "kept.pt"
+    args = ["--data", source, "--val", "val.pt"] if flag == "--data" else ["--data", "val.pt", "--val", source]
+    before = _sha(target)
+    res = runner.invoke(app, [*FIX, *args, "--steps", "2", "--out", "out"])
+    assert res.exit_code == 2 and "would overwrite the input" in res.output, res.output
+    assert _sha(target) == before and sorted(p.name for p in (project / "out").iterdir()) == ["model.pt"]
+
+
+def test_inputs_inside_a_folder_fix_replaces_are_refused(project):
+    (project / "out" / "before").mkdir(parents=True)
+    os.replace(project / "val.pt", project / "out" / "before" / "audit.json")
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--val", "out/before/audit.json", "--steps", "2", "--out", "out"])
+    assert res.exit_code == 2 and "would overwrite the input" in res.output, res.output
+
+
+@pytest.mark.parametrize("kind", ["hf folder", "model file"])
+def test_fix_never_replaces_a_model_it_did_not_write(project, kind):
+    """An existing OUT/model/ (Hugging Face) or OUT/model.pt that no manifest lists is the
+    user's: refused before loading anything, left as it was."""
+    out = project / "out"
+    if kind == "hf folder":
+        model = project / "hf"
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+        (out / "model").mkdir(parents=True)
+        (out / "model" / "notes.txt").write_text("mine")
+    else:
+        model = project / "state.pt"
+        out.mkdir()
+        (out / "model.pt").write_bytes(b"mine")
+    before = _tree(out)
+    res = runner.invoke(app, ["fix", str(model), "--factory", "fixmodels.py:build", *MODS, "--data", "train.pt", "--out", "out"])
+    assert res.exit_code == 2 and "did not write it" in res.output and "--out" in res.output, res.output
+    assert _tree(out) == before
+
+
+def test_a_second_fix_replaces_its_own_model_and_the_manifest_covers_it(project):
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--out", "out"])
+    assert res.exit_code == 0, res.output
+    manifest = read_manifest(project / "out")
+    assert manifest is not None and manifest["files"]["model.pt"] == _sha(project / "out" / "model.pt")
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "3", "--out", "out"])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(project / "out")["run"]["steps"] == 3
+
+
+def test_an_interrupted_second_fix_leaves_no_manifest_beside_a_newer_model(project, monkeypatch):
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--out", "out"])
+    assert res.exit_code == 0 and read_manifest(project / "out") is not None
+    import biasscope.workflow as wf
+
+    calls = {"n": 0}
+    real = wf.audit
+
+    def audit_then_stop(*a, **k):  # the second audit (of the fixed model) is interrupted
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(wf, "audit", audit_then_stop)
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "3", "--out", "out"])
+    assert res.exit_code == 130, res.output
+    assert not (project / "out" / MANIFEST_NAME).exists() and read_manifest(project / "out") is None
+    status = (project / "out" / "STATUS").read_text()
+    assert "model.pt" in status
+    monkeypatch.setattr(wf, "audit", real)  # the next run may replace the model it wrote
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "3", "--out", "out"])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(project / "out")["files"]["model.pt"] == _sha(project / "out" / "model.pt")
+
+
+@pytest.mark.parametrize("change", ["model", "data", "val"])
+def test_resume_refuses_a_checkpoint_of_other_inputs(project, change):
+    common = [*FIX, "--checkpoint-every", "2", "--steps", "4", "--out", "out"]
+    res = runner.invoke(app, [*common, "--data", "train.pt", "--val", "val.pt"])
+    assert res.exit_code == 0, res.output
+    data = torch.load(project / "train.pt")
+    other = {k: v.flip(0) for k, v in data.items()}
+    torch.save(other, project / "other.pt")
+    args = ["--data", "other.pt" if change == "data" else "train.pt", "--val", "other.pt" if change == "val" else "val.pt"]
+    if change == "model":
+        state = torch.load(project / "state.pt")
+        torch.save({k: v + 1 for k, v in state.items()}, project / "state.pt")
+    res = runner.invoke(app, [*common, *args, "--resume"])
+    assert res.exit_code == 2, res.output
+    named = {"model": "the model", "data": "--data", "val": "--val"}[change]
+    assert "other inputs" in res.output and named in res.output and "did not foresee" not in res.output
