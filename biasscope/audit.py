@@ -30,7 +30,7 @@ from .data_checks import data_checks
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, validate_modalities
-from .options import AuditOptions
+from .options import AuditOptions, check_passes
 from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import AuditResult, Diagnostic
 from .verdict import Thresholds
@@ -193,6 +193,7 @@ def audit(
     """
     options = _resolve_options(options, overrides)
     modalities, output = list(modalities), output or OutputSpec()
+    check_passes(options.samples, len(modalities), tensorization=options.tensorization)
     thresholds = thresholds or Thresholds()
     join_group(device=options.device)  # under torchrun: this process measures its share
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)

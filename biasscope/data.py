@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._sources import call_factory, describe_obj, first_line, split_spec
+from ._sources import call_factory, check_regular, describe_obj, first_line, split_spec
 from .errors import ConfigError, DataLoadError
 
 __all__ = ["load_data"]
@@ -71,8 +71,9 @@ def _read_data_file(path: Path) -> dict[str, Tensor] | tuple[Tensor, ...]:
             f"{os.getcwd()}), or give a factory as 'package.module:function' or "
             "'path/to/file.py:function'."
         )
+    check_regular(path, what="data", error=DataLoadError)
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in _DATA_SUFFIXES:
+    if suffix not in _DATA_SUFFIXES:
         raise DataLoadError(
             f"Unsupported data file {str(path)!r}. Supported: {', '.join(_DATA_SUFFIXES)} (a dict "
             "of tensors, or for .pt a tuple of tensors with the label last), or a factory "

@@ -42,6 +42,7 @@ def compare_command(
 ) -> None:
     """Compare BEFORE and AFTER audits; exit 1 when a gate fails, 2 on bad input."""
     with guarded(debug):
+        from biasscope.errors import DataLoadError
         from biasscope.compare import check_comparable, compare_gates, headline, load_audit, parse_min_share
         from biasscope.options import check_choice
         from biasscope.report import check_output_file
@@ -53,24 +54,31 @@ def compare_command(
             check_output_file(out, inputs=[before, after])
         set_stage("reading the audits")
         a, b = load_audit(before), load_audit(after)
-        gates = compare_gates(
-            a, b, fail_if_ignored=fail_if_ignored, fail_if_weak=fail_if_weak,
-            max_drop_accuracy=max_drop_accuracy, min_share=shares, min_reliance_share=reliance,
-            allow_different_data=allow_different_data,
-        )
-        # compare_gates already refused audits that cannot be compared; this call is for the
-        # warnings it returns (differing settings, possibly different data), which it drops
-        for warning in check_comparable(a, b, allow_different_data=allow_different_data):
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-        from biasscope.render import compare_table, write_compare_html
+        try:  # a field of the wrong type surfaces here, where the values are read
+            gates = compare_gates(
+                a, b, fail_if_ignored=fail_if_ignored, fail_if_weak=fail_if_weak,
+                max_drop_accuracy=max_drop_accuracy, min_share=shares, min_reliance_share=reliance,
+                allow_different_data=allow_different_data,
+            )
+            # compare_gates already refused audits that cannot be compared; this call is for the
+            # warnings it returns (differing settings, possibly different data), which it drops
+            for warning in check_comparable(a, b, allow_different_data=allow_different_data):
+                err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+            from biasscope.render import compare_table, write_compare_html
 
-        console.print(compare_table(a, b))
-        for gate in gates:
-            mark = "[green]PASS[/]" if gate.passed else "[bold red]FAIL[/]"
-            console.print(f"{mark} {escape(gate.name)}: {escape(gate.detail)}", highlight=False)
-        levels = ["weak"] if fail_if_weak else (["ignored"] if fail_if_ignored else [])
-        head = headline(gates, b, gated_levels=levels)
-        console.print(_headline_text(head.status, head.failed, head.ungated), highlight=False)
+            console.print(compare_table(a, b))
+            for gate in gates:
+                mark = "[green]PASS[/]" if gate.passed else "[bold red]FAIL[/]"
+                console.print(f"{mark} {escape(gate.name)}: {escape(gate.detail)}", highlight=False)
+            levels = ["weak"] if fail_if_weak else (["ignored"] if fail_if_ignored else [])
+            head = headline(gates, b, gated_levels=levels)
+            console.print(_headline_text(head.status, head.failed, head.ungated), highlight=False)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            raise DataLoadError(
+                f"{str(before)!r} or {str(after)!r} holds a value of the wrong type for an audit "
+                f"({type(exc).__name__}: {str(exc)[:160]}); give audit.json files written by "
+                "`biasscope audit`, unedited."
+            ) from None
         if out is not None:
             write_compare_html(a, b, out, plotlyjs=plotlyjs, gates=gates)
             console.print(f"comparison: {escape(str(out))}", highlight=False)
