@@ -91,8 +91,31 @@ def _print_error(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
 
 
+#: when the last Ctrl-C arrived: under the launcher, a Ctrl-C at the terminal reaches this
+#: process and the launcher, which forwards it; the copy within _TWIN_S is the same press
+_last_interrupt = {"at": -1e9}
+_TWIN_S = 0.5
+
+
+def _twin_interrupt() -> bool:
+    import time
+
+    now = time.monotonic()
+    twin = now - _last_interrupt["at"] < _TWIN_S
+    if not twin:
+        _last_interrupt["at"] = now
+    return twin
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    if not _twin_interrupt():
+        raise KeyboardInterrupt
+
+
 def _quiet_interrupt(signum: int, frame: Any) -> None:
     """Ctrl-C outside a command's body (start-up, imports): no traceback, exit 130."""
+    if _twin_interrupt():
+        return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -114,7 +137,7 @@ def _interrupts_raise() -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     if main:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:

@@ -144,3 +144,39 @@ def test_resume_refuses_a_checkpoint_of_other_inputs(project, change):
     assert res.exit_code == 2, res.output
     named = {"model": "the model", "data": "--data", "val": "--val"}[change]
     assert "other inputs" in res.output and named in res.output and "did not foresee" not in res.output
+
+
+EXITS = {
+    "factory": "import os\nfrom fixmodels import Net\ndef build():\n    os._exit({code})\n",
+    "forward": "import os\nfrom fixmodels import Net\nclass Quits(Net):\n    def forward(self, image, meta):\n        os._exit({code})\ndef build():\n    return Quits()\n",
+}
+
+
+def _command(*args: str, **env: str) -> tuple[int, str]:
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", "biasscope", *args], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    return run.returncode, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("where", ["factory", "forward"])
+@pytest.mark.parametrize("code", [0, 1])
+def test_os_exit_in_user_code_is_never_success_nor_a_gate(project, where, code):
+    """os._exit(0) (or 1, a failed gate's code) from a factory or a forward: the launcher sees
+    the command did not complete and exits 2 with a paragraph; nothing is written."""
+    (project / "quits.py").write_text(EXITS[where].format(code=code))
+    rc, text = _command("audit", "state.pt", "--factory", "quits.py:build", "--data", "val.pt", *MODS,
+                        "--samples", "4", "--quiet", "--out", "r")
+    assert rc == 2, text
+    assert "stopped before it completed" in text and "os._exit" in text
+    assert not (project / "r" / MANIFEST_NAME).exists()
+
+
+def test_the_launcher_passes_through_success_and_gate_failures(project):
+    rc, text = _command("audit", "state.pt", "--factory", "fixmodels.py:build", "--data", "val.pt", *MODS,
+                        "--samples", "4", "--permutation-repeats", "2", "--quiet", "--out", "r", "--fail-on", "weak")
+    assert rc in (0, 1) and "stopped before" not in text, text
+    assert read_manifest(project / "r") is not None
+    assert _command("--version")[0] == 0
+    assert _command("audit", "nosuch.pt", "--out", "r2")[0] == 2
