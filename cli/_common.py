@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from biasscope.errors import BiasscopeError, ConfigError
 from biasscope.options import AuditOptions, FixOptions, flag_name
+from biasscope.terminal_text import plain
 
 console = Console()
 err_console = Console(stderr=True)
@@ -87,8 +88,14 @@ def error_text(exc: BaseException, *, debug: bool = False) -> str:
     return text
 
 
+def shown(value: object) -> str:
+    """A value from the user, a file or a model (a path, a name) as printed through rich:
+    markup escaped, terminal control characters made visible."""
+    return escape(plain(value))
+
+
 def _print_error(text: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {shown(text)}", highlight=False)
 
 
 #: when the last Ctrl-C arrived: under the launcher, a Ctrl-C at the terminal reaches this
@@ -216,7 +223,7 @@ class ProgressDisplay:
         if not self.enabled:
             return
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(self.LABELS.get(stage, stage), total=total)
+            self.tasks[stage] = self.progress.add_task(shown(self.LABELS.get(stage, stage)), total=total)
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
     def __enter__(self) -> "ProgressDisplay":

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 
 from biasscope.errors import ConfigError
 from biasscope.options import AuditOptions, check_choice
@@ -12,7 +11,7 @@ from biasscope.options import AuditOptions, check_choice
 from . import _options as o
 from ._common import (
     EXIT_GATE, ProgressDisplay, batch_size_setting, console, guarded, input_paths, load_inputs, model_source,
-    pick, read_config, read_data, set_stage,
+    pick, read_config, read_data, set_stage, shown,
 )
 from .main import app
 
@@ -119,7 +118,7 @@ def audit_command(
         gate = report.gate(fail_on)
         if gate is not None and not gate.passed:
             if writer:
-                console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
+                console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {shown(gate.detail)}", highlight=False)
             raise typer.Exit(EXIT_GATE)
 
 
@@ -129,7 +128,7 @@ def _write_and_print(report: object, out_dir: Path) -> None:
     paths = report.write(out_dir)
     console.print(_summary(report.result))
     console.print(
-        f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
+        f"report: {shown(str(paths['report.html']))}  json: {shown(str(paths['audit.json']))}",
         highlight=False,
     )
 

@@ -14,7 +14,7 @@ from biasscope.options import AuditOptions, FixOptions
 from . import _options as o
 from ._common import (
     ProgressDisplay, batch_size_setting, console, err_console, guarded, input_paths, load_inputs, pick, read_config,
-    read_data,
+    read_data, shown,
 )
 from .main import app
 
@@ -37,10 +37,8 @@ class FixDisplay:
 
     def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
         if stage == "warnings":  # before training (push_uninformative): printed even when quiet
-            from rich.markup import escape
-
             for d in (info or {}).get("diagnostics", []):
-                err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)} {escape(d.fix)}", highlight=False)
+                err_console.print(f"[yellow]{d.severity}:[/] {shown(d.message)} {shown(d.fix)}", highlight=False)
             return
         if not self.enabled:
             return
@@ -54,7 +52,7 @@ class FixDisplay:
         scores = " ".join(f"{k}={v:.3g}" for k, v in r.get("scores", {}).items())
         val = f" val_acc={r['val_accuracy']:.3f} proxy={r['val_proxy_accuracy']:.3f}" if "val_accuracy" in r else ""
         metrics = f"loss={r.get('loss', 0):.4f} ce={r.get('ce', 0):.4f} reg={r.get('reg', 0):.4g} {scores}{val}"
-        self.progress.update(self.task, completed=done, metrics=metrics)
+        self.progress.update(self.task, completed=done, metrics=shown(metrics))
 
     def __enter__(self) -> "FixDisplay":
         self.stages.__enter__()
@@ -154,7 +152,7 @@ def fix_command(
         report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
         _finish(report, out_dir, options)
         if report.guard_tripped:
-            err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
+            err_console.print(f"[bold red]guard:[/] {shown(report.message)}", highlight=False)
             raise typer.Exit(1)
 
 
@@ -203,8 +201,8 @@ def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: 
     except FixInterrupted as exc:
         err_console.print(
             f"[yellow]interrupted after {exc.result.steps} steps[/]; the last checkpoint is in "
-            f"{out_dir / 'checkpoints'} ({out_dir / 'STATUS'} says what is missing): run the same "
-            "command with --resume to continue."
+            f"{shown(out_dir / 'checkpoints')} ({shown(out_dir / 'STATUS')} says what is missing): run the same "
+            "command with --resume to continue.", highlight=False,
         )
         raise typer.Exit(130) from None
 
@@ -217,8 +215,6 @@ def _finish(report: Any, out_dir: Path, options: FixOptions) -> None:
 
 
 def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
-    from rich.markup import escape
-
     from biasscope.render import compare_table
 
     r = report.fix
@@ -226,13 +222,13 @@ def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
         "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto"
         else "the regularizer is off; --lambda auto turns it on" if r.lambda_value == 0 else "given"
     )
-    console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {r.device}", highlight=False)
+    console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {shown(r.device)}", highlight=False)
     t = r.target or {}
     reliance = ", ".join(f"{k} {v:.3g}" for k, v in (t.get("reliance") or {}).items())
-    console.print(f"ModDrop target: {t.get('modality') or 'per step'} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
+    console.print(f"ModDrop target: {shown(t.get('modality') or 'per step')} ({shown(t.get('rule'))}; reliance, nats: {shown(reliance)})", highlight=False)
     for d in r.diagnostics:
         if d.code != "fix_guard_tripped":
-            err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)}", highlight=False)
+            err_console.print(f"[yellow]{d.severity}:[/] {shown(d.message)}", highlight=False)
     console.print(compare_table(report.before, report.after))
-    console.print(f"[bold]before:[/] {escape(report.before.sentence)}\n[bold]after:[/]  {escape(report.after.sentence)}", highlight=False)
-    console.print(f"model: {report.model_path}  log: {out_dir / 'training_log.csv'}  comparison: {out_dir / 'compare.html'}", highlight=False)
+    console.print(f"[bold]before:[/] {shown(report.before.sentence)}\n[bold]after:[/]  {shown(report.after.sentence)}", highlight=False)
+    console.print(f"model: {shown(report.model_path)}  log: {shown(out_dir / 'training_log.csv')}  comparison: {shown(out_dir / 'compare.html')}", highlight=False)

@@ -180,3 +180,26 @@ def test_the_launcher_passes_through_success_and_gate_failures(project):
     assert read_manifest(project / "r") is not None
     assert _command("--version")[0] == 0
     assert _command("audit", "nosuch.pt", "--out", "r2")[0] == 2
+
+
+MARKUP = "[/]x[bold]"
+ESC = "\x1b]0;owned\x07\x1b[2J"
+
+
+def test_markup_and_escape_sequences_in_names_and_paths_are_shown_not_run(project):
+    """A --out with rich markup, and modality names with markup and terminal escape
+    sequences: the run completes, the names are printed literally (control characters made
+    visible), and Ctrl-C paths print through the same escaping."""
+    data = torch.load(project / "train.pt")
+    torch.save({"a": data["image"], "b": data["meta"], "label": data["label"]}, project / "ab.pt")
+    (project / "ab.py").write_text("from fixmodels import Net\nclass AB(Net):\n    def forward(self, a, b):\n"
+                                   "        return super().forward(a, b)\ndef build():\n    return AB()\n")
+    out = f"o{MARKUP}ut"
+    mods = ["-m", f"{MARKUP}=input:a", "-m", f"t{ESC}=input:b"]
+    res = runner.invoke(app, ["audit", "state.pt", "--factory", "ab.py:build", "--data", "ab.pt", *mods,
+                              "--samples", "4", "--permutation-repeats", "2", "--out", out])
+    assert res.exit_code in (0, 1), res.output
+    assert "\x1b" not in res.output and "\\x1b" in res.output and MARKUP in res.output
+    assert read_manifest(project / out) is not None
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--out", out + "2"])
+    assert res.exit_code == 0 and f"o{MARKUP}ut2" in res.output, res.output
