@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = [
     "MANIFEST_NAME", "atomic_path", "check_output_file", "check_output_folder", "clean_stale",
-    "file_digests", "manifest_names", "write_atomic", "write_outputs",
+    "file_digests", "manifest_names", "utf8", "write_atomic", "write_outputs",
 ]
 
 
@@ -42,13 +42,19 @@ def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a file name that is not UTF-8 (held as lone surrogates by Python)
+    is written as its ``\\udcNN`` escape, so that any path the OS accepts can be reported."""
+    return text.encode("utf-8", errors="backslashreplace")
+
+
 def write_atomic(path: Path, content: str | bytes) -> Path:
     """Write ``content`` (text as UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         if isinstance(content, bytes):
             tmp.write_bytes(content)
         else:
-            tmp.write_text(content, encoding="utf-8")
+            tmp.write_bytes(utf8(content))
     return path
 
 
@@ -138,7 +144,7 @@ def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | No
     try:
         digests = {}
         for name, content in files.items():
-            data = content.encode("utf-8") if isinstance(content, str) else content
+            data = utf8(content) if isinstance(content, str) else content
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
             os.chmod(staging / name, 0o666 & ~_umask())

@@ -54,7 +54,7 @@ def _sha256(path: Path) -> str:
             (p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()
         )
         for rel, p in files:
-            h.update(rel.encode("utf-8") + b"\0" + p.stat().st_size.to_bytes(8, "little"))
+            h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + p.stat().st_size.to_bytes(8, "little"))
             _hash_file_into(h, p)
     else:
         _hash_file_into(h, path)
@@ -198,7 +198,7 @@ def _import_file(target: str, *, spec: str, error: type[BiasscopeError], what: s
             f"Check the path (relative paths start from the current directory: {os.getcwd()})."
         )
     resolved = path.resolve()
-    name = "_biasscope_factory_" + hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    name = "_biasscope_factory_" + hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
     if name in sys.modules:
         return sys.modules[name]
     module_spec = importlib.util.spec_from_file_location(name, resolved)

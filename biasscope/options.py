@@ -185,7 +185,7 @@ class AuditOptions:
             raise _fail("label_key", self.label_key, "a string or None")
         check_int("limit", self.limit, low=1, optional=True)
         if self.max_rows != "auto":
-            check_int("max_rows", self.max_rows, low=1)
+            check_int("max_rows", self.max_rows, low=1, high=MAX_COUNT * 10)
         repeats = self.permutation_repeats
         if not _is_int(repeats) or repeats < 0 or repeats == 1 or repeats > MAX_REPEATS:
             raise _fail("permutation_repeats", repeats, f"0 (skip) or an integer in [2, {MAX_REPEATS:,}]")

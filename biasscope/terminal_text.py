@@ -8,7 +8,7 @@ import re
 
 __all__ = ["plain"]
 
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _visible(match: re.Match[str]) -> str:
@@ -18,7 +18,7 @@ def _visible(match: re.Match[str]) -> str:
 
 def plain(text: object) -> str:
     r"""``text`` with every terminal control character (escape sequences, bidi overrides)
-    written as a visible ``\xNN`` / ``\uNNNN`` instead.
+    and lone surrogate (a file name that is not UTF-8) written as a visible ``\xNN`` / ``\uNNNN`` instead.
 
     >>> plain("a\x1b[2Jb")
     'a\\x1b[2Jb'

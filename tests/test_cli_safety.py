@@ -203,3 +203,55 @@ def test_markup_and_escape_sequences_in_names_and_paths_are_shown_not_run(projec
     assert read_manifest(project / out) is not None
     res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--out", out + "2"])
     assert res.exit_code == 0 and f"o{MARKUP}ut2" in res.output, res.output
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.int32])
+def test_every_integer_label_dtype_is_audited(project, dtype):
+    data = torch.load(project / "val.pt")
+    torch.save({**data, "label": data["label"].to(dtype)}, project / "small.pt")
+    res = runner.invoke(app, ["audit", "state.pt", "--factory", "fixmodels.py:build", "--data", "small.pt", *MODS,
+                              "--samples", "4", "--permutation-repeats", "2", "--quiet", "--out", "r"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((project / "r" / "audit.json").read_text())
+    assert result["modalities"][0]["permutation"] is not None and result["shapley"] is not None
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names are UTF-8 only")
+def test_a_data_file_name_that_is_not_utf8_is_reported(project):
+    name = os.fsdecode(b"val_\xff\xfe.pt")
+    os.replace(project / "val.pt", project / name)
+    res = runner.invoke(app, ["audit", "state.pt", "--factory", "fixmodels.py:build", "--data", name, *MODS,
+                              "--samples", "4", "--permutation-repeats", "2", "--quiet", "--out", "r"])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(project / "r") is not None
+    assert "val_\\udcff\\udcfe.pt" in (project / "r" / "audit.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args, bound", [
+    (["--permutation-repeats", "100000000"], "1,000"),
+    (["--samples", "100000"], "50,000"),  # 2 modalities: the budget is samples x modalities
+    (["--max-rows", "100000000000"], "10,000,000"),
+])
+def test_counts_have_upper_bounds_stated_in_the_message(project, args, bound):
+    res = runner.invoke(app, ["audit", "state.pt", "--factory", "fixmodels.py:build", "--data", "val.pt", *MODS,
+                              *args, "--quiet", "--out", "r"])
+    assert res.exit_code == 2 and bound in res.output and args[0] in res.output, res.output
+    assert not (project / "r").exists()
+
+
+@pytest.mark.parametrize("what", ["model", "data", "fix data"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "folder"])
+def test_non_regular_inputs_are_refused_before_opening(project, what, kind):
+    path = project / "odd.pt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    model, data = (str(path), "val.pt") if what == "model" else ("state.pt", str(path))
+    verb = ["fix", "--steps", "2"] if what == "fix data" else ["audit"]
+    res = runner.invoke(app, [*verb, model, "--factory", "fixmodels.py:build", "--data", data, *MODS, "--quiet", "--out", "r"])
+    assert res.exit_code == 2, res.output
+    expected = {"fifo": ["named pipe"], "/dev/zero": ["a device"], "folder": ["folder", "directory"]}[kind]
+    assert any(e in res.output for e in expected) and "did not foresee" not in res.output
