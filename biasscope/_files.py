@@ -45,6 +45,8 @@ def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
 def utf8(text: str) -> bytes:
     """``text`` as UTF-8; a file name that is not UTF-8 (held as lone surrogates by Python)
     is written as its ``\\udcNN`` escape, so that any path the OS accepts can be reported."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected text or bytes, got a {type(text).__name__}")
     return text.encode("utf-8", errors="backslashreplace")
 
 

@@ -55,11 +55,18 @@ class Headline:
     ungated: dict[str, str] = field(default_factory=dict)
 
 
+def finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e400``) is an error, not inf."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def load_audit(path: str | os.PathLike[str]) -> AuditResult:
     """Read an audit.json, with a specific message for a folder, a JSON that is not an
     object, and a file that is not a biasscope audit."""
     from ._sources import check_regular
-    from .results import finite_float
 
     path = Path(path)
     if path.is_dir():

@@ -35,7 +35,7 @@ from .modality import Modality
 from .options import AUGMENT_RULES, FixOptions
 from .results import Diagnostic
 
-__all__ = ["CHECKPOINT_NAME", "FixInterrupted", "FixResult", "fix", "resolve_fix_options"]
+__all__ = ["CHECKPOINT_NAME", "FixInterrupted", "FixResult", "check_fix_setup", "fix", "resolve_fix_options"]
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
 #: options that may change between a run and its resume (they do not change the steps taken)
@@ -122,7 +122,9 @@ def resolve_fix_options(options: FixOptions | None, overrides: dict[str, Any]) -
     return base.replace(**overrides) if overrides else base
 
 
-def _check(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, resume) -> torch.device:
+def check_fix_setup(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, resume) -> torch.device:
+    """Every check of a fix's options against its modalities and device, before any work;
+    returns the device it trains on."""
     names = [m.name for m in modalities]
     if len(modalities) < 2:
         raise ConfigError(
@@ -132,7 +134,7 @@ def _check(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, 
     if options.augment not in (*AUGMENT_RULES, *names):
         raise ConfigError(
             f"augment must be {', '.join(map(repr, AUGMENT_RULES))} or a modality name "
-            f"({', '.join(names)}); got {options.augment!r}."
+            f"({', '.join(names)}); got {options.augment!r}.", parameter="augment",
         )
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir (where the checkpoint was written).")
@@ -313,7 +315,7 @@ def fix(
 
 def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, resume, progress) -> FixResult:
     """:func:`fix` with resolved options, inside the process group (if any)."""
-    dev = _check(opts, modalities, checkpoint_dir, resume)
+    dev = check_fix_setup(opts, modalities, checkpoint_dir, resume)
     settings = _settings(opts, modalities)
     store = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
     inputs = _input_fingerprints(model, data, val_data) if store is not None else {}

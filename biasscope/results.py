@@ -318,34 +318,10 @@ class AuditResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AuditResult:
-        path = Path(path)
-        from ._sources import check_regular
+        """Read an audit.json (every malformed file is a DataLoadError naming it)."""
+        from .compare import load_audit
 
-        check_regular(path, what="audit JSON", error=DataLoadError)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"), parse_float=finite_float)
-        except FileNotFoundError:
-            raise DataLoadError(f"No audit JSON at {path}; run `biasscope audit` first.") from None
-        except (ValueError, UnicodeDecodeError, RecursionError, OSError) as exc:
-            raise DataLoadError(
-                f"{path} is not a readable audit JSON ({type(exc).__name__}: {str(exc)[:160]}); "
-                "give an audit.json written by `biasscope audit`."
-            ) from None
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
-            raise DataLoadError(
-                f"{path} is not a biasscope audit result ({type(exc).__name__}: {str(exc)[:160]}); "
-                "give an audit.json written by `biasscope audit`."
-            ) from None
-
-
-def finite_float(text: str) -> float:
-    """A JSON number as a float; one too large for a float (``1e400``) is an error, not inf."""
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
+        return load_audit(path)
 
 
 _JOINT_FIELDS = (

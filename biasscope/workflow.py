@@ -21,12 +21,16 @@ from typing import Any
 
 from ._batch import OutputSpec
 from ._distributed import is_writer, join_group, local_only, sync_point
-from ._files import MANIFEST_NAME, check_output_folder, manifest_names, write_atomic, write_outputs
+from ._files import MANIFEST_NAME, write_outputs
 from ._sources import fingerprint
 from .audit import audit
 from .compare import Gate
-from .errors import ConfigError, OutputPathError
-from .fix import FixInterrupted, FixResult, fix, resolve_fix_options
+from .fix_folder import (
+    STATUS_NAME, check_fix_output, check_not_model_folder, fix_output_names, model_dest_name, undo_on_error,
+    write_status,
+)
+from .errors import ConfigError
+from .fix import FixInterrupted, FixResult, check_fix_setup, fix, resolve_fix_options
 from .loading import LoadedModel, save_model
 from .modality import Modality
 from .options import FixOptions
@@ -35,90 +39,7 @@ from .results import AuditResult
 __all__ = ["STATUS_NAME", "FixReport", "check_fix_output", "check_not_model_folder", "fix_and_audit",
            "fix_output_names"]
 
-STATUS_NAME = "STATUS"
-_REPORTS = ("before/", "before/audit.json", "before/report.html", "after/", "after/audit.json",
-            "after/report.html", "compare.html", "training_log.csv", "training_log.json")
-#: the STATUS line that lists what this tool wrote in the folder (while no manifest does)
-_OWNED = "written by biasscope: "
-
-
-def model_dest_name(model_path: str | Path) -> str:
-    """Where fix writes the fixed model inside its output folder: ``model/`` for a Hugging
-    Face folder, else ``model`` with the input's suffix (``.pt`` without one)."""
-    path = Path(model_path)
-    return "model/" if path.is_dir() else f"model{path.suffix or '.pt'}"
-
-
-def fix_output_names(model_path: str | Path) -> list[str]:
-    """Every file and folder (ending in ``/``) a fix run writes in its output folder."""
-    return [model_dest_name(model_path), *_REPORTS, STATUS_NAME, "checkpoints/", MANIFEST_NAME]
-
-
-def owned_names(out: Path) -> set[str]:
-    """What this tool wrote in ``out``: the files its manifest lists, or, while a run is
-    unfinished, those its STATUS lists."""
-    owned = manifest_names(out)
-    try:
-        for line in (out / STATUS_NAME).read_text(encoding="utf-8").splitlines():
-            if line.startswith(_OWNED):
-                owned |= set(json.loads(line[len(_OWNED):]))
-    except (OSError, ValueError, TypeError):
-        pass
-    return owned
-
-
-def _check_model_owned(out: Path, model_path: str | Path) -> None:
-    """The fixed model replaces ``out/model*``: refuse when something there was not written
-    by this tool (biasscope never deletes what its manifest does not list)."""
-    name = model_dest_name(model_path).rstrip("/")
-    dest = out / name
-    if not (dest.exists() or dest.is_symlink()):
-        return
-    owned = owned_names(out)
-    if name in owned or f"{name}/" in owned:
-        return
-    files = [p.relative_to(out).as_posix() for p in dest.rglob("*") if p.is_file()] if dest.is_dir() else [name]
-    foreign = sorted(set(files) - owned)
-    if foreign or not files:
-        raise OutputPathError(
-            f"{str(dest)!r} exists and biasscope did not write it ({', '.join(foreign[:3]) or 'an empty folder'} "
-            f"is not in {MANIFEST_NAME} there); fix would replace it with the fixed model. Move it "
-            "away, or choose another out: biasscope never deletes what it did not write.",
-            parameter="out",
-        )
-
-
-def check_fix_output(out: str | Path, model_path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
-    """Every check of a fix's output folder, before any work: a writable folder whose every
-    file to write is neither an input nor in the way (:func:`check_output_folder`), not the
-    input model's folder, and no model there that this tool did not write."""
-    check_output_folder(out, fix_output_names(model_path), inputs=[model_path, *inputs])
-    out = check_not_model_folder(out, model_path)
-    _check_model_owned(out, model_path)
-    return out
 Progress = Callable[[str, int, int, dict[str, Any]], None]
-
-
-def check_not_model_folder(out: str | Path, model_path: str | Path) -> Path:
-    """Refuse an output folder that is, contains, or lies inside the input model's folder
-    (fix would write beside, or over, its input). Returns ``out`` as a Path."""
-    out, src = Path(out).resolve(), Path(model_path).resolve()
-    folder = src if src.is_dir() else src.parent
-    if out == folder or out in folder.parents or (src.is_dir() and src in out.parents):
-        raise ConfigError(
-            f"out ({out}) holds the input model {src}: fix writes the fixed model, checkpoints "
-            "and reports there, next to or over its input. Choose an output folder outside "
-            f"{folder}.", parameter="out",
-        )
-    return Path(out)
-
-
-def _status(out: Path, lines: list[str], owned: Sequence[str] = ()) -> None:
-    """Write ``out/STATUS``: what is missing and how to finish, and (the last line) what this
-    tool wrote there, so that a later run may replace it."""
-    if is_writer():  # under torchrun rank 0 alone writes
-        owned = sorted({*owned, *owned_names(out)})
-        write_atomic(out / STATUS_NAME, "\n".join([*lines, _OWNED + json.dumps(owned)]) + "\n")
 
 
 def _audit_on_writer(stage: str, model: Any, data: Any, modalities: Sequence[Modality], kw: dict) -> AuditResult | None:
@@ -300,7 +221,7 @@ def fix_and_audit(
         overrides: :class:`FixOptions` fields.
     """
     opts = resolve_fix_options(options, overrides)
-    out = check_fix_output(out, loaded.path)
+    out = check_fix_output(out, loaded.path)  # the rest is checked by _check_before_work
     join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
     return _fix_and_audit(
         loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,
@@ -309,40 +230,79 @@ def fix_and_audit(
     )
 
 
+def _check_before_work(opts: FixOptions, modalities: Sequence[Modality], data: Any, audited: Any,
+                       audit_options: dict[str, Any] | None, out: Path, resume: bool) -> None:
+    """What can be checked before the first step: the fix's options against the modalities,
+    the audits' options (``audit_samples`` on the command line), at least 2 examples."""
+    from ._batch import split_batch
+    from .options import AuditOptions, check_passes
+
+    check_fix_setup(opts, modalities, out / "checkpoints", resume)
+    known = {k: v for k, v in (audit_options or {}).items() if k in AuditOptions.__dataclass_fields__}
+    try:
+        AuditOptions().replace(**known)
+        check_passes(known.get("samples", AuditOptions().samples), len(modalities))
+    except ConfigError as exc:
+        if exc.parameter != "samples":
+            raise
+        raise ConfigError(str(exc).replace("samples", "audit_samples", 1), parameter="audit_samples") from None
+    for batches, what in ((data, "data"), (audited, "val_data")):
+        if isinstance(batches, (list, tuple)):
+            n = sum(split_batch(b, label_key=opts.label_key).size for b in batches[:2])
+            if n < 2:
+                raise ConfigError(
+                    f"The {what} holds {n} example(s); fix and its audits need at least 2 (the noise "
+                    "scale is a standard deviation over examples). Give more data.", parameter=what,
+                )
+
+
 def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequence[Modality], *, out: Path,
                    val_data: Iterable[Any] | None, opts: FixOptions, audit_options: dict[str, Any] | None,
                    output: OutputSpec | None, thresholds: Any, resume: bool, provenance: dict[str, Any] | None,
                    resume_hint: str, progress: Progress | None) -> FixReport:
     """:func:`fix_and_audit` inside the process group (if any): every rank trains, rank 0
-    alone audits and writes."""
-    if is_writer():
-        out.mkdir(parents=True, exist_ok=True)
-        # the old manifest goes first: a stopped run never leaves it beside a newer model
-        _status(out, ["unfinished: starting", f"to finish: {resume_hint}"], [model_dest_name(loaded.path)])
-        (out / MANIFEST_NAME).unlink(missing_ok=True)
-    report = progress or (lambda stage, done, total, info: None)
+    alone audits and writes. Checked before any work; on a late error what the run wrote is
+    removed (:func:`~biasscope.fix_folder.undo_on_error`)."""
     audited = val_data if val_data is not None else data
     if not isinstance(audited, (list, tuple)):
         audited = list(audited)
+    _check_before_work(opts, modalities, data, audited, audit_options, out, resume)
+    with undo_on_error(out, model_dest_name(loaded.path)):
+        if is_writer():
+            out.mkdir(parents=True, exist_ok=True)
+            write_status(out, ["unfinished: starting", f"to finish: {resume_hint}"], [model_dest_name(loaded.path)])
+        return _run_fix(loaded, data, audited, modalities, out=out, val_data=val_data, opts=opts,
+                        audit_options=audit_options, output=output, thresholds=thresholds, resume=resume,
+                        provenance=provenance, resume_hint=resume_hint, progress=progress)
+
+
+def _run_fix(loaded: LoadedModel, data: Iterable[Any], audited: Any, modalities: Sequence[Modality], *, out: Path,
+             val_data: Iterable[Any] | None, opts: FixOptions, audit_options: dict[str, Any] | None,
+             output: OutputSpec | None, thresholds: Any, resume: bool, provenance: dict[str, Any] | None,
+             resume_hint: str, progress: Progress | None) -> FixReport:
+    """The audit before, the fix, the save and the audit after (STATUS says where it is)."""
+    report = progress or (lambda stage, done, total, info: None)
     kw = {"seed": opts.seed, "device": opts.device, "label_key": opts.label_key, **(audit_options or {})}
     kw.update(output=output, thresholds=thresholds, progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
-    _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    write_status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     before = _audit_on_writer("the audit of the input model", loaded.module, audited, modalities, kw)
     pushed = _uninformative(before) if before is not None else []
     if pushed:  # before training: the user may stop a fix that would push noise
         report("warnings", 1, 1, {"diagnostics": pushed})
-    _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    write_status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     try:
         result = fix(loaded.module, data, modalities, val_data=val_data, options=opts, output=output,
                      checkpoint_dir=out / "checkpoints", resume=resume, progress=report)
     except FixInterrupted as exc:
-        _status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+        write_status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
         raise
     with sync_point("the audit of the fixed model"):  # rank 0 saves and audits; the others wait
         model_path = out / model_dest_name(loaded.path).rstrip("/")
         if is_writer():
+            # the old manifest goes before the model is replaced: never beside a newer model
+            (out / MANIFEST_NAME).unlink(missing_ok=True)
             model_path = save_model(loaded, result.model, model_path)
-            _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+            write_status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
             with local_only():  # the audit would otherwise shard across the waiting ranks
                 after = audit(result.model, audited, modalities, **kw)  # see _audit_on_writer's hook
     if not is_writer():

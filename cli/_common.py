@@ -7,7 +7,6 @@ must start fast. The library is imported inside the functions that need it."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -22,8 +21,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from biasscope.errors import BiasscopeError, ConfigError
-from biasscope.options import AuditOptions, FixOptions, flag_name
+from biasscope.options import AuditOptions
 from biasscope.terminal_text import plain
+
+from ._messages import error_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,59 +34,9 @@ EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: what the command is doing now, to name user code that exits or crashes
 _stage = {"now": "starting"}
 
-#: parameter names (with an underscore, so never an English word) that library messages may
-#: name; the CLI shows them as flags
-_PARAMETERS = sorted(
-    {n for cls in (AuditOptions, FixOptions) for n in cls.__dataclass_fields__ if "_" in n.strip("_")}
-    | {"output_key", "output_index", "label_key", "trust_pickle", "hf_class", "batch_size",
-       "fail_on", "min_share", "min_reliance_share", "max_drop_accuracy", "allow_different_data",
-       "lambda_"},
-    key=len, reverse=True,
-)
-_QUOTED = re.compile(r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
-#: parameters whose command-line flag is not ``--`` + the name (``flag_name``)
-_FLAGS = {"max_steps": "--steps", "check_output": "--no-output-check", "shapley": "--no-shapley",
-          "probe": "--no-probe", "audit_samples": "--audit-samples"}
-
-
-#: a Python keyword setting in a library message, as the command line says it
-_SETTINGS = {"check_output=False": "--no-output-check", "guard=False": "--no-guard", "resume=False": "no --resume",
-             "resume=True": "--resume", "amp=False": "no --amp", "amp=True": "--amp", "trust_pickle=True": "--trust-pickle",
-             "shapley=False": "--no-shapley", "probe=False": "--no-probe"}
-
-
-def _flag_spelling(name: str) -> str:
-    return _FLAGS.get(name, flag_name(name))
-
-
-_TS_TRACE = re.compile(r"\n?\s*Traceback of TorchScript.*?\n(?=[^\n]*\b\w+(Error|Exception)\b: )", re.S)
-
-
 def set_stage(text: str) -> None:
     """Record what the command runs now (named if user code exits or crashes there)."""
     _stage["now"] = text
-
-
-def error_text(exc: BaseException, *, debug: bool = False) -> str:
-    """A library error's message with parameters shown as flags (``max_rows`` ->
-    ``--max-rows``) and, unless ``debug``, a TorchScript interpreter trace cut to its error
-    line."""
-    text = str(exc)
-    if getattr(exc, "source", None):  # about a file's keys (biasscope.toml): no flag names
-        return text
-    parameter = getattr(exc, "parameter", None)
-    names = ([parameter] if parameter else []) + _PARAMETERS
-    for setting, flag in _SETTINGS.items():
-        text = re.sub(rf"`?(?<![\w-]){re.escape(setting)}`?", flag, text)
-    parts = _QUOTED.split(text)  # quoted values (paths, names) are never rewritten
-    for name in dict.fromkeys(names):
-        pattern = re.compile(rf"(?<![\w\-/\\.]){re.escape(name)}(?![\w/\\])")
-        parts = [p if i % 2 else pattern.sub(_flag_spelling(name), p) for i, p in enumerate(parts)]
-    text = "".join(parts)
-    if not debug and "Traceback of TorchScript" in text:
-        text = _TS_TRACE.sub(" ", text)
-        text = re.sub(r"\n\s*Traceback of TorchScript.*", " (rerun with --debug for the TorchScript trace)", text, flags=re.S)
-    return text
 
 
 def shown(value: object) -> str:
@@ -176,6 +127,16 @@ def guarded(debug: bool) -> Iterator[None]:
             f"User code called sys.exit({exc.code!r}) while {_stage['now']}; biasscope stops "
             "here with no output. A factory must return its object, and a model's forward "
             "must not exit."
+        )
+        raise typer.Exit(EXIT_USAGE) from None
+    except OSError as exc:  # a full disk, a vanished folder, a permission changed mid-run
+        if debug:
+            raise
+        where = f" {shown(exc.filename)!r}" if exc.filename else ""
+        _print_error(
+            f"The system refused a file operation{where} while {_stage['now']}: "
+            f"{exc.strerror or exc}. Nothing of this run was kept; free disk space or fix the "
+            "permissions and run the command again."
         )
         raise typer.Exit(EXIT_USAGE) from None
     except Exception as exc:  # not foreseen: still a message, not a traceback

@@ -255,3 +255,44 @@ def test_non_regular_inputs_are_refused_before_opening(project, what, kind):
     assert res.exit_code == 2, res.output
     expected = {"fifo": ["named pipe"], "/dev/zero": ["a device"], "folder": ["folder", "directory"]}[kind]
     assert any(e in res.output for e in expected) and "did not foresee" not in res.output
+
+
+@pytest.mark.parametrize("case, args, named", [
+    ("before is a file", [], "is a file"),
+    ("unknown augment", ["--augment", "nosuch"], "--augment"),
+    ("one audit sample", ["--audit-samples", "1"], "--audit-samples"),
+    ("zero steps", ["--steps", "0"], "--steps"),
+    ("a single example", ["--data", "one.pt", "--val", "one.pt"], "at least 2"),
+])
+def test_fix_checks_everything_before_the_first_step(project, case, args, named):
+    """Each mistake is found before any work: exit 2 naming the real flag, nothing written."""
+    data = torch.load(project / "train.pt")
+    torch.save({k: v[:1] for k, v in data.items()}, project / "one.pt")
+    (project / "out").mkdir()
+    if case == "before is a file":
+        (project / "out" / "before").write_text("mine")
+    base = ["--data", "train.pt", "--steps", "2"] if "--data" not in args else ["--steps", "2"]
+    res = runner.invoke(app, [*FIX, *base, *args, "--out", "out"])
+    assert res.exit_code == 2 and named in res.output, res.output
+    assert "did not foresee" not in res.output and "--max-steps" not in res.output and "--samples" not in res.output
+    left = sorted(p.name for p in (project / "out").iterdir())
+    assert left == (["before"] if case == "before is a file" else []), left
+
+
+def test_a_late_error_removes_what_the_run_wrote(project, monkeypatch):
+    """A failure after training (here: the disk is full while the model is saved) leaves the
+    folder as it was: no STATUS, checkpoints or model of this run."""
+    import biasscope.workflow as wf
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wf, "save_model", full)
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--checkpoint-every", "1", "--out", "out"])
+    assert res.exit_code == 2 and "No space left" in " ".join(res.output.split()), res.output
+    assert "did not foresee" not in res.output and not (project / "out").exists()
+    (project / "kept").mkdir()
+    (project / "kept" / "notes.txt").write_text("mine")
+    res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--checkpoint-every", "1", "--out", "kept"])
+    assert res.exit_code == 2
+    assert sorted(p.name for p in (project / "kept").iterdir()) == ["notes.txt"]

@@ -284,3 +284,39 @@ def test_state_dict_zip_with_case_variant_or_duplicate_pickle_refused(tmp_path: 
     if loaded is not None:
         x = tensors()
         torch.testing.assert_close(loaded.module(*x), load_model(clean, factory=FACTORY).module(*x))
+
+
+def _remote_code_folder(tmp_path: Path, marker: Path) -> Path:
+    """A save_pretrained folder whose config's auto_map names a .py file of the folder;
+    importing it writes ``marker``."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, vocab_size=50, num_labels=3)
+    folder = tmp_path / "remote"
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder))
+    raw = json.loads((folder / "config.json").read_text())
+    raw["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(raw))
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('pwned')\n"
+        "from transformers import BertForSequenceClassification as EvilModel\n"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("hf_class", [None, "AutoModelForSequenceClassification"])
+def test_hf_auto_map_code_is_refused_and_nothing_reads_stdin(tmp_path: Path, marker: Path, hf_class) -> None:
+    """transformers would ask on stdin (and run the folder's .py on "y"): biasscope always
+    passes trust_remote_code and refuses an auto_map without trust_pickle, whatever stdin holds."""
+    from typer.testing import CliRunner
+
+    from biasscope.cli.main import app
+
+    folder = _remote_code_folder(tmp_path, marker)
+    with pytest.raises(ModelLoadError, match="auto_map") as info:
+        load_model(folder, hf_class=hf_class)
+    assert "trust_pickle" in str(info.value)
+    res = CliRunner().invoke(app, ["layers", str(folder), "--data", "nosuch.pt"], input="y\ny\n")
+    assert res.exit_code == 2 and "auto_map" in res.output and "--trust-pickle" in res.output, res.output
+    assert "[y/N]" not in res.output and "trust_remote_code" not in res.output
+    assert not marker.exists()
