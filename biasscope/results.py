@@ -33,10 +33,9 @@ __all__ = [
     "Agreement",
 ]
 
-#: 2: verdict ``unused``, reliance shares, ``reliance_measurable``, ``chance_accuracy`` and the
-#: agreement analysis; version 1 files are still read (the new fields take their defaults)
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+#: 3: ``example_ids``; older files are migrated on reading (biasscope/migrations.py, which
+#: says what each version added); the JSON Schema: biasscope/schemas/audit.schema.json.
+SCHEMA_VERSION = 3
 MEASURES = ("functional_entropy", "fisher_bound", "variance", "poincare_bound")
 VERDICTS = ("ignored", "unused", "weak", "ok", "dominant")
 #: the verdicts of a modality the model does not use for its predictions (``AuditResult.ignored``)
@@ -224,7 +223,12 @@ class AuditResult:
     agreement: Agreement | None = None
     probes: list[ProbeResult] = field(default_factory=list)  # label information per modality
     attributions: list[Attribution] = field(default_factory=list)  # inside a modality (captum)
+    example_ids: list[int | str] = field(default_factory=list)  # of per_example's values (positions)
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.example_ids:
+            self.example_ids = list(range(self.n_examples))
 
     def __getitem__(self, name: str) -> ModalityResult:
         for m in self.modalities:
@@ -283,14 +287,11 @@ class AuditResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
-        version = data.get("schema_version")
-        if version not in READABLE_SCHEMAS:
-            raise DataLoadError(
-                f"This audit JSON has schema version {version!r}; this biasscope reads "
-                f"versions {', '.join(map(str, READABLE_SCHEMAS))}. Re-run the audit with "
-                "this version of biasscope."
-            )
+        """Read the JSON form of any readable schema version (older ones migrated first)."""
         from .insight_results import attribution_from_dict, probe_from_dict
+        from .migrations import migrate_audit
+
+        data = migrate_audit(data)
 
         mods = [_modality_from_dict(m) for m in data["modalities"]]
         joint = data.get("joint")
@@ -313,7 +314,7 @@ class AuditResult:
             agreement=_agreement_from_dict(data.get("agreement")),
             probes=[probe_from_dict(p) for p in data.get("probes") or []],
             attributions=[attribution_from_dict(a) for a in data.get("attributions") or []],
-            schema_version=version,
+            example_ids=list(data["example_ids"]),
         )
 
     @classmethod
