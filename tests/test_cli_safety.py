@@ -296,3 +296,36 @@ def test_a_late_error_removes_what_the_run_wrote(project, monkeypatch):
     res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--checkpoint-every", "1", "--out", "kept"])
     assert res.exit_code == 2
     assert sorted(p.name for p in (project / "kept").iterdir()) == ["notes.txt"]
+
+
+def _odd_input(project: Path, case: str) -> list[str]:
+    """The command line of one item-12 case (a file the command reads is odd)."""
+    data = torch.load(project / "val.pt")
+    tensors = {"sparse": lambda t: t.to_sparse(), "meta": lambda t: torch.empty(t.shape, device="meta"),
+               "float8": lambda t: t.to(torch.float8_e4m3fn)}
+    run = ["audit", "state.pt", "--factory", "fixmodels.py:build", "--data", "odd.pt", *MODS, "--quiet", "--out", "r"]
+    if case in tensors:
+        torch.save({**data, "image": tensors[case](data["image"])}, project / "odd.pt")
+    elif case == "nested toml":
+        (project / "biasscope.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+        torch.save(data, project / "odd.pt")
+    elif case == "nested config.json":
+        (project / "hf").mkdir()
+        (project / "hf" / "config.json").write_text("[" * 100000 + "]" * 100000)
+        run[1:4] = ["hf"]
+        torch.save(data, project / "odd.pt")
+    elif case == "another architecture":
+        torch.save({"layer.weight": torch.zeros(2, 2)}, project / "other_state.pt")
+        torch.save(data, project / "odd.pt")
+        run[1] = "other_state.pt"
+    return run
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", ["sparse", "meta", "float8", "nested toml", "nested config.json", "another architecture"])
+def test_odd_inputs_get_a_message_naming_the_file(project, case):
+    res = runner.invoke(app, _odd_input(project, case))
+    assert res.exit_code == 2, res.output
+    assert "did not foresee" not in res.output and "Traceback" not in res.output, res.output
+    named = {"nested toml": "biasscope.toml", "nested config.json": "config.json", "another architecture": "other_state.pt"}
+    assert named.get(case, "odd.pt") in res.output.replace("\n", "")

@@ -52,7 +52,7 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
 def _class_name(p: Path, hf_class: str | None, trust_code: bool) -> str:
     try:
         config = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelLoadError(
             f"{str(p / 'config.json')!r} is not valid JSON ({first_line(exc)}). Re-save the "
             "model with save_pretrained."
