@@ -64,7 +64,7 @@ def check_int(name: str, value: Any, *, low: int, high: int = MAX_STEPS, optiona
     if optional and value is None:
         return
     if not _is_int(value) or value < low or value > high:
-        bound = f"an integer in [{low}, {high:,}]"
+        bound = f"an integer in [{low}, {high}]"
         raise _fail(name, value, bound + (" or None" if optional else ""))
 
 
@@ -188,7 +188,7 @@ class AuditOptions:
             check_int("max_rows", self.max_rows, low=1, high=MAX_COUNT * 10)
         repeats = self.permutation_repeats
         if not _is_int(repeats) or repeats < 0 or repeats == 1 or repeats > MAX_REPEATS:
-            raise _fail("permutation_repeats", repeats, f"0 (skip) or an integer in [2, {MAX_REPEATS:,}]")
+            raise _fail("permutation_repeats", repeats, f"0 (skip) or an integer >= 2 and <= {MAX_REPEATS}")
         check_choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.probe, bool):
             raise _fail("probe", self.probe, "True or False")

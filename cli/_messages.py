@@ -20,7 +20,7 @@ _PARAMETERS = sorted(
        "lambda_"},
     key=len, reverse=True,
 )
-_QUOTED = re.compile(r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+_QUOTED = re.compile(r"""('[^'\s]*'|"[^"\s]*")""")  # a quoted path or name (an apostrophe is not a quote)
 #: parameters whose command-line flag is not ``--`` + the name (``flag_name``)
 _FLAGS = {"max_steps": "--steps", "check_output": "--no-output-check", "shapley": "--no-shapley",
           "probe": "--no-probe", "audit_samples": "--audit-samples"}

@@ -191,11 +191,11 @@ def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: 
 
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 alone shows progress
     try:
-        with FixDisplay(quiet) as shown:
+        with FixDisplay(quiet) as display:
             return fix_and_audit(
                 inputs.loaded, train, inputs.modalities, out=out_dir, val_data=val, options=options,
                 audit_options=audit_options, output=inputs.output, thresholds=inputs.config.thresholds,
-                resume=resume, provenance=provenance, progress=shown,
+                resume=resume, provenance=provenance, progress=display,
                 resume_hint="run the same biasscope fix command again with --resume",
             )
     except FixInterrupted as exc:

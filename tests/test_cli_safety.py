@@ -228,9 +228,9 @@ def test_a_data_file_name_that_is_not_utf8_is_reported(project):
 
 
 @pytest.mark.parametrize("args, bound", [
-    (["--permutation-repeats", "100000000"], "1,000"),
+    (["--permutation-repeats", "100000000"], "<= 1000"),
     (["--samples", "100000"], "50,000"),  # 2 modalities: the budget is samples x modalities
-    (["--max-rows", "100000000000"], "10,000,000"),
+    (["--max-rows", "100000000000"], "10000000"),
 ])
 def test_counts_have_upper_bounds_stated_in_the_message(project, args, bound):
     res = runner.invoke(app, ["audit", "state.pt", "--factory", "fixmodels.py:build", "--data", "val.pt", *MODS,
