@@ -84,6 +84,8 @@ class PermutationScore:
     loss_increase: Estimate  # cross-entropy increase (nats)
     repeats: int
     scope: str = "global"  # or "within_batch": representation shapes varied between batches
+    flip_rate: Estimate | None = None  # share of predictions that change (None: older files)
+    confidence_change: Estimate | None = None  # mean |change| of the clean top class's probability
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class ModalityResult:
     permutation: PermutationScore | None = None
     verdict: str = "ok"
     reliance_share: float | None = None  # of the summed permutation loss increase
+    accuracy_share: float | None = None  # of the summed permutation accuracy drop
 
     def measure(self, name: str) -> Estimate:
         return getattr(self, name)
@@ -236,9 +239,7 @@ class AuditResult:
                 return m
         raise KeyError(f"no modality {name!r}; have {[m.name for m in self.modalities]}")
 
-    @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.modalities]
+    names = property(lambda self: [m.name for m in self.modalities], doc="The modality names.")
 
     @property
     def ignored(self) -> list[str]:
@@ -267,6 +268,8 @@ class AuditResult:
         data = asdict(self)
         data = {"schema_version": self.schema_version, "ignored": self.ignored, **data}
         data["verdicts"] = {m.name: m.verdict for m in self.modalities}
+        for m, d in zip(self.modalities, data["modalities"]):  # a bound without a gradient: null
+            d["unavailable"] = [k for k in MEASURES if not math.isfinite(m.measure(k).mean)]
         if self.agreement is not None:
             data["agreement"]["sizes_agree"] = self.agreement.sizes_agree
             data["agreement"]["agree"] = self.agreement.agree
@@ -297,9 +300,7 @@ class AuditResult:
         joint = data.get("joint")
         return cls(
             modalities=mods,
-            joint=None
-            if joint is None
-            else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
+            joint=None if joint is None else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],
             n_examples=int(data["n_examples"]),
@@ -325,10 +326,8 @@ class AuditResult:
         return load_audit(path)
 
 
-_JOINT_FIELDS = (
-    "functional_entropy", "variance", "sum_functional_entropy", "sum_variance",
-    "entropy_gap", "variance_gap",
-)
+_JOINT_FIELDS = ("functional_entropy", "variance", "sum_functional_entropy", "sum_variance", "entropy_gap",
+                 "variance_gap")
 
 
 def _num(x: Any) -> float:
@@ -355,9 +354,11 @@ def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
             loss_increase=_est(perm["loss_increase"]),
             repeats=int(perm["repeats"]),
             scope=perm.get("scope", "global"),
+            **{k: _est(perm[k]) for k in ("flip_rate", "confidence_change") if perm.get(k) is not None},
         ),
         verdict=d.get("verdict", "ok"),
         reliance_share=d.get("reliance_share"),
+        accuracy_share=d.get("accuracy_share"),
         **{m: _est(d[m]) for m in MEASURES},
     )
 
