@@ -206,13 +206,8 @@ def audit(
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
     dev = rank_device(options.device) if is_distributed() else resolve_device(options.device)
     with sync_point("loading the data"):
-        batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
-        modalities, taken = _modalities(model, batches[0], modalities)
-        check_passes(options.samples, len(modalities), tensorization=options.tensorization)
-        validate_modalities(batches[0], modalities)
-        batches, label_kind_found = _without_unusable_labels(batches, options.output_kind)
+        batches, modalities, label_kind_found, checked = _load(model, data, modalities, options)
         labelled = _usable_labels(batches)
-        checked = taken + data_checks(batches, modalities)
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
@@ -290,6 +285,17 @@ def _resolve_output(model, first: Batch, options: AuditOptions, output: OutputSp
         )
     divergence = DIVERGENCE_OF.get(kind, options.divergence)
     return replace(output, kind=kind), divergence, output_kind_diagnostic(kind, detected=detected)
+
+
+def _load(model, data, given, options: AuditOptions):
+    """The batches (without labels the reliance checks cannot use), the modalities, the labels'
+    kind and the data checks' diagnostics."""
+    batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
+    modalities, taken = _modalities(model, batches[0], given)
+    check_passes(options.samples, len(modalities), tensorization=options.tensorization)
+    validate_modalities(batches[0], modalities)
+    batches, label_kind_found = _without_unusable_labels(batches, options.output_kind)
+    return batches, modalities, label_kind_found, taken + data_checks(batches, modalities)
 
 
 def _modalities(model, batch: Batch, given: Sequence[Modality] | None) -> tuple[list[Modality], list[Diagnostic]]:

@@ -33,6 +33,8 @@ DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: the captum methods an audit's attributions use, by name (``auto``: integrated gradients,
 #: feature ablation where the site holds integers)
+#: what a model's output holds (biasscope.output_kinds)
+OUTPUT_KINDS = ("auto", "logits", "probs", "log_probs", "binary", "multilabel", "regression")
 ATTRIBUTIONS = ("auto", "integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
@@ -204,8 +206,6 @@ class AuditOptions:
         if not isinstance(self.probe, bool):
             raise _fail("probe", self.probe, "True or False")
         check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
-        from .output_kinds import OUTPUT_KINDS
-
         check_choice("output_kind", self.output_kind, OUTPUT_KINDS)
         check_choice("attribution", self.attribution, ATTRIBUTIONS)
 

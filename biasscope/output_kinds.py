@@ -24,12 +24,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .options import OUTPUT_KINDS
 from .results import Diagnostic
 
 __all__ = ["OUTPUT_KINDS", "SENSITIVITY_ONLY", "DIVERGENCE_OF", "label_kind", "detect_output_kind",
            "output_kind_diagnostic"]
 
-OUTPUT_KINDS = ("auto", "logits", "probs", "log_probs", "binary", "multilabel", "regression")
 #: kinds whose labels are not one class per example: no permutation or Shapley checks
 SENSITIVITY_ONLY = ("multilabel", "regression")
 #: the divergence each of those kinds uses in place of the softmax KL

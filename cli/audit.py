@@ -88,7 +88,6 @@ def audit_command(
         from biasscope.report import AUDIT_FILES, audit_report, check_output_folder, torchrun_group, writing_stage
 
         cfg = read_config(config)
-        table = cfg.audit
         options = resolve_options("audit", {
             "samples": samples, "scale": scale, "divergence": divergence, "max_rows": _max_rows(max_rows),
             "permutation_repeats": permutation_repeats, "device": device, "seed": seed,
@@ -99,8 +98,8 @@ def audit_command(
             "attribution": attribution,
         }, cfg)
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
-        source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, table))
-        out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
+        source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
+        out_dir = Path(pick(out, cfg, "out", "biasscope-report", cfg.audit))
         sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path,
                               pick(adapter, cfg, "adapter"), pick(tokenizer, cfg, "tokenizer", None, table))
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)

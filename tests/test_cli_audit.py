@@ -124,8 +124,6 @@ BAD = [
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "-m", "text=layer:encoders.txt"], "encoders.text"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "-m", "text=input:caption"], "has no input"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "-m", "text"], "NAME=input"),
-    # no modality named, and the forward takes no `label` input (here an input: --label-key none)
-    (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "--label-key", "none"], "takes no input named label"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", *MODS, "--fail-on", "often"], "--fail-on"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", *MODS, "--label-key", "target"], "--label-key"),
 ]
