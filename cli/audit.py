@@ -101,7 +101,7 @@ def audit_command(
         source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", cfg.audit))
         sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path,
-                              pick(adapter, cfg, "adapter"), pick(tokenizer, cfg, "tokenizer", None, table))
+                              pick(adapter, cfg, "adapter"), pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,

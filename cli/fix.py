@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.markup import escape
 
 from biasscope.options import AuditOptions, FixOptions
 
