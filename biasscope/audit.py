@@ -205,8 +205,6 @@ def audit(
     """
     options = _resolve_options(options, overrides)
     output = output or OutputSpec()
-    if modalities is not None:  # named: checked before the data is read
-        check_passes(options.samples, len(modalities), tensorization=options.tensorization)
     thresholds = thresholds or Thresholds()
     join_group(device=options.device)  # under torchrun: this process measures its share
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
