@@ -212,7 +212,7 @@ class FixReport:
         out = Path(out)
         run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps if self.fix else 0,
                "guard_tripped": self.guard_tripped, "failed": self.failed, "nothing_to_fix": self.nothing_to_fix}
-        model = self.model_path.relative_to(out).as_posix() if self.model_path.parent == out else None
+        model = self.model_path.name if self.model_path is not None and self.model_path.parent == out else None
         written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run, written=[model] if model else [])
         (out / STATUS_NAME).unlink(missing_ok=True)
         return written
