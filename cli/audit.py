@@ -101,8 +101,7 @@ def audit_command(
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", cfg.audit))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path, pick(adapter, cfg, "adapter"),
-                              shift_data, pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path, pick(adapter, cfg, "adapter"), shift_data, pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,

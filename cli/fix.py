@@ -236,7 +236,7 @@ def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
     if r is None:
         console.print(
             f"nothing to fix: the audit finds no modality ignored, unused or weak ({shown(report.before.sentence)}); "
-            f"no training. Its report: {out_dir / 'before' / 'report.html'}. --force trains anyway.", highlight=False)
+            f"no training. Its report: {shown(out_dir / 'before' / 'report.html')}. --force trains anyway.", highlight=False)
         return
     how = (
         "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto"

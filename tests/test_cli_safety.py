@@ -22,7 +22,8 @@ from biasscope.cli.main import app  # noqa: E402
 from biasscope.report import MANIFEST_NAME, read_manifest  # noqa: E402
 
 runner = CliRunner()
-FIX = ["fix", "state.pt", "--factory", "fixmodels.py:build", *MODS, "--batch-size", "16", "--audit-samples", "4", "--quiet"]
+FIX = ["fix", "state.pt", "--factory", "fixmodels.py:build", *MODS, "--batch-size", "16", "--audit-samples", "4", "--quiet",
+       "--force"]
 
 
 def _sha(path: Path) -> str:
