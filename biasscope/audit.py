@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, fields, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,7 +24,7 @@ from ._audit_summary import Evidence, summarise
 from ._batch import Batch, OutputSpec, call_model, find_output, split_batch
 from ._device import on_device, resolve_device, run_with_oom_retry
 from ._distributed import all_reduce_sum, is_distributed, join_group, is_writer, rank_device, shard, sync_point, world_size
-from ._perturbation import check_finite, finish_std, representation_moments
+from ._perturbation import finish_std, representation_moments
 from .calling import default_modalities, describe_default
 from .data_checks import data_checks
 from .diagnostics import OutputCheck, output_problems, raise_output_problems

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._files import write_atomic
-from .errors import DataLoadError
 
 if TYPE_CHECKING:  # insight_results imports Estimate from here
     from .insight_results import Attribution, ProbeResult
