@@ -248,12 +248,12 @@ def ablation(model: Callable[..., Any], arch: Arch, val: dict[str, Tensor], *, s
 # --- the cache ---------------------------------------------------------------------------------
 def code_hash() -> str:
     """Hash of the code that builds and trains the models (and the library versions)."""
-    import transformers
+    from importlib.metadata import version
 
     h = hashlib.sha256()
     for path in (Path(__file__), FACTORY_FILE, HERE / "_real_zoo_routes.py"):
         h.update(path.read_bytes())
-    h.update(f"{torch.__version__} {transformers.__version__}".encode())
+    h.update(f"{torch.__version__} {version('transformers')}".encode())
     return h.hexdigest()[:12]
 
 
