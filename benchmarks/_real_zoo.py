@@ -4,7 +4,7 @@ format of one loading route. Shared by ``real_zoo.py``, ``real_zoo_fix.py`` and 
 
 The task (4 classes). Each modality carries a *planted* class, equal to the label with
 probability ``p`` (else uniformly random), written with strength ``amp``: a bright quadrant
-of an image, a class token in the text, a class vector in region features, a class tone in a
+or a colour of an image, a class token in the text, a class vector in region features, a class tone in a
 waveform, a one-hot block in tabular features. One modality holds the *real* signal (same
 ``p`` everywhere), the other a *shortcut*, which is random on the decorrelated splits.
 
@@ -98,7 +98,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("wav2vec2_text", "state_dict", "wav2vec2_text", {"audio": "audio", "text": "tokens"}, "audio",
          ("input_values", "input_ids"), ("-m", "audio=input:input_values", "-m", "text=layer:text_embed")),
     Arch("vilt", "hf", "vilt", {"image": "image32", "text": "tokens"}, "image",
-         (*_TEXT, "pixel_values", "pixel_mask"), ("--preset", "vilt"), steps=500),
+         (*_TEXT, "pixel_values", "pixel_mask"), ("--preset", "vilt"), steps=300),
     Arch("visualbert", "hf", "visualbert", {"image": "regions", "text": "tokens"}, "image",
          (*_TEXT, "visual_embeds", "visual_attention_mask", "visual_token_type_ids"), ("--preset", "visualbert")),
     Arch("lxmert", "hf", "lxmert", {"image": "regions", "text": "tokens"}, "text",
@@ -118,8 +118,16 @@ def _planted(label: Tensor, p: float, g: torch.Generator) -> Tensor:
     return torch.where(keep, label, torch.randint(0, zm.CLASSES, label.shape, generator=g))
 
 
+#: the colour of each class in the 32 x 32 images of the patch transformers (ViLT, CLIP)
+_COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, -1.0, -1.0]])
+
+
 def _image(c: Tensor, amp: float, g: torch.Generator, size: int) -> Tensor:
+    """16 x 16 (the CNNs): class k brightens quadrant k; 32 x 32 (ViLT, CLIP): class k tints
+    every pixel with its colour (a one-layer ViLT does not learn the quadrants in 500 steps)."""
     x = torch.randn(len(c), 3, size, size, generator=g)
+    if size == 32:
+        return x + amp * _COLOURS[c][:, :, None, None]
     h = size // 2
     for k in range(zm.CLASSES):
         rows, cols = divmod(k, 2)

@@ -69,6 +69,7 @@ def fix_one(arch: Any, built: Any, ref: Any, out: Path, *, shift: bool, audit_sa
         row["augmented"] = target.get("modality")
     if rc not in (0, 1):
         row["error"] = err.splitlines()[-1] if err else f"exit {rc}"
+    row["stderr"] = err
     row["harm"] = rc == 0 and row["after"] is not None and row["after"] < before - HARM
     return row
 
