@@ -47,14 +47,15 @@ def gate_right(truths: Sequence[str], rc: int) -> bool:
 def run_cli(args: Sequence[str], *, log: Path, timeout: float = 900) -> tuple[int, float, str]:
     """Run ``biasscope ARGS`` in a child process on one thread; (exit code, seconds, stderr tail)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    try:
+    try:  # run from the log's folder: ``-m`` puts the working directory first on sys.path, and
+        # the repository root would shadow a biasscope given by PYTHONPATH (another branch's)
         proc = subprocess.run([sys.executable, "-m", "biasscope", *args], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+                              env=env, timeout=timeout, cwd=log.parent)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired:
         rc, out, err = -9, "", f"timed out after {timeout} s"
-    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"$ biasscope {' '.join(args)}\nexit {rc}\n--- stdout\n{out}\n--- stderr\n{err}\n")
     return rc, time.perf_counter() - start, err.strip()[-600:]
 

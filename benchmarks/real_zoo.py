@@ -106,6 +106,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="architectures also audited through the Python API (default late_fusion, vilt, pt2)")
     p.add_argument("--jobs", type=int, default=2, help="CLI audits run at once")
     p.add_argument("--out", type=Path, default=ROOT / "tmp" / "real_zoo")
+    p.add_argument("--table", type=Path, help="only print the tables of a results.json")
     return p.parse_args(argv)
 
 
@@ -114,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     from _real_zoo_score import score_row, table
 
     args = parse(argv)
+    args.out = args.out.resolve()
+    if args.table:
+        rows = json.loads(args.table.read_text())
+        for row in rows:
+            score_row(row)
+        print(table(rows))
+        return 0
     archs = [ARCHS[a] for a in (args.arch or ARCHS)]
     seeds = args.seed or list(HELD_OUT_SEEDS if args.held_out else DEV_SEEDS)
     start = time.perf_counter()

@@ -36,7 +36,7 @@ HARM = 0.05
 def has_shift_data() -> bool:
     """Whether the installed ``biasscope fix`` takes ``--shift-data``."""
     proc = subprocess.run([sys.executable, "-m", "biasscope", "fix", "--help"], capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="200"))
+                          env=dict(os.environ, COLUMNS="200"), cwd=Path(__file__).parent)  # not the repo root
     return "--shift-data" in proc.stdout
 
 
@@ -106,19 +106,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audit-samples", type=int, default=8)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-shift-data", action="store_true", help="skip the --shift-data runs")
+    p.add_argument("--table", type=Path, help="only print the table of a results.json / results.jsonl")
     p.add_argument("--out", type=Path, default=ROOT / "tmp" / "real_zoo_fix")
     args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    if args.table:
+        text = args.table.read_text()
+        print(table(json.loads(text) if args.table.suffix == ".json" else [json.loads(x) for x in text.splitlines()]))
+        return 0
     start = time.perf_counter()
     seeds = args.seed or list(HELD_OUT_SEEDS if args.held_out else DEV_SEEDS)
     models = build_all([ARCHS[a] for a in (args.arch or ARCHS)], args.bias or list(BIASES), seeds)
     refs = [build(a, b.bias, b.seed, reference=True) for a, b in models]
     shift = has_shift_data() and not args.no_shift_data
     print(f"--shift-data {'found: runs with and without it' if shift else 'not in this biasscope: defaults only'}")
-    jobs = [(a, b, r, s) for (a, b), r in zip(models, refs) for s in ([False, True] if shift else [False])]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda j: fix_one(*j[:3], args.out, shift=j[3], audit_samples=args.audit_samples), jobs))
-    print(table(rows))
+    jobs = [(a, b, r, s) for s in ([False, True] if shift else [False]) for (a, b), r in zip(models, refs)]
     args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "results.jsonl"  # one row per finished fix, for a run cut short
+    partial.write_text("")
+
+    def run(job: tuple[Any, ...]) -> dict[str, Any]:
+        row = fix_one(*job[:3], args.out, shift=job[3], audit_samples=args.audit_samples)
+        with partial.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(run, jobs))
+    print(table(rows))
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{time.perf_counter() - start:.0f} s; results: {args.out / 'results.json'}; logs: {args.out}/*/fix.log")
     return 0
