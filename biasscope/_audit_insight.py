@@ -73,6 +73,6 @@ def explain_step(
     out: list[Attribution] = []
     for j, (index, name, why) in enumerate(picks):
         out += explain_examples(model, batches, by_name[name], [index], output=output, device=device,
-                                tokenizer=tokenizer, selected=[why])
+                                method=options.attribution, tokenizer=tokenizer, selected=[why])
         report("explain", j + 1, len(picks), {})
     return out

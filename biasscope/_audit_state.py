@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec
 from ._noise import example_noise, stream_id
+from ._device import is_out_of_memory
 from ._perturbation import CleanPass, ExampleNoise, perturbation_samples
+from .bounds import BoundGaps, bound_diagnostics, unavailable_bounds
 from .estimators import fisher_bound, functional_entropy, poincare_bound, variance
 from .modality import Modality
-from .results import MEASURES
+from .results import MEASURES, Diagnostic
 
 __all__ = ["EntropyState", "MeasuredValues", "JOINT_KEYS"]
 
@@ -63,6 +65,8 @@ class EntropyState:
         }
         self._joint: dict[str, list[Tensor]] = {k: [] for k in JOINT_KEYS}
         self._predictions: list[Tensor] = []
+        self._gaps = {m.name: BoundGaps() for m in self.modalities}
+        self._blocked: str | None = None  # why the forward blocks gradients, once it did
 
     def update(self, batch: Batch, *, max_rows: int | None = None) -> None:
         """Measure one batch (already on the model's device, with its example indices);
@@ -72,22 +76,44 @@ class EntropyState:
         options = dict(self.options, clean=clean, max_rows=max_rows or self.options["max_rows"])
         logits, reps = clean.once()
         measured = {}
+        gaps = {}
         for j, m in enumerate(self.modalities):
             keyed = ExampleNoise(self.seed, {m: stream_id("perturb", j)})
-            f, q = perturbation_samples(self.model, batch, {m: self.sigmas[m]}, keyed=keyed, **options)
-            f, q = f.detach().double(), q[m.name].detach().double()
-            measured[m.name] = {
-                "functional_entropy": functional_entropy(f).cpu(), "fisher_bound": fisher_bound(f, q).cpu(),
-                "variance": variance(f).cpu(), "poincare_bound": poincare_bound(q).cpu(),
-            }
+            f, q = self._samples(batch, m, keyed, options)
+            measured[m.name], gaps[m.name] = _measures(f, q)
         joint = _tensorization(self.model, batch, self.sigmas, reps, options, self.seed) if self.tensorization else ()
         # appended only once the whole batch is measured (an out-of-memory retry redoes it)
         self._predictions.append(logits.argmax(dim=1).cpu())
         for name, per in measured.items():
             for k, v in per.items():
                 self._values[name][k].append(v)
+            blind, nonfinite = gaps[name]
+            g = self._gaps[name]
+            g.blind, g.nonfinite, g.examples = g.blind + blind, g.nonfinite + nonfinite, g.examples + batch.size
         for key, value in zip(JOINT_KEYS, joint):
             self._joint[key].append(value)
+
+    def _samples(self, batch: Batch, m: Modality, keyed: ExampleNoise, options: dict) -> tuple[Tensor, Tensor | None]:
+        """f (K, B) and q (K, B), or q None when the forward pass blocks gradients (found on
+        the first failure with gradients on; the rest of the audit runs without them)."""
+        if self._blocked is None:
+            try:
+                f, q = perturbation_samples(self.model, batch, {m: self.sigmas[m]}, keyed=keyed, **options)
+                return f.detach().double(), q[m.name].detach().double()
+            except Exception as exc:  # a forward that cannot run with gradients (numpy inside)
+                if is_out_of_memory(exc):
+                    raise
+                self._blocked = f"{type(exc).__name__} with gradients on"
+        f, _ = perturbation_samples(self.model, batch, {m: self.sigmas[m]}, keyed=keyed, gradients=False, **options)
+        return f.detach().double(), None
+
+    def diagnostics(self) -> list[Diagnostic]:
+        """Why bounds are unavailable, where they are (:mod:`biasscope.bounds`)."""
+        gaps = self._gaps.values()
+        blocked = self._blocked
+        if blocked is None and all(g.examples and g.blind == g.examples for g in gaps):
+            blocked = "the gradient is zero at every site while the output moves"
+        return bound_diagnostics(self._gaps, blocked=blocked)
 
     def values(self) -> MeasuredValues:
         return MeasuredValues(
@@ -97,6 +123,21 @@ class EntropyState:
             joint={k: torch.cat(v).numpy() for k, v in self._joint.items() if v},
             predictions=torch.cat(self._predictions).numpy(),
         )
+
+
+def _measures(f: Tensor, q: Tensor | None) -> tuple[dict[str, Tensor], tuple[int, int]]:
+    """The four per-example measures (bounds nan where unavailable) and the counts of
+    gradient-blind and non-finite examples."""
+    out = {"functional_entropy": functional_entropy(f).cpu(), "variance": variance(f).cpu()}
+    missing, blind, nonfinite = unavailable_bounds(f, q)
+    nan = torch.full_like(out["variance"], float("nan"))
+    if q is None:
+        out["fisher_bound"], out["poincare_bound"] = nan, nan.clone()
+        return out, (0, 0)
+    missing = missing.cpu()
+    out["fisher_bound"] = torch.where(missing, nan, fisher_bound(f, q).cpu())
+    out["poincare_bound"] = torch.where(missing, nan, poincare_bound(q).cpu())
+    return out, (int(blind.sum()), int(nonfinite.sum()))
 
 
 def _tensorization(model, batch, sigmas, reps, options, seed: int):

@@ -4,6 +4,7 @@ agreement, diagnostics), built once, without mutating anything after constructio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,8 +18,11 @@ from .diagnostics import audit_diagnostics
 from .insight_results import Attribution, ProbeResult
 from .modality import Modality
 from .probe import probe_clauses, probe_diagnostics
-from .results import AuditResult, Diagnostic, JointCheck, ModalityResult, PermutationScore, ShapleyValues
-from .verdict import Thresholds, modality_verdicts, reliance_shares, reliance_status, verdict_sentence
+from .results import AuditResult, Estimate, Diagnostic, JointCheck, ModalityResult, PermutationScore, ShapleyValues
+from .verdict import (
+    Thresholds, accuracy_shares, modality_verdicts, reliance_shares, reliance_status, shuffle_effect, undecided,
+    verdict_sentence,
+)
 
 __all__ = ["Evidence", "summarise"]
 
@@ -56,10 +60,19 @@ def _modality_results(
             per_class={k: [float(v[classes_of == c].mean()) for c in classes] for k, v in per.items()},
             per_example={k: v.tolist() for k, v in per.items()},
             permutation=evidence.permutation.get(m.name),
-            **{k: mean_interval(v, method="bootstrap", seed=evidence.seed) for k, v in per.items()},
+            **{k: _interval(v, evidence.seed) for k, v in per.items()},
         ))
-    rel = reliance_shares(out)
-    return [replace(r, reliance_share=None if rel is None else rel[r.name]) for r in out]
+    rel, acc = reliance_shares(out), accuracy_shares(out)
+    return [replace(r, reliance_share=None if rel is None else rel[r.name],
+                    accuracy_share=None if acc is None else acc[r.name]) for r in out]
+
+
+def _interval(values: np.ndarray, seed: int) -> Estimate:
+    """The bootstrap interval of the mean; nan (unavailable) when any value is (a bound
+    that some example cannot give, :mod:`biasscope.bounds`)."""
+    if not np.isfinite(values).all():
+        return Estimate(math.nan, math.nan, math.nan)
+    return mean_interval(values, method="bootstrap", seed=seed)
 
 
 def _joint(values: MeasuredValues, seed: int) -> JointCheck | None:
@@ -100,12 +113,14 @@ def summarise(
     measured = _modality_results(modalities, values, evidence, classes_of, classes)
     accuracy = float((pred == labels).mean()) if labels is not None else None
     chance = majority_rate(labels)
+    thresholds, shapley = evidence.thresholds, evidence.shapley
     reliance = reliance_status(measured, accuracy=accuracy, chance=chance, n_examples=int(pred.size),
-                               shapley=evidence.shapley)
-    verdicts = modality_verdicts(measured, evidence.thresholds, reliance=reliance)
+                               shapley=shapley, thresholds=thresholds)
+    n = int(pred.size)
+    verdicts = modality_verdicts(measured, thresholds, reliance=reliance, shapley=shapley, n_examples=n)
     results = [replace(r, verdict=verdicts[r.name]) for r in measured]
     diagnostics = audit_diagnostics(results, reliance=reliance, labelled=labels is not None,
-                                    shapley=evidence.shapley, thresholds=evidence.thresholds)
+                                    shapley=shapley, thresholds=thresholds, n_examples=n)
     if candidates is not None:
         diagnostics = [_with_candidates(d, candidates) for d in diagnostics]
     diagnostics += probe_diagnostics(evidence.probes, verdicts)
@@ -121,7 +136,12 @@ def summarise(
         shapley=list(evidence.shapley),
         sentence=verdict_sentence(verdicts, note=note, disagree=[
             d.modality for d in diagnostics if d.code == "measures_disagree" and d.modality],
-            about=probe_clauses(evidence.probes, verdicts)),
+            about=probe_clauses(evidence.probes, verdicts),
+            moves={r.name: shuffle_effect(r.name, r.permutation, margin_flip=thresholds.margin_flip,
+                                          margin_confidence=thresholds.margin_confidence)
+                   for r in results if r.verdict == "unused"},
+            undecided=undecided(results, thresholds, shapley, n) if reliance.measurable else (),
+            relied=reliance.measurable or labels is None),
         provenance=evidence.provenance,
         diagnostics=[*evidence.early_diagnostics, *diagnostics],
         reliance_measurable=reliance.measurable if reliance_shares(results) is not None else None,

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 
 from .errors import BiasscopeError, DataLoadError, ModelOutputError
 
-__all__ = ["Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output"]
+__all__ = [
+    "Batch", "OutputSpec", "split_batch", "run_model", "call_model", "logits_from_output", "find_output",
+    "nest_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Where the logits are in the model's output (a tensor, a dict/ModelOutput, a tuple)."""
+    """Where the logits are in the model's output (a tensor, a dict/ModelOutput, a tuple),
+    and what they hold (``kind``: :data:`biasscope.output_kinds.OUTPUT_KINDS`)."""
 
     key: str = "logits"
     index: int | None = None
+    kind: str = "auto"
 
 
 def _batch_size(tensors: Sequence[Any]) -> int:
@@ -112,6 +117,7 @@ def split_batch(batch: Any, *, label_key: str | None = "label") -> Batch:
     if isinstance(batch, Mapping):
         kwargs = dict(batch)
         label = kwargs.pop(label_key, None) if label_key is not None else None
+        kwargs = _flatten(kwargs)
         if not kwargs:
             raise DataLoadError(
                 f"A dict batch holds only the label {label_key!r}; it needs the model's inputs too."
@@ -135,6 +141,30 @@ def split_batch(batch: Any, *, label_key: str | None = "label") -> Batch:
     )
 
 
+def _flatten(inputs: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts of inputs as one level with dotted keys (``{"a": {"b": x}}`` ->
+    ``{"a.b": x}``), so that a modality names ``input:a.b``; :func:`nest_inputs` undoes it."""
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def nest_inputs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys back to nested dicts: the keyword arguments the model is called with."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def _as_label(label: Any) -> Tensor | None:
     """Class indices where the label is one: (N, 1) is squeezed, one-hot rows become their
     argmax, integral floats become int64; anything else is returned as is."""
@@ -152,14 +182,18 @@ def _as_label(label: Any) -> Tensor | None:
 
 def logits_from_output(output: Any, spec: OutputSpec = OutputSpec()) -> Tensor:
     """The (N, C) logits in ``output``; a single logit (N,) or (N, 1) becomes two classes
-    ``[0, x]`` so that softmax gives ``[1 - sigmoid(x), sigmoid(x)]``."""
+    ``[0, x]`` so that softmax gives ``[1 - sigmoid(x), sigmoid(x)]``; probabilities
+    (``spec.kind == "probs"``) become their log; multi-label and regression outputs are kept
+    as (N, C) (:mod:`biasscope.output_kinds`)."""
     found = _find_logits(output, spec)
     if not isinstance(found, Tensor) or not found.is_floating_point():
         raise ModelOutputError(
             f"The model's output holds no floating-point logits ({_describe(output)}). "
             "Choose them with --output-key NAME (dict/ModelOutput) or --output-index I (tuple)."
         )
-    if found.dim() == 1 or (found.dim() == 2 and found.shape[1] == 1):
+    if spec.kind in ("multilabel", "regression"):
+        found = found.reshape(found.shape[0], -1) if found.dim() == 2 else found.reshape(-1, 1)
+    elif found.dim() == 1 or (found.dim() == 2 and found.shape[1] == 1):
         x = found.reshape(-1, 1)
         found = torch.cat([torch.zeros_like(x), x], dim=1)
     if found.dim() != 2:
@@ -167,6 +201,8 @@ def logits_from_output(output: Any, spec: OutputSpec = OutputSpec()) -> Tensor:
             f"The model's logits have shape {tuple(found.shape)}; biasscope needs (batch, classes). "
             "Wrap the model so that it returns one row of class scores per example."
         )
+    if spec.kind == "probs":
+        found = found.clamp_min(torch.finfo(found.dtype).tiny).log()
     return found
 
 
@@ -203,10 +239,18 @@ def _describe(output: Any) -> str:
     return f"a {type(output).__name__}"
 
 
+def find_output(model: nn.Module, batch: Batch, spec: OutputSpec = OutputSpec()) -> Tensor:
+    """The output tensor ``spec`` points at, as the model returns it (no conversion)."""
+    found = _find_logits(run_model(model, batch), spec)
+    if not isinstance(found, Tensor):
+        return logits_from_output(found, spec)  # raises the message that says what is there
+    return found
+
+
 def run_model(model: nn.Module, batch: Batch) -> Any:
     """``model(*args, **kwargs)``, with a clear error when the model rejects the inputs."""
     try:
-        return model(*batch.args, **batch.kwargs)
+        return model(*batch.args, **nest_inputs(batch.kwargs))
     except BiasscopeError:
         raise
     except Exception as exc:  # any failure inside a user's forward is a user-input problem
@@ -217,7 +261,8 @@ def run_model(model: nn.Module, batch: Batch) -> Any:
         raise ModelOutputError(
             f"The model rejected its inputs ({type(exc).__name__}: {exc}). It was called with "
             f"[{shapes}]. Check that the data matches the model (dict batches call model(**batch) "
-            "without the label; tuple batches call model(*batch[:-1]))."
+            "without the label; tuple batches call model(*batch[:-1])); a model called another "
+            "way takes --call batch|positional or --adapter module:function."
         ) from exc
 
 

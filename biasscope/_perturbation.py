@@ -168,8 +168,9 @@ class CleanPass:
     ``expand=True`` (the regularizer) runs the reference at the same expanded size as the
     perturbed pass, so an ignored modality gives bit-identical logits and f == 0 exactly.
     ``expand=False`` (the audit) runs it once at B rows and repeats its logits (one clean
-    pass per example); :func:`perturbation_samples` then keeps f == 0 exact where the noise
-    does not reach the logits (zero gradient for every sample of an example).
+    pass per example). f is a function of forward passes only: where the noise does not
+    reach the logits, the K perturbed rows of an example are equal, f is constant over its
+    samples and the estimators give exactly 0 (a zero gradient proves nothing about f).
 
     ``with_grad`` keeps the graph of the clean pass (when grad is enabled), so that a term
     built on it is differentiated through p_clean too (the regularizer); by default the
@@ -308,11 +309,7 @@ def perturbation_samples(
             if gradients:
                 _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, batch.size,
                                  loss_scale=FP16_LOSS_SCALE if precision == "fp16" else 1.0)
-    f_all = torch.cat(fs, dim=0)
-    q_all = {name: torch.cat(v, dim=0) for name, v in qs.items() if v}
-    if gradients and not clean.expand:
-        f_all = _exact_where_unreached(f_all, q_all, clean, div)
-    return f_all, q_all
+    return torch.cat(fs, dim=0), {name: torch.cat(v, dim=0) for name, v in qs.items() if v}
 
 
 def _gradients(f: Tensor, zs: list[Tensor], *, create_graph: bool, loss_scale: float) -> list[Tensor | None]:
@@ -340,14 +337,3 @@ def _quadratic_forms(f, noises, modalities, sigmas, scale, create_graph, qs, k, 
         sigma2 = (scale * sigmas[m].to(g.device)).square()
         qs[m.name].append(quadratic_form(g.double(), sigma2).view(k, size))
 
-
-def _exact_where_unreached(f: Tensor, q: Mapping[str, Tensor], clean: CleanPass, div) -> Tensor:
-    """f = D(p_clean, p_clean) (0 for KL) for every sample of an example whose gradient is
-    exactly zero in every sample: the noise does not reach its logits, and the B-row clean
-    reference must not leave last-bit differences of the K*B-row pass in f."""
-    unreached = torch.stack([(v == 0).all(dim=0) for v in q.values()]).all(dim=0)  # (B,)
-    if not bool(unreached.any()):
-        return f
-    logits, _ = clean.once()
-    at_zero = div(logits.double(), logits.double()).detach()  # (B,)
-    return torch.where(unreached[None, :], at_zero[None, :].to(f.dtype), f)

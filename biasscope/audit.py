@@ -22,15 +22,17 @@ from ._audit_insight import check_sites, explain_step, probe_step
 from ._audit_shard import gather_check, gather_values, local_batches
 from ._audit_state import EntropyState, MeasuredValues
 from ._audit_summary import Evidence, summarise
-from ._batch import Batch, OutputSpec, call_model, split_batch
+from ._batch import Batch, OutputSpec, call_model, find_output, split_batch
 from ._device import on_device, resolve_device, run_with_oom_retry
 from ._distributed import all_reduce_sum, is_distributed, join_group, is_writer, rank_device, shard, sync_point, world_size
 from ._perturbation import check_finite, finish_std, representation_moments
+from .calling import default_modalities, describe_default
 from .data_checks import data_checks
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, validate_modalities
 from .options import AuditOptions
+from .output_kinds import DIVERGENCE_OF, SENSITIVITY_ONLY, detect_output_kind, label_kind, output_kind_diagnostic
 from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import AuditResult, Diagnostic
 from .verdict import Thresholds
@@ -75,7 +77,9 @@ def _usable_labels(batches: Sequence[Batch]) -> bool:
             raise DataLoadError(
                 f"The labels are not class indices (found {shape or 'a batch without a label'}). "
                 "biasscope needs one integer class per example (one-hot and (N, 1) labels are "
-                "converted); for unlabelled data pass label_key=None."
+                "converted); for unlabelled data pass label_key=None (on the command line "
+                "`--label-key none`), and for a multi-label or regression output say so with "
+                "`output_kind` (`--output-kind multilabel` or `regression`)."
             )
     return True
 
@@ -163,7 +167,7 @@ def _candidates(model, batch, modalities, output, label_key):
 def audit(
     model: nn.Module,
     data: Iterable[Any],
-    modalities: Sequence[Modality],
+    modalities: Sequence[Modality] | None = None,
     *,
     options: AuditOptions | None = None,
     output: OutputSpec | None = None,
@@ -178,7 +182,9 @@ def audit(
         model: any ``nn.Module`` classifier; it is returned to its device and mode after.
         data: an iterable of batches: dicts (``model(**batch)``, label under ``label_key``)
             or tuples (``model(*batch[:-1])``, label last). A DataLoader works.
-        modalities: the :class:`Modality` specs (1..M).
+        modalities: the :class:`Modality` specs (1..M); None: the inputs the model's forward
+            takes by name (dict batches) or position (tuple batches), see
+            :func:`biasscope.calling.default_modalities`, with an info diagnostic saying so.
         options: an :class:`~biasscope.options.AuditOptions` (defaults and meaning of every
             option); ``overrides`` are its fields (``audit(m, d, mods, samples=8)``).
         output: which entry of the model's output holds the logits.
@@ -192,21 +198,20 @@ def audit(
             chance by a margin) while ``check_output`` is on.
     """
     options = _resolve_options(options, overrides)
-    modalities, output = list(modalities), output or OutputSpec()
+    output = output or OutputSpec()
     thresholds = thresholds or Thresholds()
     join_group(device=options.device)  # under torchrun: this process measures its share
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
     dev = rank_device(options.device) if is_distributed() else resolve_device(options.device)
     with sync_point("loading the data"):
-        batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
-        validate_modalities(batches[0], modalities)
+        batches, modalities, label_kind_found, checked = _load(model, data, modalities, options)
         labelled = _usable_labels(batches)
-        checked = data_checks(batches, modalities)
         local = local_batches(batches, shard(sum(b.size for b in batches)))
 
     with on_device(model, dev):
         report("scale", 0, 1, {})  # also checks the sites (a layer that never runs, or twice)
         with sync_point("the noise scale"):
+            output, divergence, kind_notes = _resolve_output(model, batches[0].to(dev), options, output, label_kind_found)
             logits: list[Tensor] = []
             moments = representation_moments(model, (b.to(dev) for b in local), modalities, output,
                                              on_logits=logits.append)
@@ -215,9 +220,12 @@ def audit(
         checked += check_sites(sigmas, modalities)
         with sync_point("the clean predictions"):
             check = _output_check(model, local, output, dev, logits)
-        early = _output_diagnostics(gather_check(check), options.check_output)
-        values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report)
+        early = [*kind_notes, *_output_diagnostics(gather_check(check), options.check_output)]
+        values, notes, rows = _entropy(model, local, modalities, sigmas, options, output, dev, report,
+                                       divergence=divergence)
         permutation, shapley = _reliance(model, batches, modalities, options, dev, output, report) if labelled else ({}, [])
+        if any(d.code == "gradients_blocked" for d in notes):  # attributions need gradients too
+            options = options.replace(explain=0)
         insight = dict(options=options, device=dev, output=output, report=report)
         probes = probe_step(model, batches, modalities, permutation=permutation, labelled=labelled, **insight)
         values = gather_values(values)
@@ -226,7 +234,8 @@ def audit(
         labels = torch.cat([b.label for b in batches]).numpy() if labelled else None
         evidence = Evidence(
             labels=labels, permutation=permutation, shapley=shapley,
-            settings={**_settings(options, dev, thresholds, modalities, labelled), "max_rows_used": rows},
+            settings={**_settings(options, dev, thresholds, modalities, labelled), "max_rows_used": rows,
+                      "output_kind": output.kind, "divergence": divergence},
             provenance={"versions": {"biasscope": __version__, "torch": torch.__version__}},
             thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early, *notes],
             probes=probes, attributions=attributions,
@@ -235,7 +244,69 @@ def audit(
                          candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
 
 
-def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> tuple[MeasuredValues, list, int]:
+def _without_unusable_labels(batches: list[Batch], requested: str) -> tuple[list[Batch], tuple[str, int] | None]:
+    """The batches without their labels when these are multi-hot or real-valued (or the
+    requested output kind says so): the reliance checks need one class per example. Also
+    the labels' kind (:func:`biasscope.output_kinds.label_kind`) and width, if any."""
+    found = label_kind([b.label for b in batches])
+    if requested in SENSITIVITY_ONLY or (requested == "auto" and found is not None):
+        label = batches[0].label
+        width = 1 if label is None or label.dim() < 2 else int(label.shape[1])
+        return [replace(b, label=None) for b in batches], None if found is None else (found, width)
+    return batches, None
+
+
+def _resolve_output(model, first: Batch, options: AuditOptions, output: OutputSpec,
+                    found: tuple[str, int] | None) -> tuple[OutputSpec, str, list[Diagnostic]]:
+    """The output spec with its kind (given, or detected on the first batch and the labels'
+    kind ``found``), the divergence it calls for, and what the reader is told about it
+    (:mod:`biasscope.output_kinds`)."""
+    kind, detected = options.output_kind, options.output_kind == "auto"
+    if detected:
+        with torch.no_grad():
+            raw = find_output(model, first, output)
+        width = 1 if raw.dim() < 2 else int(raw[0].numel())
+        if found is not None and found[1] != width:
+            raise DataLoadError(
+                f"The labels are neither class indices nor one target per output column ({found[0]} "
+                f"labels of width {found[1]}, an output of width {width}). biasscope needs one integer "
+                "class per example; for a multi-label or regression output, say so with `output_kind` "
+                "(`--output-kind multilabel` or `regression`); for unlabelled data pass label_key=None "
+                "(`--label-key none`)."
+            )
+        kind = found[0] if found is not None else detect_output_kind([raw], [])
+    if kind in SENSITIVITY_ONLY and options.divergence == "official":
+        raise ConfigError(
+            f"The official divergence (softmax BCE) is not defined for a {kind} output; use "
+            "divergence 'kl' (--divergence kl), which becomes the right one for it "
+            f"({DIVERGENCE_OF[kind]}).", parameter="divergence",
+        )
+    divergence = DIVERGENCE_OF.get(kind, options.divergence)
+    return replace(output, kind=kind), divergence, output_kind_diagnostic(kind, detected=detected)
+
+
+def _load(model, data, given, options: AuditOptions):
+    """The batches (without labels the reliance checks cannot use), the modalities, the labels'
+    kind and the data checks' diagnostics."""
+    batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
+    modalities, taken = _modalities(model, batches[0], given)
+    validate_modalities(batches[0], modalities)
+    batches, label_kind_found = _without_unusable_labels(batches, options.output_kind)
+    return batches, modalities, label_kind_found, taken + data_checks(batches, modalities)
+
+
+def _modalities(model, batch: Batch, given: Sequence[Modality] | None) -> tuple[list[Modality], list[Diagnostic]]:
+    """The modalities given, or those the data's keys name (with a note saying so)."""
+    if given is not None:
+        return list(given), []
+    found = default_modalities(model, batch)
+    note = Diagnostic("modalities_from_data", "info", describe_default(found) + ".",
+                      fix="Name them to choose: --modality NAME=input:KEY or Modality(name, input=key).")
+    return found, [note]
+
+
+def _entropy(model, local, modalities, sigmas, options, output, dev, report, *,
+             divergence: str) -> tuple[MeasuredValues, list, int]:
     """The per-batch update over this process's examples (halving ``max_rows`` on out of
     memory, which does not change the numbers: the noise belongs to the example)."""
     rows = [_max_rows(options, model, local[0], dev)]
@@ -249,7 +320,7 @@ def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> 
 
     state = EntropyState(
         model, modalities, sigmas, samples=options.samples, scale=options.scale,
-        divergence=options.divergence, output=output, max_rows=rows[0],
+        divergence=divergence, output=output, max_rows=rows[0],
         seed=options.seed, tensorization=options.tensorization, precision=options.precision,
     )
     with sync_point("the entropy measures"):
@@ -257,7 +328,7 @@ def _entropy(model, local, modalities, sigmas, options, output, dev, report) -> 
             moved = batch.to(dev)
             run_with_oom_retry(lambda r: state.update(moved, max_rows=r), rows[0], halved)
             report("entropy", i + 1, len(local), {})
-    return state.values(), notes, rows[0]
+    return state.values(), [*notes, *state.diagnostics()], rows[0]
 
 
 def _settings(options: AuditOptions, dev, thresholds: Thresholds, modalities, labelled: bool) -> dict[str, Any]:

@@ -18,8 +18,11 @@ __all__ = [
     "FAIL_ON",
     "Gate",
     "Headline",
+    "COMPARE_SCHEMA_VERSION",
     "check_comparable",
     "compare_gates",
+    "comparison_document",
+    "write_comparison_json",
     "evaluate_gates",
     "fail_on_gate",
     "headline",
@@ -30,6 +33,8 @@ __all__ = [
 #: ``fail_on`` level -> the verdicts that fail it (the top-level ``ignored`` list covers
 #: every sense of ignored, e.g. ``unused``)
 FAIL_ON = ("ignored", "weak")
+#: version of the JSON that ``compare --json`` writes (biasscope/schemas/compare.schema.json)
+COMPARE_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -262,3 +267,35 @@ def headline(gates: Sequence[Gate], after: AuditResult, *, gated_levels: Sequenc
     if not gates:
         return Headline("no_gates", ungated=ungated)
     return Headline("passed_ungated" if ungated else "passed", ungated=ungated)
+
+
+def _audit_summary(result: AuditResult, path: str) -> dict[str, object]:
+    return {
+        "path": path, "accuracy": result.accuracy, "verdicts": {m.name: m.verdict for m in result.modalities},
+        "shares": result.shares, "reliance_shares": {m.name: m.reliance_share for m in result.modalities},
+    }
+
+
+def comparison_document(
+    before: AuditResult, after: AuditResult, gates: Sequence[Gate], head: Headline, *,
+    before_path: str, after_path: str, warnings: Sequence[str] = (),
+) -> dict[str, object]:
+    """The JSON form of one comparison (what ``compare --json`` writes): both audits' verdicts
+    and shares, every gate, the headline's status and the warnings; nan/inf as None."""
+    import dataclasses
+
+    from .results import _finite
+
+    return _finite({
+        "schema_version": COMPARE_SCHEMA_VERSION,
+        "status": head.status, "failed": list(head.failed), "ungated": dict(head.ungated),
+        "gates": [dataclasses.asdict(g) for g in gates], "warnings": list(warnings),
+        "before": _audit_summary(before, before_path), "after": _audit_summary(after, after_path),
+    })
+
+
+def write_comparison_json(path: str | os.PathLike[str], document: Mapping[str, object]) -> Path:
+    """Write :func:`comparison_document`'s output to ``path`` atomically; returns the path."""
+    from ._files import write_atomic
+
+    return write_atomic(Path(path), json.dumps(document, indent=2, allow_nan=False) + "\n")

@@ -32,16 +32,16 @@ _TABLES = ("modalities", "audit", "thresholds", "fix")
 _TOP: dict[str, Any] = {
     "model": str, "factory": str, "kind": str, "trust_pickle": bool, "hf_class": str,
     "preset": str, "data": str, "label_key": str, "batch_size": int, "limit": int,
-    "output_key": str, "output_index": int, **{t: dict for t in _TABLES},
+    "output_key": str, "output_index": int, "call": str, "adapter": str, **{t: dict for t in _TABLES},
 }
-_PATHS = {"model", "data", "factory"}
+_PATHS = {"model", "data", "factory", "adapter"}
 #: the config key of an option field, where it differs from the field's name
 _KEYS = {"lambda_": "lambda"}
 #: older spellings still read: config key -> option field
 _ALIASES = {"fix": {"steps": "max_steps"}}
 #: keys of a command's table that are not options of the verb (where to write, gates...)
 _EXTRA: dict[str, dict[str, Any]] = {
-    "audit": {"out": str, "fail_on": str, "plotlyjs": str, "batch_size": int},
+    "audit": {"out": str, "fail_on": str, "plotlyjs": str, "batch_size": int, "tokenizer": str},
     "fix": {"data": str, "val": str, "out": str, "batch_size": int, "audit_samples": int},
 }
 _TYPES: dict[str, Any] = {"int": (int,), "float": _NUMBER, "str": (str,), "bool": (bool,)}
@@ -197,7 +197,8 @@ def resolve_options(
         if value is not None:
             values[name] = value
             origin.pop(name, None)
-    if values.get("label_key") in ("", "none"):
+    key = values.get("label_key")
+    if isinstance(key, str) and key.lower() in ("", "none"):  # `--label-key none` (or None): no labels
         values["label_key"] = None
     try:
         return options_from_mapping(cls, values)

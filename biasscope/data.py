@@ -19,7 +19,9 @@ from .errors import ConfigError, DataLoadError
 __all__ = ["load_data"]
 
 _DATA_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
-
+#: the label key of dict sources unless told otherwise; without labels it is not passed to the model
+DEFAULT_LABEL_KEY = "label"
+_NO_LABELS = "for no labels: `--label-key none` on the command line, label_key=None in Python"
 
 
 def load_data(
@@ -36,7 +38,8 @@ def load_data(
             last), ``.npz``, ``.safetensors``, or a ``"package.module:function"`` /
             ``"file.py:function"`` factory returning a Dataset, a DataLoader, an iterable of
             batches, or a dict / tuple of whole-dataset tensors.
-        label_key: the label's key in dict sources (None: no label).
+        label_key: the label's key in dict sources (None: no label; an entry under the
+            default key ``"label"`` is then dropped, not passed to the model).
         batch_size: batch size for files, dict/tuple columns and Datasets (DataLoaders and
             iterables keep their own batches).
         limit: at most this many examples (the last batch is truncated).
@@ -167,8 +170,11 @@ def _batches_from_columns(
             raise DataLoadError(
                 f"{where} has no label under {label_key!r}; its keys are "
                 f"{', '.join(map(repr, columns))}. Set label_key to the key that holds the labels "
-                "(None: no labels)."
+                f"({_NO_LABELS})."
             )
+        if label_key is None:  # audited without labels: the default label column is not an input
+            columns = {k: v for k, v in columns.items() if k != DEFAULT_LABEL_KEY}
+            named = list(columns.items())
     lengths: dict[str, int] = {}
     for key, t in named:
         if t.dim() == 0:
@@ -253,8 +259,10 @@ def _normalise_batch(raw: Any, where: str, *, label_key: str | None, first: bool
             raise DataLoadError(
                 f"The batches of {where} have no label under {label_key!r}; their keys are "
                 f"{', '.join(map(repr, batch))}. Set label_key to the key that holds the labels "
-                "(None: no labels)."
+                f"({_NO_LABELS})."
             )
+        if label_key is None:  # audited without labels: the default label entry is not an input
+            batch.pop(DEFAULT_LABEL_KEY, None)
         return batch
     if isinstance(raw, (tuple, list)):
         return tuple(conv(v) for v in raw)

@@ -19,7 +19,10 @@ The others are diagnostics (code, severity):
   measured about it (noise scale 0, permutation a no-op);
 - ``duplicate_examples`` (info; warning over 10%): examples identical in every input,
   with ``duplicates_conflicting_labels`` (warning) when copies disagree on the label;
-- ``non_finite_input`` (warning): nan/inf in an input that is not a modality.
+- ``non_finite_input`` (warning): nan/inf in an input that is not a modality;
+- ``duplicate_modalities`` (warning): two modalities carrying the same data (equal, or
+  correlated above 0.999 feature by feature): shuffling one alone leaves the other, so its
+  permutation drop understates its use (the Shapley values share the joint effect).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .modality import Modality
 from .results import Diagnostic
 
 __all__ = [
-    "data_checks", "label_checks", "feature_checks", "std_checks", "duplicate_checks", "finite_checks",
+    "data_checks", "duplicate_modality_checks", "label_checks", "feature_checks", "std_checks", "duplicate_checks", "finite_checks",
 ]
 
 #: a feature is near-constant when its std is below this times (1 + |mean|)
@@ -229,4 +232,37 @@ def data_checks(
                 reps[m.name] = torch.cat(parts)
     out += feature_checks(reps)
     out += duplicate_checks(batches)
+    out += duplicate_modality_checks(reps)
     return out
+
+
+def duplicate_modality_checks(representations: Mapping[str, Tensor]) -> list[Diagnostic]:
+    """One warning per pair of modalities whose values are equal, or correlated above
+    0.999 in every feature, over the audit set."""
+    flat = {n: r.reshape(r.shape[0], -1).double() for n, r in representations.items()
+            if r is not None and r.dim() > 0 and r.is_floating_point()}
+    names, out = list(flat), []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = flat[a], flat[b]
+            if x.shape != y.shape or not (torch.equal(x, y) or _correlated(x, y)):
+                continue
+            out.append(Diagnostic(
+                "duplicate_modalities", "warning",
+                f"`{a}` and `{b}` carry the same data (their values are equal or correlated above "
+                "0.999 in every feature): shuffling one alone leaves the other, so each one's "
+                "permutation drop understates what the model takes from the pair.",
+                "Read the Shapley values (they share the joint effect); audit with one of the two "
+                "removed to see what the model takes from each.",
+                a,
+            ))
+    return out
+
+
+def _correlated(x: Tensor, y: Tensor) -> bool:
+    x, y = x - x.mean(0), y - y.mean(0)
+    scale = (x.square().sum(0) * y.square().sum(0)).sqrt()
+    moving = scale > 0
+    if not bool(moving.any()):
+        return False
+    return bool(((x * y).sum(0)[moving].abs() / scale[moving] > 0.999).all())

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .errors import ModelOutputError
 from .results import Diagnostic, ModalityResult, ShapleyValues
 from .agreement import _pct
-from .verdict import Reliance, Thresholds, _names, disagreements, reliance_shares, too_noisy
+from .verdict import Reliance, Thresholds, _names, disagreements, reliance_shares, undecided
 
 __all__ = [
     "OutputCheck",
@@ -106,28 +106,62 @@ def _reliance_diagnostic(reliance: Reliance, labelled: bool) -> list[Diagnostic]
     )]
 
 
-def _too_noisy(modalities: Sequence[ModalityResult], names: Sequence[str]) -> list[Diagnostic]:
-    """One warning naming the modalities whose reliance is too noisy to tell."""
+def _undecided(modalities: Sequence[ModalityResult], names: Sequence[str], thresholds: Thresholds) -> list[Diagnostic]:
+    """One warning naming the modalities whose reliance cannot be told."""
     if not names:
         return []
     from .options import AuditOptions
 
     by_name = {m.name: m for m in modalities}
     repeats = by_name[names[0]].permutation.repeats
-    intervals = "; ".join(
-        f"`{n}`: {e.mean:.3g} nats [{e.ci_low:.3g}, {e.ci_high:.3g}]"
-        for n in names for e in (by_name[n].permutation.loss_increase,)
-    )
+    intervals = "; ".join(f"`{n}`: {_effect_text(by_name[n].permutation)}" for n in names)
     return [Diagnostic(
-        "reliance_too_noisy", "warning",
-        f"The permutation loss-increase interval over {repeats} shuffles is too wide to tell "
-        f"whether the model relies on {_names(names)} ({intervals}): it reaches both 0 and a "
-        "non-negligible increase. Reliance is not measured there, so "
-        f"{'that modality is' if len(names) == 1 else 'those modalities are'} not called "
-        "ignored or unused; the level (weak/ok/dominant) rests on the mean increase alone.",
+        "reliance_undecided", "warning",
+        f"Over {repeats} shuffles it cannot be told whether the model relies on {_names(names)} "
+        f"({intervals}): the intervals are neither wholly inside the practical margins "
+        f"({_pct(thresholds.margin_accuracy)} accuracy, {_pct(thresholds.margin_flip)} flipped "
+        "predictions, or what flipped predictions cost by chance on this many examples) nor wholly "
+        "beyond them, or the modality holds a sizeable share of the accuracy drop. It is not called ignored or unused; its level (weak/ok/dominant) rests "
+        "on the mean shares.",
         f"Raise `permutation_repeats` (it was {repeats}; "
-        f"{max(AuditOptions().permutation_repeats, 2 * repeats)} or more narrows the interval).",
+        f"{max(AuditOptions().permutation_repeats, 2 * repeats)} or more narrows the intervals): "
+        "more shuffles can only make the verdict more decisive.",
         names[0] if len(names) == 1 else None,
+    )]
+
+
+def _effect_text(p) -> str:
+    e = p.accuracy_drop
+    text = f"accuracy drop {_pct(e.mean)} [{_pct(e.ci_low)}, {_pct(e.ci_high)}]"
+    if p.flip_rate is not None:
+        f = p.flip_rate
+        text += f", flip rate {_pct(f.mean)} [{_pct(f.ci_low)}, {_pct(f.ci_high)}]"
+    return text
+
+
+def _redundant(modalities: Sequence[ModalityResult], shapley: Sequence[ShapleyValues],
+               thresholds: Thresholds) -> list[Diagnostic]:
+    """Shuffling every modality together costs much more accuracy than the single shuffles
+    add up to: the modalities carry overlapping information (duplicates), and a single
+    shuffle understates each one's use."""
+    acc = next((s for s in shapley if s.metric == "accuracy"), None)
+    if acc is None or len(modalities) < 2 or any(m.permutation is None for m in modalities):
+        return []
+    together = acc.full - acc.empty
+    alone = sum(max(m.permutation.accuracy_drop.mean, 0.0) for m in modalities)
+    if not (together > 2 * alone + thresholds.margin_accuracy):
+        return []
+    names = [m.name for m in modalities if acc.values.get(m.name, 0.0) > thresholds.margin_accuracy]
+    return [Diagnostic(
+        "redundant_modalities", "warning",
+        f"Shuffling every modality together costs {_pct(together)} accuracy, but shuffling each "
+        f"alone costs {_pct(alone)} in all: {_names(names or [m.name for m in modalities])} "
+        "carry overlapping information (e.g. the same data twice), so the model can answer "
+        "from either and a single shuffle understates its use. Their accuracy Shapley values "
+        "(" + ", ".join(f"`{n}` {_pct(v)}" for n, v in acc.values.items()) + ") share the "
+        "joint effect.",
+        "Read the Shapley values; to see which one the model would use alone, audit with one "
+        "of them removed or decorrelated.",
     )]
 
 
@@ -189,11 +223,13 @@ def audit_diagnostics(
     labelled: bool,
     shapley: Sequence[ShapleyValues] = (),
     thresholds: Thresholds = Thresholds(),
+    n_examples: int | None = None,
 ) -> list[Diagnostic]:
     """Every diagnostic the measured values call for, whole-audit ones first."""
     out = _reliance_diagnostic(reliance, labelled)
     if reliance.measurable:
-        out += _too_noisy(modalities, too_noisy(modalities, thresholds))
+        out += _undecided(modalities, undecided(modalities, thresholds, shapley, n_examples), thresholds)
+        out += _redundant(modalities, shapley, thresholds)
     rel = reliance_shares(modalities) if reliance.measurable else None
     disagree = disagreements(modalities, thresholds) if rel is not None else {}
     for m in modalities:

@@ -21,6 +21,8 @@ from torch import Tensor
 __all__ = [
     "kl_divergence",
     "official_divergence",
+    "bernoulli_divergence",
+    "gaussian_divergence",
     "quadratic_form",
     "plugin_entropy",
     "functional_entropy",
@@ -64,7 +66,26 @@ def official_divergence(
     return bce.mean(dim=-1)
 
 
-DIVERGENCES = {"kl": kl_divergence, "official": official_divergence}
+def bernoulli_divergence(clean_logits: Tensor, perturbed_logits: Tensor, *, detach: bool = True) -> Tensor:
+    """The sum over columns of KL(Bernoulli(sigmoid(clean)) || Bernoulli(sigmoid(perturbed))),
+    in float64: the divergence of a multi-label (sigmoid) head. ``detach`` as in
+    :func:`kl_divergence`."""
+    clean = (clean_logits.detach() if detach else clean_logits).double()
+    pert = perturbed_logits.double()
+    p = torch.sigmoid(clean)
+    kl = p * (F.logsigmoid(clean) - F.logsigmoid(pert)) + (1 - p) * (F.logsigmoid(-clean) - F.logsigmoid(-pert))
+    return kl.sum(dim=-1).clamp_min(0.0)
+
+
+def gaussian_divergence(clean_logits: Tensor, perturbed_logits: Tensor, *, detach: bool = True) -> Tensor:
+    """1/2 sum_j (y_j - y'_j)^2 in float64: the KL between unit-variance Gaussians centred on
+    the clean and perturbed outputs (a regression output). ``detach`` as above."""
+    clean = (clean_logits.detach() if detach else clean_logits).double()
+    return 0.5 * (clean - perturbed_logits.double()).square().sum(dim=-1)
+
+
+DIVERGENCES = {"kl": kl_divergence, "official": official_divergence, "bernoulli": bernoulli_divergence,
+               "gaussian": gaussian_divergence}
 
 
 def quadratic_form(grad: Tensor, sigma2: Tensor) -> Tensor:

@@ -1,23 +1,29 @@
-"""What inside a modality the model looks at: captum attributions at the audit's site.
+"""What inside a modality the model looks at: captum attributions, shown on the input.
 
-For an example, the representation ``h`` the audit perturbs (a model input, or a layer's
-output) is replaced by a variable and the model is run from there, so captum's
-``IntegratedGradients`` on that variable is ``LayerIntegratedGradients`` at the layer (or
-input IG at an input site): attribution_i = (h_i - 0) * mean over the path of d logit_t / d h_i
-(Sundararajan, Taly & Yan, ICML 2017), with a zero baseline and t the predicted class.
-Where gradients do not fit (integer sites such as token ids given as an input), captum's
-``FeatureAblation`` replaces each feature (group) with 0 instead.
+For an example, the attribution is taken at the *input* that feeds the modality's audit site
+when there is exactly one (a float input, or the output of the layer that embeds integer
+token ids), so that it reads as pixels or words; else at the site itself. The representation
+``h`` there is replaced by a variable and the model is run from it, so captum's
+``IntegratedGradients`` on that variable is input IG or ``LayerIntegratedGradients`` at the
+layer: attribution_i = (h_i - 0) * mean over the path of d logit_t / d h_i (Sundararajan, Taly
+& Yan, ICML 2017), with a zero baseline and t the predicted class. ``saliency`` (|gradient|)
+and ``input_x_gradient`` are offered by name; where gradients do not fit (integer sites such
+as token ids given as an input), captum's ``FeatureAblation`` replaces each feature (group)
+with 0 instead.
 
 The result is shaped the way people read it: ``kind="image"`` (a (C, H, W) or (H, W) site: a
-heatmap of |attribution| summed over channels), ``kind="tokens"`` (a site carrying token
-ids: one signed score per token, decoded with a tokenizer when given), ``kind="vector"``
-(one score per feature). Everything is JSON-ready lists.
+heatmap of |attribution| summed over channels, drawn over the picture at an input), ``kind=
+"tokens"`` (a site carrying token ids: one signed score per token, summed over the embedding
+dimension, decoded with a tokenizer when given), ``kind="vector"`` (one score per feature).
+Everything is JSON-ready lists.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +36,12 @@ from ._perturbation import capture
 from .errors import ConfigError, DataLoadError
 from .insight_results import Attribution
 from .modality import Modality, intervene
+from .options import ATTRIBUTIONS
 
-__all__ = ["KINDS", "METHODS", "Attribution", "choose_examples", "explain_examples"]
+__all__ = ["KINDS", "METHODS", "Attribution", "choose_examples", "explain_examples", "input_site", "load_tokenizer"]
 
 KINDS = ("image", "tokens", "vector")
-METHODS = ("auto", "integrated_gradients", "feature_ablation")
+METHODS = ATTRIBUTIONS
 
 
 def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[tuple[int, str, str]]:
@@ -145,7 +152,7 @@ def _decode(ids: Tensor, tokenizer: Any | None) -> list[str]:
 
 def _attribute(forward, h: Tensor, target: int, *, method: str, kind: str, steps: int):
     """captum on the site variable: (attribution shaped like h, convergence delta or None)."""
-    from captum.attr import FeatureAblation, IntegratedGradients
+    from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Saliency
 
     if method == "integrated_gradients":
         attr, delta = IntegratedGradients(forward).attribute(
@@ -153,9 +160,81 @@ def _attribute(forward, h: Tensor, target: int, *, method: str, kind: str, steps
             internal_batch_size=steps, return_convergence_delta=True,
         )
         return attr[0], float(delta.abs().max())
+    if method in ("saliency", "input_x_gradient"):
+        x = h.detach().requires_grad_(True)
+        if method == "saliency":
+            return Saliency(forward).attribute(x, target=target, abs=True)[0], None
+        return InputXGradient(forward).attribute(x, target=target)[0], None
     mask = _feature_mask(kind, h).to(h.device)
     attr = FeatureAblation(forward).attribute(h, baselines=0, target=target, feature_mask=mask)
     return attr[0], None
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """A Hugging Face tokenizer from a local folder (or the local cache): nothing is downloaded."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise ConfigError(
+            "Decoding token ids needs the optional dependency 'transformers': pip install biasscope[hf]."
+        ) from exc
+    # a name, not a folder: only a copy already in the local cache is used
+    what = "no such folder" if not Path(name_or_path).is_dir() else ""
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
+    except Exception as exc:  # no tokenizer files, nothing cached
+        what = what or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        raise ConfigError(
+            f"No tokenizer at {str(name_or_path)!r} ({what}). Give a folder written by "
+            "tokenizer.save_pretrained(DIR) (biasscope downloads nothing), or none to show token ids."
+        ) from exc
+
+
+def input_site(model: nn.Module, batch: Batch, modality: Modality, output: OutputSpec = OutputSpec()) -> Modality:
+    """The input that feeds ``modality``'s site, as a modality of the same name: a float input,
+    or (for integer token ids) the layer that embeds them; the site itself when none or
+    several inputs reach it, or the model takes no gradient."""
+    if modality.input is not None:
+        return modality
+    from .calling import embedding_layer
+
+    candidates = {}  # probe names of their own: a layer's hook counts its calls by name
+    for i, key in enumerate(batch.input_names):
+        value = batch.get_input(key)
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != batch.size:
+            continue
+        if value.is_floating_point():
+            candidates[Modality(f"input {i}", input=key)] = value
+        elif (layer := embedding_layer(model, batch, key)) is not None and layer != modality.layer:
+            candidates[Modality(f"input {i}", layer=layer)] = None
+    feeding = [m for m, grad in _reach(model, batch, modality, candidates, output).items() if grad]
+    return replace(feeding[0], name=modality.name) if len(feeding) == 1 else modality
+
+
+def _reach(model, batch, modality, candidates, output) -> dict[Modality, bool]:
+    """Whether the site's representation has a nonzero gradient with respect to each candidate."""
+    seen: dict[Modality, Tensor] = {}
+
+    def keep(m: Modality):
+        def fn(h: Tensor) -> Tensor:
+            h = h.detach().requires_grad_(True) if h.is_floating_point() else h
+            seen[m] = h
+            return h
+
+        return fn
+
+    site: dict[str, Tensor] = {}
+    transforms = {m: keep(m) for m in candidates}
+    transforms[modality] = lambda h: site.setdefault("h", h)
+    try:
+        with torch.enable_grad(), intervene(model, batch, transforms) as b:
+            call_model(model, b, output)
+        h = site["h"]
+        inputs = [seen[m] for m in candidates]
+        grads = torch.autograd.grad(h.float().sum(), inputs, allow_unused=True) if h.requires_grad else [None] * len(inputs)
+    except Exception:  # a site the hooks cannot pair with an input: attribute at the site
+        return {}
+    return {m: g is not None and bool(g.abs().sum() > 0) for m, g in zip(candidates, grads)}
 
 
 def explain_examples(
@@ -170,13 +249,16 @@ def explain_examples(
     steps: int = 32,
     tokenizer: Any | None = None,
     selected: Sequence[str | None] | None = None,
+    on_input: bool = True,
 ) -> list[Attribution]:
     """Attribute the predicted class of each example in ``examples`` (indices over all
-    batches, in order) to the features of ``modality`` at its audit site.
+    batches, in order) to the features of ``modality``: at the input that feeds its site
+    (:func:`input_site`) when ``on_input``, else at the site.
 
     Args:
         method: ``"auto"`` (integrated gradients, feature ablation at integer sites),
-            ``"integrated_gradients"`` or ``"feature_ablation"``.
+            ``"integrated_gradients"``, ``"saliency"``, ``"input_x_gradient"`` or
+            ``"feature_ablation"``.
         steps: integration steps of integrated gradients.
         tokenizer: decodes token ids (``convert_ids_to_tokens`` or ``decode``); else ids.
         selected: per example, why it was chosen (stored in :attr:`Attribution.selected`).
@@ -188,8 +270,10 @@ def explain_examples(
     dev = torch.device(device) if device is not None else model_device(model)
     out = []
     reasons = list(selected) if selected is not None else [None] * len(examples)
+    site, where = modality, (None if on_input else modality)
     for index, reason in zip(examples, reasons):
         batch = _locate(batches, int(index)).to(dev)
+        modality = where = where or input_site(model, batch, site, output)  # one per modality
         with torch.no_grad():
             logits, reps = _capture_site(model, batch, modality, output)
         h = reps.detach()
@@ -199,7 +283,7 @@ def explain_examples(
         how = method
         if how == "auto":
             how = "integrated_gradients" if h.is_floating_point() else "feature_ablation"
-        if how == "integrated_gradients" and not h.is_floating_point():
+        if how != "feature_ablation" and not h.is_floating_point():
             raise ConfigError(
                 f"Modality {modality.name!r}: {modality.site} holds integers, which take no "
                 "gradient; use method='feature_ablation' or a layer site (the embeddings)."

@@ -26,6 +26,11 @@ MAX_EXPLAIN = 50
 
 DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: the captum methods an audit's attributions use, by name (``auto``: integrated gradients,
+#: feature ablation where the site holds integers)
+#: what a model's output holds (biasscope.output_kinds)
+OUTPUT_KINDS = ("auto", "logits", "probs", "log_probs", "binary", "multilabel", "regression")
+ATTRIBUTIONS = ("auto", "integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
@@ -129,16 +134,22 @@ class AuditOptions:
         limit: use at most this many examples.
         max_rows: the largest expanded batch (examples x samples) run at once, or ``"auto"``.
         permutation_repeats: R shuffles per modality for the permutation score (0 skips; at least
-            2; below the default the verdict often reports ``reliance_too_noisy``).
+            2; below the default the verdict often reports ``reliance_undecided``).
         shapley: also compute exact modality Shapley values (needs labels).
         tensorization: also run the joint-perturbation (tensorization) check (off by default:
-            it adds (M+1)K gradient-free passes per example, 2.3x the audit's minimal work).
+            it adds (M+1)K gradient-free passes per example; its cost: docs/benchmarks.md).
         check_output: refuse outputs that cannot be logits of the label classes.
         precision: forward-pass precision on CUDA (divergences stay in float64).
         probe: probe each modality's representation for the label (information available vs
             used; needs labels, skipped without them).
         explain: attribute this many examples inside the modality each depends on most
             (highest and lowest functional entropy, alternately; 0 skips).
+        output_kind: what the output holds (:mod:`biasscope.output_kinds`): ``"auto"``
+            (detected), ``"logits"``, ``"probs"``, ``"log_probs"``, ``"binary"``,
+            ``"multilabel"`` or ``"regression"``.
+        attribution: the captum method: ``"auto"`` (integrated gradients; feature ablation
+            at integer sites), ``"integrated_gradients"``, ``"saliency"``,
+            ``"input_x_gradient"`` or ``"feature_ablation"``.
     """
 
     samples: int = 32
@@ -156,6 +167,8 @@ class AuditOptions:
     precision: str = "fp32"
     probe: bool = True
     explain: int = 3
+    output_kind: str = "auto"
+    attribution: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
@@ -174,6 +187,8 @@ class AuditOptions:
         if not isinstance(self.probe, bool):
             raise _fail("probe", self.probe, "True or False")
         check_int("explain", self.explain, low=0, high=MAX_EXPLAIN)
+        check_choice("output_kind", self.output_kind, OUTPUT_KINDS)
+        check_choice("attribution", self.attribution, ATTRIBUTIONS)
 
     def replace(self, **changes: Any) -> AuditOptions:
         return replace(self, **changes)

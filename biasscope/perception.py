@@ -50,6 +50,8 @@ class _Performance:
 
     accuracy: float
     log_likelihood: float
+    flip_rate: float = 0.0  # share of predictions that differ from the clean ones
+    confidence_change: float = 0.0  # mean |change| of the clean top class's probability
 
     def metric(self, name: str) -> float:
         return getattr(self, name)
@@ -78,16 +80,18 @@ class AuditSet:
         self.owned = [j for j in range(len(self.batches)) if self.offsets[j] in mine]
         layers = [m for m in modalities if m.layer is not None]
         parts: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
-        scores = []
+        scores, clean_top = [], []
         for batch in self.batches:  # every process holds every example's representation
             b = batch.to(device)
             logits, reps = capture(model, b, layers, output)
             _check_labels(logits, b.label)
             scores.append(_score(logits, b.label))
+            clean_top.append(_top(logits))
             for m in modalities:
                 h = reps[m.name] if m.layer is not None else batch.get_input(m.input)
                 parts[m.name].append(h.detach().cpu())
         self.clean = _performance(torch.cat([c for c, _ in scores]), torch.cat([ll for _, ll in scores]))
+        self.clean_top = torch.cat(clean_top)  # (N, 2): the clean predicted class and its probability
         self.pool: dict[str, Tensor | None] = {}
         for m in modalities:
             hs = parts.pop(m.name)
@@ -123,7 +127,7 @@ class AuditSet:
         """Performance with each modality in ``absent`` replaced by the representation of
         example ``perm[i]`` at row ``i`` (one permutation of the whole set, shared). Each
         process runs its own batches; the per-example scores are gathered in global order."""
-        correct, loglik = [], []
+        correct, loglik, moved = [], [], []
         with sync_point("the permutation checks"):
             for j in self.owned:
                 rows = perm[self.offsets[j] : self.offsets[j + 1]]
@@ -133,15 +137,35 @@ class AuditSet:
                 c, ll = _score(logits, b.label)
                 correct.append(c)
                 loglik.append(ll)
+                moved.append(_moved(logits, self.clean_top[self.offsets[j] : self.offsets[j + 1]]))
         empty = torch.zeros(0, dtype=torch.float64)
+        moved_all = gather_rows(torch.cat(moved) if moved else empty.view(0, 2))
         return _performance(gather_rows(torch.cat(correct) if correct else empty),
-                            gather_rows(torch.cat(loglik) if loglik else empty))
+                            gather_rows(torch.cat(loglik) if loglik else empty), moved_all)
 
 
-def _performance(correct: Tensor, loglik: Tensor) -> _Performance:
-    """Accuracy and mean log-likelihood from the per-example scores of the whole set."""
+def _performance(correct: Tensor, loglik: Tensor, moved: Tensor | None = None) -> _Performance:
+    """Accuracy and mean log-likelihood from the per-example scores of the whole set, and
+    from ``moved`` (N, 2) the flip rate and the mean confidence change."""
     n = correct.numel()
-    return _Performance(float(correct.sum()) / n, float(loglik.sum()) / n)
+    flips, conf = (0.0, 0.0) if moved is None else (float(v) / n for v in moved.sum(0))
+    return _Performance(float(correct.sum()) / n, float(loglik.sum()) / n, flips, conf)
+
+
+def _top(logits: Tensor) -> Tensor:
+    """Per example (float64, on CPU): the predicted class and its probability."""
+    p = torch.softmax(logits.double(), dim=1)
+    top, cls = p.max(dim=1)
+    return torch.stack([cls.double(), top], dim=1).cpu()
+
+
+def _moved(logits: Tensor, clean_top: Tensor) -> Tensor:
+    """Per example: whether the prediction differs from the clean one, and the absolute
+    change of the clean predicted class's probability (N, 2)."""
+    p = torch.softmax(logits.double(), dim=1).cpu()
+    cls = clean_top[:, 0].long()
+    flipped = (p.argmax(dim=1) != cls).double()
+    return torch.stack([flipped, (p.gather(1, cls[:, None])[:, 0] - clean_top[:, 1]).abs()], dim=1)
 
 
 def _score(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,9 +245,11 @@ def permutation_scores(
     clean = data.clean
     scores: dict[str, PermutationScore] = {}
     for i, m in enumerate(modalities):
-        drop, rel, loss = [], [], []
+        drop, rel, loss, flips, conf = [], [], [], [], []
         for r, perm in enumerate(perms):
             shuffled = data.evaluate(perm, [m])
+            flips.append(shuffled.flip_rate)
+            conf.append(shuffled.confidence_change)
             d = clean.accuracy - shuffled.accuracy
             drop.append(d)
             rel.append(d / clean.accuracy if clean.accuracy > 0 else 0.0)
@@ -235,6 +261,8 @@ def permutation_scores(
             loss_increase=mean_interval(np.array(loss)),
             repeats=repeats,
             scope=data.scope(m),
+            flip_rate=mean_interval(np.array(flips)),
+            confidence_change=mean_interval(np.array(conf)),
         )
     return scores
 

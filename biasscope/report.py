@@ -62,7 +62,7 @@ class AuditReport:
 def _run_audit(
     model: Any,
     data: Iterable[Any],
-    modalities: Sequence[Any],
+    modalities: Sequence[Any] | None,
     options: AuditOptions,
     **kw: Any,
 ) -> AuditResult:
@@ -74,12 +74,13 @@ def _run_audit(
 def audit_report(
     model: Any,
     data: Iterable[Any],
-    modalities: Sequence[Any],
+    modalities: Sequence[Any] | None = None,
     *,
     options: AuditOptions | None = None,
     output: Any = None,
     thresholds: Any = None,
     progress: Callable[..., None] | None = None,
+    tokenizer: Any = None,
     provenance: dict[str, Any] | None = None,
     plotlyjs: str = "inline",
     title: str | None = None,
@@ -88,7 +89,9 @@ def audit_report(
     """Audit ``model`` (see :func:`biasscope.audit`) and render its report page.
 
     Args:
+        modalities: as for :func:`biasscope.audit` (None: the inputs the forward takes).
         options: the audit's options; ``overrides`` (AuditOptions fields) change some of them.
+        tokenizer: decodes token ids in the attributions (e.g. :func:`biasscope.explain.load_tokenizer`).
         provenance: added to the result's provenance (e.g. the model's and data's paths and
             sha256).
         plotlyjs: ``"inline"`` (the page works offline) or ``"cdn"``.
@@ -101,7 +104,8 @@ def audit_report(
     check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))
     options = (options or AuditOptions()).replace(**overrides) if overrides else (options or AuditOptions())
     result = _run_audit(
-        model, data, modalities, options, output=output, thresholds=thresholds, progress=progress
+        model, data, modalities, options, output=output, thresholds=thresholds, progress=progress,
+        tokenizer=tokenizer,
     )
     if provenance:
         result = replace(result, provenance={**result.provenance, **provenance})

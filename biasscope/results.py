@@ -33,10 +33,9 @@ __all__ = [
     "Agreement",
 ]
 
-#: 2: verdict ``unused``, reliance shares, ``reliance_measurable``, ``chance_accuracy`` and the
-#: agreement analysis; version 1 files are still read (the new fields take their defaults)
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+#: 3: ``example_ids``; older files are migrated on reading (biasscope/migrations.py, which
+#: says what each version added); the JSON Schema: biasscope/schemas/audit.schema.json.
+SCHEMA_VERSION = 3
 MEASURES = ("functional_entropy", "fisher_bound", "variance", "poincare_bound")
 VERDICTS = ("ignored", "unused", "weak", "ok", "dominant")
 #: the verdicts of a modality the model does not use for its predictions (``AuditResult.ignored``)
@@ -85,6 +84,8 @@ class PermutationScore:
     loss_increase: Estimate  # cross-entropy increase (nats)
     repeats: int
     scope: str = "global"  # or "within_batch": representation shapes varied between batches
+    flip_rate: Estimate | None = None  # share of predictions that change (None: older files)
+    confidence_change: Estimate | None = None  # mean |change| of the clean top class's probability
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class ModalityResult:
     permutation: PermutationScore | None = None
     verdict: str = "ok"
     reliance_share: float | None = None  # of the summed permutation loss increase
+    accuracy_share: float | None = None  # of the summed permutation accuracy drop
 
     def measure(self, name: str) -> Estimate:
         return getattr(self, name)
@@ -224,7 +226,12 @@ class AuditResult:
     agreement: Agreement | None = None
     probes: list[ProbeResult] = field(default_factory=list)  # label information per modality
     attributions: list[Attribution] = field(default_factory=list)  # inside a modality (captum)
+    example_ids: list[int | str] = field(default_factory=list)  # of per_example's values (positions)
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.example_ids:
+            self.example_ids = list(range(self.n_examples))
 
     def __getitem__(self, name: str) -> ModalityResult:
         for m in self.modalities:
@@ -232,9 +239,7 @@ class AuditResult:
                 return m
         raise KeyError(f"no modality {name!r}; have {[m.name for m in self.modalities]}")
 
-    @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.modalities]
+    names = property(lambda self: [m.name for m in self.modalities], doc="The modality names.")
 
     @property
     def ignored(self) -> list[str]:
@@ -263,6 +268,8 @@ class AuditResult:
         data = asdict(self)
         data = {"schema_version": self.schema_version, "ignored": self.ignored, **data}
         data["verdicts"] = {m.name: m.verdict for m in self.modalities}
+        for m, d in zip(self.modalities, data["modalities"]):  # a bound without a gradient: null
+            d["unavailable"] = [k for k in MEASURES if not math.isfinite(m.measure(k).mean)]
         if self.agreement is not None:
             data["agreement"]["sizes_agree"] = self.agreement.sizes_agree
             data["agreement"]["agree"] = self.agreement.agree
@@ -283,22 +290,17 @@ class AuditResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
-        version = data.get("schema_version")
-        if version not in READABLE_SCHEMAS:
-            raise DataLoadError(
-                f"This audit JSON has schema version {version!r}; this biasscope reads "
-                f"versions {', '.join(map(str, READABLE_SCHEMAS))}. Re-run the audit with "
-                "this version of biasscope."
-            )
+        """Read the JSON form of any readable schema version (older ones migrated first)."""
         from .insight_results import attribution_from_dict, probe_from_dict
+        from .migrations import migrate_audit
+
+        data = migrate_audit(data)
 
         mods = [_modality_from_dict(m) for m in data["modalities"]]
         joint = data.get("joint")
         return cls(
             modalities=mods,
-            joint=None
-            if joint is None
-            else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
+            joint=None if joint is None else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],
             n_examples=int(data["n_examples"]),
@@ -313,7 +315,7 @@ class AuditResult:
             agreement=_agreement_from_dict(data.get("agreement")),
             probes=[probe_from_dict(p) for p in data.get("probes") or []],
             attributions=[attribution_from_dict(a) for a in data.get("attributions") or []],
-            schema_version=version,
+            example_ids=list(data["example_ids"]),
         )
 
     @classmethod
@@ -334,10 +336,8 @@ class AuditResult:
             ) from None
 
 
-_JOINT_FIELDS = (
-    "functional_entropy", "variance", "sum_functional_entropy", "sum_variance",
-    "entropy_gap", "variance_gap",
-)
+_JOINT_FIELDS = ("functional_entropy", "variance", "sum_functional_entropy", "sum_variance", "entropy_gap",
+                 "variance_gap")
 
 
 def _num(x: Any) -> float:
@@ -364,9 +364,11 @@ def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
             loss_increase=_est(perm["loss_increase"]),
             repeats=int(perm["repeats"]),
             scope=perm.get("scope", "global"),
+            **{k: _est(perm[k]) for k in ("flip_rate", "confidence_change") if perm.get(k) is not None},
         ),
         verdict=d.get("verdict", "ok"),
         reliance_share=d.get("reliance_share"),
+        accuracy_share=d.get("accuracy_share"),
         **{m: _est(d[m]) for m in MEASURES},
     )
 

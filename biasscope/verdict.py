@@ -1,101 +1,114 @@
 """The verdict: each modality is ``ignored``, ``unused``, ``weak``, ``ok`` or ``dominant``.
 
 Two kinds of evidence. *Sensitivity*: a modality's share of the summed functional entropy
-(noise in it moves the output). *Reliance* (with labels): its share of the summed
-permutation loss increase (shuffling it across examples costs the model). With M
-modalities, a *relative* share is M x the share, so 1.0 is a uniform share.
+(noise in it moves the output). *Reliance* (with labels): what shuffling it across the
+examples costs the predictions, judged by *size*, not significance (with enough shuffles
+any nonzero effect is significant). With M modalities, a *relative* share is M x the
+share, so 1.0 is a uniform share.
 
 - The output does not depend on a modality when its functional-entropy interval does not
   exclude 0, or its relative sensitivity share is below ``ignored`` (default 0.1).
-- A modality is *relied upon* when shuffling it raises the loss by more than the
-  shuffle-to-shuffle spread: its loss-increase interval excludes 0 and the mean increase
-  exceeds 1.96 x sd x sqrt(1 + 1/R), sd the spread of the R shuffled losses (a model that
-  merely reads noise, or is at chance, has a clean loss inside that spread).
-- Reliance is *measurable* when the model is above chance on the labels (accuracy above
-  the majority-class rate, and above the all-permuted Shapley baseline, by more than
-  2.33 binomial standard errors) or some modality's loss increase clears the same test at
-  a one-sided 0.135% (Student-t with R - 1 degrees of freedom in place of 1.96: about 4.3 at
-  R = 10). Otherwise (a model at
-  chance, e.g. random labels or the wrong label column) the verdict rests on sensitivity
-  alone and says so.
-- A modality's reliance is *too noisy to tell* when its loss-increase interval can tell the
-  increase neither from 0 (its lower end is <= 0) nor from a share that would not be
-  negligible: its upper end reaches ``ignored`` / M of the summed (positive) mean increases,
-  the smallest reliance a modality must carry not to be ignored. Few repeats make the
-  Student-t interval that wide (its critical value is 12.7 at R = 2), and then "not relied
-  upon" would rest on an interval, not on evidence.
+- Reliance is *measurable* when the model beats chance (the majority-class rate, and the
+  all-permuted Shapley baseline) by more than the accuracy margin and by more than 2.33
+  binomial standard errors. Otherwise (a constant predictor, random labels, the wrong label
+  column) the verdict rests on sensitivity alone and says so.
+- Each modality's reliance, from the 95% interval over R shuffles of its accuracy drop:
+  *relied upon* when the interval lies wholly beyond the margin; *not relied upon* (an
+  equivalence test) when it lies wholly inside it, the modality's relative share of the
+  summed accuracy drop is below ``weak``, and its accuracy Shapley value (when computed) is
+  inside the margin (two modalities carrying the same data each cost nothing alone). The
+  margin is ``margin_accuracy`` (default 0.01, one point of accuracy), or what the
+  predictions a shuffle flips can cost by chance on N examples when that is larger (1.96 x
+  sqrt(flip rate / N): a modality the labels ignore flips predictions both ways, and on a
+  finite set the count of each way differs). *Cannot tell* otherwise (the
+  ``reliance_undecided`` diagnostic). More shuffles narrow the interval, so they can only
+  turn "cannot tell" into one of the two.
 
-Then, with reliance measurable:
+Then, with reliance measurable, a modality not relied upon is
 
-- ``ignored``: the output does not depend on it, and it is not relied upon;
-- ``unused``: noise in it moves the output, but it is not relied upon (read, not used for
-  the predictions);
+- ``ignored`` when the output does not depend on it (sensitivity, above) and shuffling it
+  changes no decision and no confidence of practical size: the interval of its
+  prediction-flip rate (the share of predictions that change) lies inside ``margin_flip``
+  (default 0.02) and the mean change of the top-class probability is at most
+  ``margin_confidence`` (default 0.01);
+- ``unused`` otherwise: read, but not relied upon for the accuracy of the predictions
+  (noise there moves the output; or a gate that rescales the logits moves the confidence,
+  not the decisions; or the model reads a modality the labels ignore, whose shuffles flip
+  predictions both ways);
 
-without it: ``ignored`` when the output does not depend on it. A modality whose reliance is
-too noisy to tell is neither: reliance not measured is not reliance zero (its shuffles do
-move the loss, or the interval would be narrow), so it counts among the used modalities
-below, graded on the mean increase, and the ``reliance_too_noisy`` diagnostic says so. The top-level ``ignored``
-list holds both levels. Among the U modalities left (the used ones), with shares taken
-among themselves:
+without it: ``ignored`` when the output does not depend on it. A modality whose reliance
+cannot be told is neither: it counts among the used modalities below. The top-level
+``ignored`` list holds both levels. Among the U modalities left (the used ones), with
+shares taken among themselves:
 
-- ``weak``: its relative share of the reliance (of the sensitivity when reliance is not
-  measurable) < ``weak`` (default 0.5): shuffling it costs the model little next to the
-  others;
-- ``dominant``: it carries most of both, i.e. more than half of the sensitivity and of the
-  reliance, and at least ``dominant`` (default 1.3) x the uniform share 1/U of each; or it
-  is the only modality used when M > 1;
+- ``weak``: its relative shares of the reliance are all < ``weak`` (default 0.5): of the
+  loss increase, of the accuracy drop and of the accuracy Shapley value (of the sensitivity
+  when reliance is not measurable);
+- ``dominant``: it carries most of every kind, i.e. more than half of each share, and at
+  least ``dominant`` (default 1.3) x the uniform share 1/U of each; or it is the only
+  modality used when M > 1;
 - ``ok`` otherwise.
 
 A used modality's sensitivity and reliance shares (among the used modalities) *disagree*
 when one is more than ``disagree_factor`` (default 3) times the other (the larger at least
 0.05), or they differ by more than ``disagree_gap`` (default 0.3).
+
+The margins are justified from measurements in docs/method.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
 from .results import NOT_USED, ModalityResult, PermutationScore, ShapleyValues
+from .verdict_text import _names, shuffle_effect, verdict_sentence  # noqa: F401 (re-exported)
 
 __all__ = [
     "Thresholds",
     "Reliance",
+    "RELIED",
+    "NOT_RELIED",
+    "UNDECIDED",
     "reliance_shares",
+    "accuracy_shares",
+    "reliance_effect",
+    "accuracy_margin",
     "relied_upon",
-    "reliance_too_noisy",
-    "too_noisy",
+    "undecided",
     "reliance_status",
     "shares_disagree",
     "disagreements",
     "modality_verdicts",
     "verdict_sentence",
+    "shuffle_effect",
 ]
 
 #: one-sided z of the "above chance" test (1%)
 ABOVE_CHANCE_Z = 2.33
-#: how many standard deviations of the shuffled losses a relied-upon modality's mean loss
-#: increase must exceed (times sqrt(1 + 1/R)); see :func:`relied_upon`
-RELIANCE_Z = 1.96
-#: the stricter bar a modality's loss increase must clear to make reliance measurable for a
-#: model that is not above chance (shuffled cross-entropies are right-skewed, so a clean loss
-#: at chance sits below their mean more often than a symmetric spread suggests)
-MEASURABLE_TAIL = 0.00135  # the one-sided tail of 3 standard normal deviations
+RELIED, NOT_RELIED, UNDECIDED = "relied upon", "not relied upon", "cannot tell"
+#: z of the accuracy change that flips alone can make by chance (:func:`accuracy_margin`)
+NULL_Z = 1.96
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Verdict thresholds: ``ignored``, ``weak`` and ``dominant`` on the relative share
     (1.0 = a uniform share), ``disagree_factor`` and ``disagree_gap`` on the sensitivity and
-    reliance shares of one modality (see :mod:`biasscope.verdict`)."""
+    reliance shares of one modality, ``margin_accuracy`` and ``margin_flip`` the practical
+    margins of the accuracy drop and the prediction-flip rate, ``margin_confidence`` that of
+    the mean change of the top-class probability under a shuffle (see :mod:`biasscope.verdict`)."""
 
     ignored: float = 0.1
     weak: float = 0.5
     dominant: float = 1.3
     disagree_factor: float = 3.0
     disagree_gap: float = 0.3
+    margin_accuracy: float = 0.01
+    margin_flip: float = 0.02
+    margin_confidence: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0 <= self.ignored <= self.weak <= self.dominant:
@@ -108,6 +121,12 @@ class Thresholds:
             raise ConfigError(
                 "Verdict thresholds need disagree_factor > 1 and 0 < disagree_gap <= 1; got "
                 f"disagree_factor={self.disagree_factor}, disagree_gap={self.disagree_gap}.",
+                parameter="thresholds",
+            )
+        if not all(0 < x < 1 for x in (self.margin_accuracy, self.margin_flip, self.margin_confidence)):
+            raise ConfigError(
+                "Verdict margins must lie in (0, 1); got margin_accuracy="
+                f"{self.margin_accuracy}, margin_flip={self.margin_flip}, margin_confidence={self.margin_confidence}.",
                 parameter="thresholds",
             )
 
@@ -125,58 +144,85 @@ class Reliance:
         return "" if self.measurable else f"Reliance not measurable: {self.reason}"
 
 
+def _shares(modalities: Sequence[ModalityResult], field: str) -> dict[str, float] | None:
+    if not modalities or any(m.permutation is None for m in modalities):
+        return None
+    drops = {m.name: max(_finite(getattr(m.permutation, field).mean), 0.0) for m in modalities}
+    total = sum(drops.values())
+    return {name: d / total if total > 0 else 0.0 for name, d in drops.items()}
+
+
 def reliance_shares(modalities: Sequence[ModalityResult]) -> dict[str, float] | None:
     """Each modality's share of the summed permutation loss increase (negative increases
     count as 0), or None without permutation scores."""
-    if not modalities or any(m.permutation is None for m in modalities):
-        return None
-    drops = {m.name: max(_finite(m.permutation.loss_increase.mean), 0.0) for m in modalities}
-    total = sum(drops.values())
-    return {name: d / total if total > 0 else 0.0 for name, d in drops.items()}
+    return _shares(modalities, "loss_increase")
+
+
+def accuracy_shares(modalities: Sequence[ModalityResult]) -> dict[str, float] | None:
+    """Each modality's share of the summed permutation accuracy drop (as above): beside the
+    loss shares, since an over-confident modality's loss increase overstates its use."""
+    return _shares(modalities, "accuracy_drop")
 
 
 def _finite(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def relied_upon(score: PermutationScore | None, *, strict: bool = False) -> bool:
-    """Whether shuffling the modality raises the loss beyond the shuffle-to-shuffle spread:
-    the loss-increase interval excludes 0 and the mean increase exceeds
-    ``RELIANCE_Z`` x sd x sqrt(1 + 1/R), sd the standard deviation of the R shuffled losses
-    (the clean loss lies outside the spread one more shuffle would have). ``strict``: the
-    critical value is Student-t's (R - 1 degrees of freedom) at a one-sided
-    ``MEASURABLE_TAIL`` instead, which also accounts for the sd being estimated from R
-    shuffles."""
-    if score is None or score.repeats < 2:
-        return False
-    e = score.loss_increase
-    half = e.ci_high - e.mean
-    if not (math.isfinite(half) and math.isfinite(e.mean) and e.ci_low > 0):
-        return False
-    from scipy.stats import t  # lazily: this module is imported by the torch-free CLI
-
-    sd = half * math.sqrt(score.repeats) / float(t.ppf(0.975, score.repeats - 1))
-    critical = float(t.ppf(1 - MEASURABLE_TAIL, score.repeats - 1)) if strict else RELIANCE_Z
-    return e.mean > critical * sd * math.sqrt(1 + 1 / score.repeats)
+def _shapley_accuracy(shapley: Sequence[ShapleyValues]) -> dict[str, float]:
+    return next((dict(s.values) for s in shapley if s.metric == "accuracy"), {})
 
 
-def reliance_too_noisy(score: PermutationScore | None, reference: float) -> bool:
-    """Whether the loss-increase interval is too wide to tell: it reaches 0 and also
-    ``reference`` (> 0), the smallest increase that would not be negligible."""
-    if score is None or not reference > 0:
-        return False
-    e = score.loss_increase
-    return e.ci_low <= 0 and e.ci_high >= reference  # False for nan bounds
+def reliance_effect(
+    score: PermutationScore | None, thresholds: Thresholds = Thresholds(), *,
+    accuracy_share: float = 0.0, modalities: int = 1, shapley: float | None = None,
+    n_examples: int | None = None,
+) -> str:
+    """:data:`RELIED`, :data:`NOT_RELIED` or :data:`UNDECIDED` (see the module docstring),
+    from the accuracy-drop interval: ``accuracy_share`` is the modality's share of the summed
+    accuracy drop among ``modalities``, ``shapley`` its accuracy Shapley value (None: not
+    computed). The flip rate tells ``ignored`` from ``unused`` (:func:`modality_verdicts`)."""
+    if score is None:
+        return UNDECIDED
+    drop, ma = score.accuracy_drop, accuracy_margin(score, thresholds, n_examples)
+    if drop.ci_low > ma:
+        return RELIED
+    small = modalities * accuracy_share < thresholds.weak and (shapley is None or shapley <= ma)
+    return NOT_RELIED if drop.ci_high <= ma and small else UNDECIDED  # False for nan bounds
 
 
-def too_noisy(modalities: Sequence[ModalityResult], thresholds: Thresholds = Thresholds()) -> list[str]:
-    """The modalities whose reliance is too noisy to tell (see the module docstring): the
-    reference increase is ``thresholds.ignored`` / M x the summed positive mean increases."""
+def accuracy_margin(score: PermutationScore, thresholds: Thresholds = Thresholds(), n_examples: int | None = None) -> float:
+    """The accuracy-drop margin: ``margin_accuracy``, or, when larger, what the predictions a
+    shuffle flips can cost by chance on ``n_examples`` examples: if flips were as likely to
+    fix as to break a prediction, the accuracy change would have a standard deviation of
+    sqrt(flip rate / N); the margin is 1.96 of those."""
+    flips = score.flip_rate
+    if not n_examples or flips is None or not flips.mean > 0:
+        return thresholds.margin_accuracy
+    return max(thresholds.margin_accuracy, NULL_Z * math.sqrt(flips.mean / n_examples))
+
+
+def _effects(modalities: Sequence[ModalityResult], thresholds: Thresholds,
+             shapley: Sequence[ShapleyValues], n_examples: int | None) -> dict[str, str]:
+    acc = accuracy_shares(modalities) or {}
+    values = _shapley_accuracy(shapley)
+    return {m.name: reliance_effect(m.permutation, thresholds, accuracy_share=acc.get(m.name, 0.0),
+                                    modalities=len(modalities), shapley=values.get(m.name), n_examples=n_examples)
+            for m in modalities}
+
+
+def relied_upon(score: PermutationScore | None, thresholds: Thresholds = Thresholds()) -> bool:
+    """Whether shuffling the modality costs the predictions beyond the practical margin
+    (the accuracy-drop or flip-rate interval lies wholly beyond it)."""
+    return reliance_effect(score, thresholds) == RELIED
+
+
+def undecided(modalities: Sequence[ModalityResult], thresholds: Thresholds = Thresholds(),
+              shapley: Sequence[ShapleyValues] = (), n_examples: int | None = None) -> list[str]:
+    """The modalities whose reliance cannot be told (neither relied upon nor shown
+    negligible); empty without permutation scores."""
     if not modalities or any(m.permutation is None for m in modalities):
         return []
-    total = sum(max(_finite(m.permutation.loss_increase.mean), 0.0) for m in modalities)
-    reference = thresholds.ignored / len(modalities) * total
-    return [m.name for m in modalities if reliance_too_noisy(m.permutation, reference)]
+    return [n for n, e in _effects(modalities, thresholds, shapley, n_examples).items() if e == UNDECIDED]
 
 
 def reliance_status(
@@ -186,22 +232,24 @@ def reliance_status(
     chance: float | None,
     n_examples: int,
     shapley: Sequence[ShapleyValues] = (),
+    thresholds: Thresholds = Thresholds(),
 ) -> Reliance:
-    """Whether reliance is measurable (see the module docstring)."""
+    """Whether reliance is measurable: the model beats chance by the accuracy margin and by
+    2.33 binomial standard errors (see the module docstring)."""
     if accuracy is None:
         return Reliance(False, "there are no labels, so the verdict rests on sensitivity alone.")
     if reliance_shares(modalities) is None:
         return Reliance(False, "no permutation score was computed (permutation_repeats=0).")
     baseline = max([chance or 0.0] + [s.empty for s in shapley if s.metric == "accuracy"])
     p = min(max(baseline, 1.0 / max(n_examples, 1)), 1.0 - 1.0 / max(n_examples, 1))
-    margin = ABOVE_CHANCE_Z * math.sqrt(p * (1 - p) / max(n_examples, 1))
-    if accuracy > baseline + margin or any(relied_upon(m.permutation, strict=True) for m in modalities):
+    margin = max(ABOVE_CHANCE_Z * math.sqrt(p * (1 - p) / max(n_examples, 1)), thresholds.margin_accuracy)
+    if accuracy > baseline + margin:
         return Reliance(True)
     return Reliance(
         False,
-        f"the model is at chance on these labels (accuracy {100 * accuracy:.1f}%, chance "
-        f"{100 * baseline:.1f}%) and no modality's shuffle raises the loss, so the verdict "
-        "rests on sensitivity alone.",
+        f"the model does not beat chance on these labels by the margin (accuracy "
+        f"{100 * accuracy:.1f}%, chance {100 * baseline:.1f}%, margin {100 * margin:.1f} points), "
+        "so the verdict rests on sensitivity alone.",
     )
 
 
@@ -233,6 +281,16 @@ def _quiet(m: ModalityResult, n: int, thresholds: Thresholds) -> bool:
     return not m.functional_entropy.ci_low > 0 or n * m.share < thresholds.ignored
 
 
+def _moves(m: ModalityResult, thresholds: Thresholds) -> bool:
+    """Shuffling ``m`` changes predictions, or moves the confidence (the top-class
+    probability), beyond the margins: the flip-rate interval is not inside ``margin_flip``,
+    or the mean confidence change exceeds ``margin_confidence``."""
+    p = m.permutation
+    if p is None or p.flip_rate is None:
+        return False
+    return not p.flip_rate.ci_high <= thresholds.margin_flip or p.confidence_change.mean > thresholds.margin_confidence
+
+
 def _among(values: dict[str, float], used: list[str]) -> dict[str, float]:
     total = sum(max(values[n], 0.0) for n in used)
     return {n: max(values[n], 0.0) / total if total > 0 else 0.0 for n in used}
@@ -243,88 +301,42 @@ def modality_verdicts(
     thresholds: Thresholds = Thresholds(),
     *,
     reliance: Reliance | None = None,
+    shapley: Sequence[ShapleyValues] = (),
+    n_examples: int | None = None,
 ) -> dict[str, str]:
     """The verdict of each modality under the rule in this module's docstring.
 
     ``reliance`` says whether reliance is measurable (default: when every modality has a
-    permutation score and some modality is relied upon)."""
+    permutation score and some modality is relied upon); ``n_examples`` the audit set's
+    size (for :func:`accuracy_margin`)."""
     n = len(modalities)
     rel = reliance_shares(modalities)
+    effects = _effects(modalities, thresholds, shapley, n_examples) if rel is not None else {}
     if reliance is None:
-        reliance = Reliance(rel is not None and any(relied_upon(m.permutation) for m in modalities))
+        reliance = Reliance(RELIED in effects.values())
     measurable = reliance.measurable and rel is not None
-    noisy = set(too_noisy(modalities, thresholds)) if measurable else set()
     out: dict[str, str] = {}
     for m in modalities:
-        if measurable and m.name not in noisy and not relied_upon(m.permutation):
-            out[m.name] = "ignored" if _quiet(m, n, thresholds) else "unused"
+        if measurable and effects[m.name] == NOT_RELIED:
+            out[m.name] = "ignored" if _quiet(m, n, thresholds) and not _moves(m, thresholds) else "unused"
         elif not measurable and _quiet(m, n, thresholds):
             out[m.name] = "ignored"
     used = [m.name for m in modalities if m.name not in out]
-    kinds = [_among({m.name: m.share for m in modalities}, used)]
+    sensitivity = _among({m.name: m.share for m in modalities}, used)
+    kinds = []
     if measurable:
-        kinds.append(_among(rel, used))
+        kinds = [_among(rel, used), _among(accuracy_shares(modalities), used)]
+        values = _shapley_accuracy(shapley)
+        if values:
+            kinds.append(_among(values, used))
     for name in used:
-        shares = [k[name] for k in kinds]
+        shares = [k[name] for k in kinds] or [sensitivity[name]]
         if len(used) == 1:
             out[name] = "dominant" if n > 1 else "ok"
-        elif len(used) * shares[-1] < thresholds.weak:  # reliance when measurable
+        elif len(used) * max(shares) < thresholds.weak:
             out[name] = "weak"
-        elif min(shares) > max(0.5, thresholds.dominant / len(used)):
+        elif min(sensitivity[name], *shares) > max(0.5, thresholds.dominant / len(used)):
             out[name] = "dominant"
         else:
             out[name] = "ok"
     return {m.name: out[m.name] for m in modalities}
-
-
-def _names(names: list[str]) -> str:
-    quoted = [f"`{n}`" for n in names]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
-
-
-def _names_about(names: list[str], about: Mapping[str, str]) -> str:
-    """The names, each ignored one followed by what its probe says ("`text`, which alone
-    predicts the label at 85% ...")."""
-    if not any(n in about for n in names):
-        return _names(names)
-    items = [f"`{n}`, which {about[n]}" if n in about else f"`{n}`" for n in names]
-    return items[0] if len(items) == 1 else "; ".join(items[:-1]) + "; and " + items[-1]
-
-
-def verdict_sentence(
-    verdicts: dict[str, str], *, note: str = "", disagree: Sequence[str] = (),
-    about: Mapping[str, str] | None = None,
-) -> str:
-    """The sentence that leads the report, e.g. "The model ignores `text`; it leans on
-    `image`.", then the modalities whose sensitivity and reliance shares ``disagree``, then
-    ``note`` (e.g. why reliance is not measurable). ``about`` holds, per ignored or unused
-    modality, what the probe says of it (:func:`biasscope.probe.probe_clauses`)."""
-    about = about or {}
-    by = {v: [n for n, x in verdicts.items() if x == v] for v in ("ignored", "unused", "weak", "dominant")}
-    parts = []
-    if by["ignored"]:
-        every = len(by["ignored"]) == len(verdicts) > 1
-        parts.append(("ignores every modality: " if every else "ignores ") + _names_about(by["ignored"], about))
-    if by["unused"]:
-        parts.append(
-            f"does not rely on {_names(by['unused'])} for its predictions, though noise there "
-            "moves the output"
-        )
-    if parts:
-        sentence = "The model " + "; it ".join(parts)
-        if by["weak"]:
-            sentence += f"; it barely uses {_names(by['weak'])}"
-    elif by["weak"]:
-        sentence = f"No modality is ignored, but the model barely uses {_names(by['weak'])}"
-    elif len(verdicts) == 1:
-        sentence = f"The model uses {_names(list(verdicts))}"
-    else:
-        sentence = f"The model uses all {len(verdicts)} modalities"
-    if by["dominant"]:
-        sentence += f"; it leans on {_names(by['dominant'])}"
-    sentence += "."
-    sentence += "".join(f" `{n}` {about[n]}." for n in by["unused"] if n in about)
-    if disagree:
-        sentence += (f" Sensitivity and reliance disagree in size on {_names(list(disagree))}: "
-                     "read both before acting.")
-    return f"{sentence} {note}" if note else sentence

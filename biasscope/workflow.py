@@ -30,9 +30,12 @@ from .fix import FixInterrupted, FixResult, fix, resolve_fix_options
 from .loading import LoadedModel, save_model
 from .modality import Modality
 from .options import FixOptions
-from .results import AuditResult
+from .results import AuditResult, _finite
 
 __all__ = ["STATUS_NAME", "FixReport", "check_not_model_folder", "fix_and_audit"]
+
+#: version of training_log.json (biasscope/schemas/fix.schema.json)
+FIX_LOG_SCHEMA_VERSION = 1
 
 STATUS_NAME = "STATUS"
 Progress = Callable[[str, int, int, dict[str, Any]], None]
@@ -147,6 +150,7 @@ class FixReport:
     def training_log(self) -> dict[str, Any]:
         r = self.fix
         return {
+            "schema_version": FIX_LOG_SCHEMA_VERSION,  # biasscope/schemas/fix.schema.json
             "lambda": r.lambda_value, "calibration": r.calibration, "steps": r.steps,
             "best_step": r.best_step, "stopped_early": r.stopped_early, "device": r.device,
             "target": r.target, "guard": r.guard, "reliance_after": r.reliance_after,
@@ -177,7 +181,7 @@ class FixReport:
             "after/report.html": render_html(self.after, plotlyjs=plotlyjs),
             "compare.html": render_compare_html(self.before, self.after, gates=self.gates, plotlyjs=plotlyjs),
             "training_log.csv": self.training_log_csv(),
-            "training_log.json": json.dumps(self.training_log(), indent=2, default=str),
+            "training_log.json": json.dumps(_finite(self.training_log()), indent=2, default=str),
         }
 
     def write(self, out: str | Path, *, plotlyjs: str = "inline") -> dict[str, Path]:

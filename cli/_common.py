@@ -226,7 +226,11 @@ def working_folder_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
-def resolve_modalities(flags: list[str], config: Any, preset: Optional[str], module: Any) -> list[Any]:
+def resolve_modalities(
+    flags: list[str], config: Any, preset: Optional[str], module: Any, *, required: bool = True,
+) -> Optional[list[Any]]:
+    """The modalities from the flags, a preset, or the config; None when none is named and
+    they are not ``required`` (the audit then takes them from the data's keys)."""
     from biasscope import Modality
     from biasscope.presets import preset_modalities
 
@@ -238,6 +242,8 @@ def resolve_modalities(flags: list[str], config: Any, preset: Optional[str], mod
         return list(config.modalities)
     if config.get("preset"):
         return preset_modalities(config.get("preset"), module)
+    if not required:
+        return None
     raise ConfigError(
         "No modalities given: pass --modality NAME=input:KEY_OR_INDEX or NAME=layer:dotted.path "
         "(repeat it for each modality), a --preset, or a [modalities] table in biasscope.toml. "
@@ -268,7 +274,12 @@ def load_inputs(
     label_key: Optional[str],
     output_key: Optional[str],
     output_index: Optional[int],
+    call: Optional[str] = None,
+    adapter: Optional[str] = None,
+    modalities_from_data: bool = False,
 ) -> Inputs:
+    """Load the model (called as ``call`` or through ``adapter``) and resolve the modalities
+    and the output spec; with ``modalities_from_data``, no modality named means None."""
     from biasscope import OutputSpec
     from biasscope.loading import load_model
 
@@ -283,7 +294,10 @@ def load_inputs(
             trust_pickle=bool(trust_pickle or config.get("trust_pickle", False)),
             hf_class=pick(hf_class, config, "hf_class"),
         )
-    modalities = [] if modality is None else resolve_modalities(modality, config, preset, loaded.module)
+        loaded = _called_as(loaded, pick(call, config, "call", "kwargs"), pick(adapter, config, "adapter"))
+    modalities = [] if modality is None else resolve_modalities(
+        modality, config, preset, loaded.module, required=not modalities_from_data,
+    )
     key = pick(label_key, config, "label_key", AuditOptions().label_key)
     preset_name = preset or config.get("preset")
     if preset_name:  # a preset carries where its models' logits are; flags and config win
@@ -303,7 +317,20 @@ def load_inputs(
     }
     if factory:
         provenance["model"]["factory"] = str(factory)
-    return Inputs(config, loaded, modalities, output, None if key in ("", "none") else key, provenance)
+    return Inputs(config, loaded, modalities, output, None if key is None or key.lower() in ("", "none") else key, provenance)
+
+
+def _called_as(loaded: Any, call: str, adapter: Optional[str]) -> Any:
+    """The loaded model, re-wired when it is called as ``call`` or through ``adapter``."""
+    from dataclasses import replace
+
+    from biasscope.calling import call_as, load_adapter
+
+    if call == "kwargs" and adapter is None:
+        return loaded
+    set_stage(f"importing the adapter {adapter!r} (--adapter)" if adapter else "re-wiring the model's call")
+    function = load_adapter(adapter) if adapter else None
+    return replace(loaded, module=call_as(loaded.module, call=call, adapter=function))
 
 
 def input_paths(*sources: Any) -> list[str]:

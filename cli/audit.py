@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 
 from biasscope.errors import ConfigError
-from biasscope.options import AuditOptions, check_choice
+from biasscope.options import ATTRIBUTIONS, AuditOptions, check_choice
 
 from . import _options as o
 from ._common import (
@@ -51,12 +51,15 @@ def audit_command(
     kind: Optional[str] = o.Kind,
     trust_pickle: bool = o.TrustPickle,
     hf_class: Optional[str] = o.HfClass,
+    call: Optional[str] = o.Call,
+    adapter: Optional[str] = o.Adapter,
     preset: Optional[str] = o.Preset,
     label_key: Optional[str] = o.LabelKey,
     batch_size: Optional[int] = o.BatchSize,
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
+    output_kind: Optional[str] = typer.Option(None, "--output-kind", help=f"What the output holds: auto (detected), logits, probs, log_probs, binary, multilabel or regression {o.default(_D.output_kind)}."),
     samples: Optional[int] = typer.Option(None, "--samples", "-k", help=f"Gaussian samples per example and modality {o.default(_D.samples)}."),
     scale: Optional[float] = typer.Option(None, "--scale", help=f"Noise scale s: z ~ N(0, s^2 sigma^2) per feature {o.default(_D.scale)}."),
     divergence: Optional[str] = typer.Option(None, "--divergence", help=f"kl or official (the paper code's BCE) {o.default(_D.divergence)}."),
@@ -67,6 +70,8 @@ def audit_command(
     no_output_check: bool = typer.Option(False, "--no-output-check", help="Audit even an output that does not look like logits of the label classes."),
     no_probe: bool = typer.Option(False, "--no-probe", help="Skip probing each modality's representation for the label."),
     explain: Optional[int] = typer.Option(None, "--explain", help=f"Attribute this many examples inside the modality each depends on most; 0 skips {o.default(_D.explain)}."),
+    attribution: Optional[str] = typer.Option(None, "--attribution", help=f"captum method of the attributions: {', '.join(ATTRIBUTIONS)} {o.default(_D.attribution)}."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Local Hugging Face tokenizer folder that decodes token ids into words in the attributions (nothing is downloaded)."),
     precision: Optional[str] = typer.Option(None, "--precision", help=f"Forward-pass precision on CUDA: fp32, bf16 or fp16 {o.default(_D.precision)}."),
     device: Optional[str] = o.Device,
     seed: Optional[int] = o.Seed,
@@ -84,25 +89,26 @@ def audit_command(
         from biasscope.report import AUDIT_FILES, audit_report, check_output_folder, torchrun_group, writing_stage
 
         cfg = read_config(config)
-        table = cfg.audit
         options = resolve_options("audit", {
             "samples": samples, "scale": scale, "divergence": divergence, "max_rows": _max_rows(max_rows),
             "permutation_repeats": permutation_repeats, "device": device, "seed": seed,
             "label_key": label_key, "limit": limit, "precision": precision,
-            "shapley": False if no_shapley else None,
-            "tensorization": tensorization,
+            "shapley": False if no_shapley else None, "tensorization": tensorization,
             "check_output": False if no_output_check else None,
-            "probe": False if no_probe else None, "explain": explain,
+            "probe": False if no_probe else None, "explain": explain, "output_kind": output_kind,
+            "attribution": attribution,
         }, cfg)
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
-        source = pick(data, cfg, "data")
-        out_dir = Path(pick(out, cfg, "out", "biasscope-report", table))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path)
+        source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
+        out_dir = Path(pick(out, cfg, "out", "biasscope-report", cfg.audit))
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path,
+                              pick(adapter, cfg, "adapter"))
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=options.label_key or "none",
-            output_key=output_key, output_index=output_index,
+            output_key=output_key, output_index=output_index, call=call, adapter=adapter,
+            modalities_from_data=True,
         )
         batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
         # under torchrun every process measures its share; rank 0 alone shows, writes and prints
@@ -110,17 +116,32 @@ def audit_command(
             with ProgressDisplay(quiet or not writer) as progress:
                 report = audit_report(
                     inputs.loaded.module, batches, inputs.modalities, options=options,
-                    output=inputs.output, thresholds=cfg.thresholds, progress=progress,
+                    output=inputs.output, thresholds=cfg.thresholds, progress=progress, tokenizer=words,
                     provenance={**inputs.provenance, "data": data_info}, plotlyjs=plotlyjs,
                 )
             with writing_stage():
                 if writer:
                     _write_and_print(report, out_dir)
-        gate = report.gate(fail_on)
-        if gate is not None and not gate.passed:
-            if writer:
-                console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
-            raise typer.Exit(EXIT_GATE)
+        _gate(report, fail_on, writer)
+
+
+def _gate(report: object, fail_on: Optional[str], writer: bool) -> None:
+    """Exit 1 (saying why, from the writing process) when ``--fail-on`` fails."""
+    gate = report.gate(fail_on)  # type: ignore[attr-defined]
+    if gate is not None and not gate.passed:
+        if writer:
+            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
+        raise typer.Exit(EXIT_GATE)
+
+
+def _tokenizer(path: Optional[str]) -> object:
+    """The tokenizer that decodes token ids in the attributions (None: ids are shown)."""
+    if path is None:
+        return None
+    from biasscope.explain import load_tokenizer
+
+    set_stage(f"loading the tokenizer {path!r} (--tokenizer)")
+    return load_tokenizer(path)
 
 
 def _write_and_print(report: object, out_dir: Path) -> None:

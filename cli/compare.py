@@ -38,6 +38,7 @@ def compare_command(
     allow_different_data: bool = typer.Option(False, "--allow-different-data", help="Compare audits whose data differ (their sha256); refused otherwise."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the side-by-side HTML page here (e.g. compare.html)."),
     plotlyjs: str = typer.Option("inline", "--plotlyjs", help="inline or cdn."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the gates and both audits' verdicts and shares as JSON here (schema: biasscope/schemas/compare.schema.json)."),
     debug: bool = o.Debug,
 ) -> None:
     """Compare BEFORE and AFTER audits; exit 1 when a gate fails, 2 on bad input."""
@@ -49,8 +50,9 @@ def compare_command(
         check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))
         shares = parse_min_share(min_share, parameter="min_share")
         reliance = parse_min_share(min_reliance_share, parameter="min_reliance_share")
-        if out is not None:
-            check_output_file(out, inputs=[before, after])
+        for path in (out, json_out):
+            if path is not None:
+                check_output_file(path, inputs=[before, after])
         set_stage("reading the audits")
         a, b = load_audit(before), load_audit(after)
         gates = compare_gates(
@@ -60,7 +62,8 @@ def compare_command(
         )
         # compare_gates already refused audits that cannot be compared; this call is for the
         # warnings it returns (differing settings, possibly different data), which it drops
-        for warning in check_comparable(a, b, allow_different_data=allow_different_data):
+        warnings = check_comparable(a, b, allow_different_data=allow_different_data)
+        for warning in warnings:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         from biasscope.render import compare_table, write_compare_html
 
@@ -74,5 +77,10 @@ def compare_command(
         if out is not None:
             write_compare_html(a, b, out, plotlyjs=plotlyjs, gates=gates)
             console.print(f"comparison: {escape(str(out))}", highlight=False)
+        if json_out is not None:
+            from biasscope.compare import comparison_document, write_comparison_json
+
+            document = comparison_document(a, b, gates, head, before_path=str(before), after_path=str(after), warnings=warnings)
+            write_comparison_json(json_out, document)
         if head.status == "failed":
             raise typer.Exit(EXIT_GATE)

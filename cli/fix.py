@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich.markup import escape
 
 from biasscope.options import AuditOptions, FixOptions
 
@@ -154,7 +155,7 @@ def fix_command(
         report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
         _finish(report, out_dir, options)
         if report.guard_tripped:
-            err_console.print(f"[bold red]guard:[/] {report.message}", highlight=False, markup=False)
+            err_console.print(f"[bold red]guard:[/] {escape(report.message)}", highlight=False)
             raise typer.Exit(1)
 
 

@@ -41,6 +41,8 @@ def layers_command(
     kind: Optional[str] = o.Kind,
     trust_pickle: bool = o.TrustPickle,
     hf_class: Optional[str] = o.HfClass,
+    call: Optional[str] = o.Call,
+    adapter: Optional[str] = o.Adapter,
     label_key: Optional[str] = o.LabelKey,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
@@ -62,7 +64,7 @@ def layers_command(
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=None, preset=None, label_key=label_key,
-            output_key=output_key, output_index=output_index,
+            output_key=output_key, output_index=output_index, call=call, adapter=adapter,
         )
         batches, _ = read_data(pick(data, cfg, "data"), label_key=inputs.label_key, batch_size=8, limit=8)
         info = layer_table(inputs.loaded.module, batches[0], label_key=inputs.label_key, output=inputs.output)

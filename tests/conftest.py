@@ -138,3 +138,34 @@ def planted_audit_result():
             }
         return result
     return audit(model, batches, mods, samples=16, seed=0, permutation_repeats=10, device="cpu", tensorization=True)
+
+
+#: output file name -> the shipped JSON Schema it follows (biasscope/schemas/)
+SCHEMA_OF_FILE = {"audit.json": "audit", "training_log.json": "fix", "compare.json": "compare"}
+
+
+@pytest.fixture(autouse=True)
+def _outputs_follow_the_schema(request):
+    """Every audit.json, training_log.json and compare.json of the current schema version that
+    a test leaves in its tmp_path validates against the shipped JSON Schema (skipped without
+    jsonschema; mark a test ``schema_invalid`` when it writes a broken one on purpose)."""
+    wanted = "tmp_path" in request.fixturenames and not request.node.get_closest_marker("schema_invalid")
+    root = request.getfixturevalue("tmp_path") if wanted else None
+    yield
+    if root is None:
+        return
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("jsonschema") is None:
+        return
+    from biasscope.json_schema import SCHEMAS, validate
+
+    for name, schema in SCHEMA_OF_FILE.items():
+        for path in root.rglob(name):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # tests of unreadable files write them on purpose
+            if isinstance(document, dict) and document.get("schema_version") == SCHEMAS[schema]:
+                validate(document, schema)  # other versions: old or foreign files a test wrote

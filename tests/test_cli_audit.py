@@ -124,7 +124,6 @@ BAD = [
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "-m", "text=layer:encoders.txt"], "encoders.text"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "-m", "text=input:caption"], "has no input"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", "-m", "text"], "NAME=input"),
-    (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt"], "No modalities given"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", *MODS, "--fail-on", "often"], "--fail-on"),
     (["ignores_text.pt", "--factory", "models.py:build", "--data", "val.pt", *MODS, "--label-key", "target"], "--label-key"),
 ]

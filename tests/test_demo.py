@@ -47,7 +47,9 @@ def test_baseline_is_biased_and_the_audit_says_so(demo_dir):
     assert before["color"].share > before["image"].share
     assert before["color"].share > 10 * reference["color"].share
     assert reference.ignored == ["color"]
-    assert before["image"].verdict in ("ignored", "weak")
+    # the biased model leans on colour; shuffling the image still costs it about a third of the
+    # summed accuracy drop, so it is used, not "barely" (issue 19: accuracy shares beside loss shares)
+    assert before["color"].verdict == "dominant" and before["image"].verdict in ("weak", "ok")
 
 
 def test_fix_moves_the_model_towards_the_shape(demo_dir):

@@ -12,7 +12,7 @@ from torch import nn
 
 from biasscope._batch import split_batch
 from biasscope.errors import ConfigError, DataLoadError
-from biasscope.explain import choose_examples, explain_examples
+from biasscope.explain import choose_examples, explain_examples, input_site, load_tokenizer
 from biasscope.modality import Modality
 
 torch.set_num_threads(1)
@@ -79,12 +79,76 @@ def test_layer_site_heatmap_puts_its_mass_in_the_read_quadrant():
     batches = _image_batches()
     # the conv's output is the site: the model reads only its top-left quadrant
     mod = Modality("image", layer="conv")
-    attrs = explain_examples(model, batches, mod, [0, 5], steps=16, selected=["highest", "lowest"])
+    attrs = explain_examples(model, batches, mod, [0, 5], steps=16, selected=["highest", "lowest"], on_input=False)
     assert [a.selected for a in attrs] == ["highest", "lowest"] and [a.example for a in attrs] == [0, 5]
     for a in attrs:
         assert a.kind == "image" and a.method == "integrated_gradients" and a.shape == [4, 8, 8]
         assert _quadrant_mass(a.values, slice(0, 4), slice(0, 4)) >= 0.8
         assert a.convergence_delta < 1e-2
+
+
+def test_layer_site_is_shown_on_the_image_that_feeds_it():
+    model = QuadrantNet().eval()
+    batches = _image_batches()
+    assert input_site(model, batches[0], Modality("image", layer="conv")) == Modality("image", input="image")
+    a = explain_examples(model, batches, Modality("image", layer="conv"), [1], steps=16)[0]
+    assert a.site == "input:image" and a.kind == "image" and a.shape == [3, 8, 8]
+    assert np.asarray(a.image).shape == (8, 8, 3)  # drawn over the picture
+    # a 3 x 3 conv read on its top-left 4 x 4 outputs sees the image's top-left 5 x 5 only
+    assert _quadrant_mass(a.values, slice(0, 5), slice(0, 5)) == pytest.approx(1.0)
+
+
+class ReadsOneWord(nn.Module):
+    """Embeds token ids, encodes only position 3 into a vector (the audit's site), then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 6)
+        self.encoder = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, input_ids):
+        return self.head(torch.tanh(self.encoder(self.emb(input_ids)[:, 3])))
+
+
+def test_vector_site_of_a_text_encoder_is_shown_on_the_words():
+    model = ReadsOneWord().eval()
+    ids = torch.randint(1, 20, (4, 7), generator=torch.Generator().manual_seed(6))
+    batches = [split_batch({"input_ids": ids}, label_key=None)]
+    a = explain_examples(model, batches, Modality("text", layer="encoder"), [2])[0]
+    assert a.site == "layer:emb" and a.kind == "tokens" and len(a.values) == 7  # summed over the embedding
+    assert a.tokens == [str(int(v)) for v in ids[2]]
+    scores = np.abs(a.values)
+    assert int(scores.argmax()) == 3 and np.delete(scores, 3).max() == 0.0
+
+
+def test_methods_by_name_on_a_linear_model():
+    model = nn.Linear(4, 2).eval()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0, 0, 0], [1.0, -2.0, 0, 3.0]]))
+        model.bias.zero_()
+    x = torch.tensor([[2.0, 1.0, 5.0, 1.0]])
+    batches, mod = [split_batch((x,), label_key=None)], Modality("v", input=0)
+    saliency = explain_examples(model, batches, mod, [0], method="saliency")[0]
+    assert saliency.method == "saliency" and np.allclose(saliency.values, [1, 2, 0, 3])  # |d logit_1 / dx|
+    ixg = explain_examples(model, batches, mod, [0], method="input_x_gradient")[0]
+    assert np.allclose(ixg.values, [2, -2, 0, 3])  # x * w_1
+
+
+def test_tokenizer_from_a_local_folder_decodes_words(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "seven", "digit"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    tokenizer = load_tokenizer(tmp_path / "tok")
+    model = OneToken(pos=1, vocab=8).eval()
+    ids = torch.tensor([[5, 6, 7], [7, 5, 6]])
+    a = explain_examples(model, [split_batch({"input_ids": ids}, label_key=None)], Modality("text", layer="emb"), [0],
+                         tokenizer=tokenizer)[0]
+    assert a.tokens == ["red", "seven", "digit"]
+    with pytest.raises(ConfigError, match="No tokenizer at"):
+        load_tokenizer(tmp_path / "missing")
 
 
 def test_input_site_heatmap_and_ablation_agree_on_the_quadrant():
@@ -153,7 +217,7 @@ def test_out_of_range_example_and_unknown_method_are_refused():
     with pytest.raises(DataLoadError, match="out of range"):
         explain_examples(model, batches, Modality("image", input=0), [2])
     with pytest.raises(ConfigError, match="method"):
-        explain_examples(model, batches, Modality("image", input=0), [0], method="saliency")
+        explain_examples(model, batches, Modality("image", input=0), [0], method="shap")
 
 
 def test_choose_examples_alternates_highest_and_lowest_with_the_main_modality():
@@ -171,3 +235,21 @@ def test_explain_option_validates(bad):
     assert AuditOptions().explain == 3 and AuditOptions(explain=0).explain == 0
     with pytest.raises(ConfigError, match=r"explain must be an integer in \[0, 50\]"):
         AuditOptions(explain=bad)
+
+
+def test_gru_final_hidden_state_is_shown_on_the_words():
+    class Gru(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed, self.rnn = nn.Embedding(30, 8), nn.GRU(8, 6, num_layers=2, batch_first=True)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, ids):
+            return self.head(self.rnn(self.embed(ids))[1][-1])
+
+    ids = torch.randint(0, 30, (4, 7), generator=torch.Generator().manual_seed(7))
+    batches = [split_batch({"ids": ids}, label_key=None)]
+    a = explain_examples(Gru().eval(), batches, Modality("text", layer="rnn", element=1, batch_dim=1), [1])[0]
+    assert a.site == "layer:embed" and a.kind == "tokens" and a.shape == [7, 8]  # not 2 x 6 GRU units
+    assert a.tokens == [str(int(v)) for v in ids[1]] and a.convergence_delta < 1e-2

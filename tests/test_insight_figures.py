@@ -10,7 +10,9 @@ import pytest
 
 from biasscope.insight_results import Attribution
 from biasscope.insight_results import ProbeResult
-from biasscope.render.insight_figures import MAX_BARS, attribution_figure, probe_figure, token_html
+from biasscope.render.insight_figures import (
+    AGAINST, FOR, MAX_BARS, attribution_caption, attribution_figure, probe_figure, token_html,
+)
 from biasscope.results import Estimate
 
 
@@ -60,3 +62,20 @@ def test_vector_bars_keep_the_largest_features_in_order():
     x = list(fig.data[0].x)
     assert len(x) == MAX_BARS and {"f5", "f50", "f70"} <= set(x)
     assert x == sorted(x, key=lambda s: int(s[1:]))
+
+
+def test_token_colours_match_the_caption_and_the_highlighted_words():
+    a = _attr("tokens", [-1.0, 0.0, 1.0], ["no", "the", "yes"])
+    scale = [c for _, c in attribution_figure(a).data[0].colorscale]
+    caption = attribution_caption(a)
+    assert "green for, red against" in caption and "summed over the embedding dimension" in caption
+    assert scale[0] == AGAINST == "#c62828" and scale[-1] == FOR == "#2a9d8f"  # red low, green high
+    frag = token_html(a)  # the same colours on the words
+    assert "rgba(198,40,40,1.00)\">no" in frag and "rgba(42,157,143,1.00)\">yes" in frag
+    bars = attribution_figure(_attr("vector", [-2.0, 3.0])).data[0].marker.color
+    assert list(bars) == [AGAINST, FOR]
+
+
+def test_caption_names_the_method_and_the_input():
+    a = Attribution("img", "input:image", 0, 1, "saliency", "image", [[1.0]], [1, 1], image=[[[0, 0, 0]]])
+    assert attribution_caption(a) == "Saliency (|gradient|) at input:image: |attribution| summed over channels, drawn over the input."

@@ -4,6 +4,9 @@
   namespace and run in order, in a temporary working folder. A block right after a line
   ``<!-- save-as: NAME.py -->`` is written to that file and run as a script (``python NAME.py``,
   as the page tells the reader to); one right after ``<!-- not-run: why -->`` is skipped.
+  A ```text block right after ``<!-- output -->`` is what the block before it prints (a
+  ```bash block's commands then run too), compared with numbers normalised; the runner is
+  docs/regenerate_outputs.py, which rewrites those blocks.
 - Every flag of every command appears in docs/cli.md, in its command's section, and the default
   written there for an option of AuditOptions / FixOptions is the one biasscope.options gives.
 - Every relative link of the README and the docs points at a file that exists.
@@ -12,7 +15,6 @@
 from __future__ import annotations
 
 import re
-import runpy
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -51,30 +53,49 @@ def test_block_parser_sees_markers() -> None:
     assert got == [("a = 1\n", None, None), ("b\n", "not-run", "needs a GPU"), ("c = 2\n", "save-as", "m.py")]
 
 
+def _outputs_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("regenerate_outputs", ROOT / "docs" / "regenerate_outputs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+DOCS = _outputs_module()
+
+
 @pytest.mark.parametrize("page", [_param(p) for p in PAGES if python_blocks(p.read_text())])
 def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block runs, and every printed output the page shows (``<!-- output -->``) is
+    what the run printed, numbers aside (docs/regenerate_outputs.py rewrites them)."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     if page.name in NEEDS:
         pytest.importorskip(NEEDS[page.name])
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # scripts import the files earlier blocks saved
-    namespace: dict = {"__name__": "__readme__"}
-    ran = 0
-    for line, code, mark, arg in python_blocks(page.read_text()):
-        where = f"{page.relative_to(ROOT)}:{line}"
-        if mark == "not-run":
-            assert arg, f"{where}: say why a block does not run (<!-- not-run: why -->)"
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    for out in DOCS.run_page(page, tmp_path, skip_slow=True):
+        if "slow" in out.options:
             continue
-        if mark == "save-as":
-            (tmp_path / arg).write_text(code)
-            if arg.endswith(".py"):
-                monkeypatch.setattr(sys, "argv", [arg])
-                runpy.run_path(str(tmp_path / arg), run_name="__main__")
-        else:
-            exec(compile(code, where, "exec"), namespace)  # noqa: S102
-        ran += 1
-    assert ran, f"{page.name}: no block ran"
+        assert DOCS.normalise(out.got) == DOCS.normalise(out.expected), (
+            f"{page.name}:{out.block.line}: the page shows an output the run no longer prints; "
+            f"run `python docs/regenerate_outputs.py`. It printed:\n{out.got}"
+        )
+
+
+def test_output_normalisation_keeps_words_and_drops_numbers() -> None:
+    a = "╭──────╮\n│ share 0.845, 12 rows │\n╰──────╯\n"
+    b = "╭────────╮\n│ share 0.9,   3 rows   │\n╰────────╯\n"
+    assert DOCS.normalise(a) == DOCS.normalise(b) == "share N, N rows"
+    assert DOCS.normalise("ignores text") != DOCS.normalise("ignores image")
+    page = "x\n```bash\nbiasscope audit m.pt \\\n  -m a=input:a\n```\n<!-- output: exit=1 head=3 slow -->\n```text\nold\n```\n"
+    found = DOCS.blocks(page)
+    assert [b.lang for b in found] == ["bash", "text"] and found[1].code == "old\n"
+    assert DOCS.output_options(found[1].arg) == {"exit": "1", "head": "3", "slow": ""}
+    assert DOCS._commands(found[0].code) == ["biasscope audit m.pt -m a=input:a"]
 
 
 # --- docs/cli.md against the commands -------------------------------------------------------

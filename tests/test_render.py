@@ -212,8 +212,10 @@ def test_measure_table_holds_the_numbers(page, audit_result):
     for key in ("fisher_bound", "variance", "poincare_bound"):
         assert f"{a.measure(key).mean:.3g}" in text_a
     drop = a.permutation.accuracy_drop
-    assert text_a.endswith(f"{drop.mean:.3g} [{drop.ci_low:.3g}, {drop.ci_high:.3g}]")
-    assert _text(rows[2]).startswith("b input:b ignored 0.0% 0.0% 0 [0, 0]")
+    flips = a.permutation.flip_rate
+    assert text_a.endswith(f"{drop.mean:.3g} [{drop.ci_low:.3g}, {drop.ci_high:.3g}] "
+                           f"{flips.mean:.3g} [{flips.ci_low:.3g}, {flips.ci_high:.3g}]")
+    assert _text(rows[2]).startswith("b input:b ignored 0.0% 0.0% 0.0% 0 [0, 0]")
 
 
 def test_per_class_heatmap_is_modality_by_class(audit_result):
@@ -448,15 +450,15 @@ def test_audit_table_text(audit_result):
     a, fe = audit_result["a"], audit_result["a"].functional_entropy
     drop = a.permutation.accuracy_drop
     assert rows[at["a"]] == [
-        "a", "input:a", "dominant", "100.0%", "100.0%", f"{fe.mean:.3g}", f"{a.fisher_bound.mean:.3g}",
+        "a", "input:a", "dominant", "100.0%", "100.0%", "100.0%", f"{fe.mean:.3g}", f"{a.fisher_bound.mean:.3g}",
         f"{a.variance.mean:.3g}", f"{a.poincare_bound.mean:.3g}", f"{drop.mean:.3g}",
     ]
     # the intervals sit under their means, dimmed
     assert rows[at["a"] + 1] == [
         f"[{fe.ci_low:.3g},", f"{fe.ci_high:.3g}]", f"[{drop.ci_low:.3g},", f"{drop.ci_high:.3g}]"
     ]
-    assert rows[at["b"]] == ["b", "input:b", "ignored", "0.0%", "0.0%", "0", "0", "0", "0", "0"]
-    assert "perm. acc. drop" in text and "reliance: share of the permutation loss increase" in text
+    assert rows[at["b"]] == ["b", "input:b", "ignored", "0.0%", "0.0%", "0.0%", "0", "0", "0", "0", "0"]
+    assert "perm. drop" in text and "shares of the permutation loss increase / accuracy drop" in text
 
 
 def test_audit_table_colours_verdicts(audit_result):
@@ -623,9 +625,9 @@ def test_undefined_intervals_and_missing_breakdowns_render(audit_result):
 def test_compact_terminal_shows_reliance_beside_sensitivity(audit_result):
     text = _console_text(audit_summary(audit_result, width=80))
     header = next(line for line in text.splitlines() if "verdict" in line and "modality" in line)
-    assert header.index("sens.") < header.index("reliance")
+    assert header.index("sens.") < header.index("loss") < header.index("acc.")
     row = next(line.split() for line in text.splitlines() if line.split()[:1] == ["a"])
-    assert row[:4] == ["a", "dominant", "100.0%", "100.0%"]
+    assert row[:5] == ["a", "dominant", "100.0%", "100.0%", "100.0%"]
 
 
 def test_diagnostics_lead_the_page_and_the_terminal(audit_result):

@@ -10,18 +10,23 @@ from biasscope.diagnostics import audit_diagnostics
 from biasscope.verdict import (
     Reliance,
     modality_verdicts,
+    NOT_RELIED,
+    RELIED,
+    UNDECIDED,
+    accuracy_margin,
     relied_upon,
+    reliance_effect,
     reliance_status,
-    reliance_too_noisy,
     shares_disagree,
-    too_noisy,
+    undecided,
     verdict_sentence,
 )
 
 
-def _perm(drop, spread=0.01, repeats=10):
+def _perm(drop, spread=0.01, repeats=10, flip=None):
     d = Estimate(drop, drop - spread, drop + spread)
-    return PermutationScore(d, d, d, repeats=repeats)
+    f = None if flip is None else Estimate(flip, max(flip - spread, 0.0), flip + spread)
+    return PermutationScore(d, d, d, repeats=repeats, flip_rate=f)
 
 
 def _mod(name, fe, *, low=None, drop=None, spread=0.01, repeats=10):
@@ -92,11 +97,25 @@ def test_above_chance_makes_reliance_measurable():
     assert not reliance_status(mods, accuracy=None, chance=None, n_examples=100).measurable
 
 
-def test_relied_upon_needs_more_than_the_shuffle_spread():
+def test_relied_upon_is_an_effect_beyond_the_margin():
     assert relied_upon(_perm(0.3, spread=0.01))
-    # interval excludes 0 but the spread of single shuffles covers the clean loss
-    assert not relied_upon(_perm(0.05, spread=0.04, repeats=10))
-    assert not relied_upon(_perm(0.0)) and not relied_upon(None)
+    # significant (the interval excludes 0) but inside the 1-point margin: not relied upon
+    tiny = _perm(0.004, spread=0.003)
+    assert not relied_upon(tiny) and reliance_effect(tiny) == NOT_RELIED
+    # the interval straddles the margin: cannot tell
+    assert reliance_effect(_perm(0.012, spread=0.005)) == UNDECIDED
+    # 30% of the predictions flip but the accuracy does not drop: read, not relied upon
+    flips = _perm(0.0, spread=0.005, flip=0.3)
+    assert reliance_effect(flips) == NOT_RELIED
+    # what flips can cost by chance on N examples widens the margin: 1.96 sqrt(0.3 / 100) = 0.107
+    assert accuracy_margin(flips, n_examples=100) == pytest.approx(1.96 * (0.3 / 100) ** 0.5)
+    assert reliance_effect(_perm(0.05, spread=0.02, flip=0.3), n_examples=100) == NOT_RELIED
+    assert reliance_effect(_perm(0.05, spread=0.02, flip=0.3)) == RELIED  # 1 point alone
+    # inside, but a sizeable share of the (small) summed accuracy drop: cannot tell
+    assert reliance_effect(tiny, accuracy_share=0.5, modalities=2) == UNDECIDED
+    # an accuracy Shapley value beyond the margin (a duplicate): cannot tell
+    assert reliance_effect(tiny, shapley=0.2) == UNDECIDED
+    assert not relied_upon(_perm(0.0)) and reliance_effect(None) == UNDECIDED
 
 
 def test_disagreement_by_factor_or_gap():
@@ -139,28 +158,23 @@ def test_thresholds_are_configurable():
 
 
 def test_an_interval_too_wide_to_tell_is_not_zero_reliance():
-    # R = 2: t = 12.7 makes [0.3 - 0.5, 0.3 + 0.5] reach both 0 and the reference 0.05
-    wide = _perm(0.3, spread=0.5, repeats=2)
-    assert not relied_upon(wide) and reliance_too_noisy(wide, 0.05)
-    assert not reliance_too_noisy(_perm(0.01, spread=0.02, repeats=2), 0.05)  # below the reference: negligible
-    assert not reliance_too_noisy(_perm(0.3, spread=0.01), 0.05)  # relied upon
-    assert not reliance_too_noisy(wide, 0.0) and not reliance_too_noisy(None, 0.05)
+    # R = 2: t = 12.7 makes [0.3 - 0.5, 0.3 + 0.5] reach both the margin and far beyond it
     mods = [_mod("a", 0.7, drop=1.0, spread=0.05, repeats=2), _mod("b", 0.3, drop=0.3, spread=0.5, repeats=2)]
-    # reference: ignored / M x summed increase = 0.1 / 2 x 1.3 = 0.065 <= 0.8
-    assert too_noisy(mods) == ["b"]
+    assert undecided(mods) == ["b"] and reliance_effect(mods[1].permutation) == UNDECIDED
     measurable = Reliance(True)
     # b's relative reliance share 2 x 0.3 / 1.3 = 0.46 < weak: weak, never unused
     assert _verdicts(mods, reliance=measurable) == {"a": "dominant", "b": "weak"}
     codes = {d.code: d for d in audit_diagnostics(mods, reliance=measurable, labelled=True)}
-    noisy = codes["reliance_too_noisy"]
+    noisy = codes["reliance_undecided"]
     assert noisy.severity == "warning" and noisy.modality == "b" and "2 shuffles" in noisy.message
     assert "`permutation_repeats`" in noisy.fix and "10 or more" in noisy.fix
-    # the same means over a narrow interval: b is measured, not relied upon, and unused
-    narrow = [_mod("a", 0.7, drop=1.0, spread=0.05), _mod("b", 0.3, drop=0.03, spread=0.02)]
-    assert too_noisy(narrow) == [] and _verdicts(narrow, reliance=measurable)["b"] == "unused"
-    assert "reliance_too_noisy" not in {d.code for d in audit_diagnostics(narrow, reliance=measurable, labelled=True)}
-    # without measurable reliance nothing is "too noisy": the verdict rests on sensitivity anyway
-    assert "reliance_too_noisy" not in {d.code for d in audit_diagnostics(mods, reliance=Reliance(False, "x."),
+    assert "cannot be told" in verdict_sentence({"a": "dominant", "b": "weak"}, undecided=["b"])
+    # a narrow interval inside the margin: b is measured, not relied upon, and unused
+    narrow = [_mod("a", 0.7, drop=1.0, spread=0.05), _mod("b", 0.3, drop=0.003, spread=0.002)]
+    assert undecided(narrow) == [] and _verdicts(narrow, reliance=measurable)["b"] == "unused"
+    assert "reliance_undecided" not in {d.code for d in audit_diagnostics(narrow, reliance=measurable, labelled=True)}
+    # without measurable reliance nothing is undecided: the verdict rests on sensitivity anyway
+    assert "reliance_undecided" not in {d.code for d in audit_diagnostics(mods, reliance=Reliance(False, "x."),
                                                                          labelled=True)}
 
 
@@ -181,6 +195,6 @@ def test_a_quarter_accuracy_drop_is_never_lost_at_two_repeats():
     assert 0.2 < sum(drops) / len(drops) < 0.35
     assert all(r.modalities[1].verdict not in ("ignored", "unused") for r in results)
     assert all(r.modalities[0].verdict not in ("ignored", "unused") for r in results)
-    # the rule is what keeps it: in some seeds m1 is not relied upon and is too noisy to tell
+    # the rule is what keeps it: in some seeds m1 is not shown relied upon, and cannot be told
     saved = [r for r in results if not relied_upon(r.modalities[1].permutation)]
-    assert saved and all("reliance_too_noisy" in {d.code for d in r.diagnostics} for r in saved)
+    assert saved and all("reliance_undecided" in {d.code for d in r.diagnostics} for r in saved)

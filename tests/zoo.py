@@ -227,8 +227,10 @@ def cases() -> list[Case]:
         Case("shortcut", "colour 4x stronger than shape, both relied upon",
              fusion_case((6, 3), (0.25, 1.0), names=["shape", "color"]),
              {"shape": "weak", "color": "dominant"}, sentence_has=("leans on `color`",)),
+        # text's shuffle costs 23 accuracy points (30% of the summed accuracy drop) though only 6%
+        # of the loss increase: not "barely used" (issue 19, the BERT+tabular case)
         Case("sensitivity_without_size", "tabular barely moves under noise, yet shuffling it costs most",
-             _redundant(), {"text": "weak", "tabular": "ok"}, ("measures_disagree",),
+             _redundant(), {"text": "ok", "tabular": "ok"}, ("measures_disagree",),
              sentence_has=("disagree in size on", "`tabular`")),
         Case("noise_modality", "m1 is read (noise moves the output) but the labels ignore it",
              fusion_case((5, 4), (1.0, 0.5), labels=(0,)), {"m0": "dominant", "m1": "unused"},

@@ -37,13 +37,24 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
         source = "hf_class" if request.hf_class else "config.json 'architectures'"
         raise ModelLoadError(
             f"transformers {transformers.__version__} has no model class {name!r} (from "
-            f"{source}). Set hf_class to a class transformers provides, e.g. "
-            "'AutoModelForSequenceClassification' or 'ViltForQuestionAnswering' (custom code "
-            "models are not loaded: biasscope never sets trust_remote_code)."
+            f"{source}): a custom PreTrainedModel subclass, whose code biasscope does not run "
+            "from the directory (it never sets trust_remote_code). Load its weights into a "
+            f"model your own code builds: `biasscope audit {_weights_file(p)} --factory "
+            "my_models.py:build` (build() returns the model, e.g. "
+            f"{name}(ItsConfig.from_pretrained(DIR))). Or set "
+            "hf_class to a class transformers provides, e.g. 'AutoModelForSequenceClassification'."
         )
     module = _from_pretrained(p, cls, name)
     module.to(request.map_location)
     return LoadedModel(module=module, kind=KIND, path=p, sha256=request.digest, hf_class=name)
+
+
+def _weights_file(p: Path) -> str:
+    """The directory's weights file for the state-dict route (model.safetensors by default)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (p / name).is_file():
+            return str(p / name)
+    return str(p / "model.safetensors")
 
 
 def _class_name(p: Path, hf_class: str | None) -> str:

@@ -40,6 +40,23 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+UNAVAILABLE = "unavailable"
+
+
+def fmt_bound(e: Estimate) -> str:
+    """A bound's mean, or "unavailable" where the gradient could not give it (nan)."""
+    return fmt(e.mean) if math.isfinite(e.mean) else UNAVAILABLE
+
+
+def accuracy_shares_of(result: AuditResult) -> dict[str, float] | None:
+    """Each modality's share of the summed permutation accuracy drop, or None."""
+    if not has_permutation(result):
+        return None
+    from ..verdict import accuracy_shares
+
+    return accuracy_shares(result.modalities)
+
+
 def fmt_ci(e: Estimate, digits: int = 3) -> str:
     """``[low, high]`` of an estimate (a dash when the interval is undefined)."""
     if not (math.isfinite(e.ci_low) and math.isfinite(e.ci_high)):

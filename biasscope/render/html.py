@@ -23,6 +23,7 @@ from ._common import (
     DASH,
     MEASURE_LABELS,
     VERDICT_COLORS,
+    accuracy_shares_of,
     agreement_of,
     bound_notes,
     fmt,
@@ -186,11 +187,12 @@ def _title(result: AuditResult, title: str | None) -> str:
 
 
 def _modality_rows(result: AuditResult) -> list[dict[str, Any]]:
-    rel = reliance_of(result)
+    rel, acc = reliance_of(result), accuracy_shares_of(result)
     return [
         {
             "m": m,
             "reliance": None if rel is None else rel[m.name],
+            "accuracy_share": None if acc is None else acc[m.name],
             "estimates": [m.measure(k) for k in MEASURES],
         }
         for m in result.modalities
@@ -229,12 +231,12 @@ PROBE_CODES = ("information_unused", "ignoring_is_right", "information_underused
 
 def _insight_context(result: AuditResult) -> dict[str, Any]:
     """The probe's figure and rows, and one card per attribution (figure, tokens)."""
-    from .insight_figures import attribution_figure, probe_figure, token_html
+    from .insight_figures import attribution_caption, attribution_figure, probe_figure, token_html
 
     said = {d.modality: d.message for d in result.diagnostics if d.code in PROBE_CODES}
     cards = [
         {"a": a, "fig": _figure_html(f"attribution-{i}", attribution_figure(a)),
-         "tokens": Markup(token_html(a)) if a.kind == "tokens" else None}
+         "tokens": Markup(token_html(a)) if a.kind == "tokens" else None, "caption": attribution_caption(a)}
         for i, a in enumerate(result.attributions)
     ]
     return {

@@ -19,12 +19,19 @@ import plotly.graph_objects as go
 
 from ..insight_results import ProbeResult, probe_from_dict
 
-__all__ = ["probe_figure", "attribution_figure", "token_html", "MAX_BARS"]
+__all__ = ["probe_figure", "attribution_figure", "attribution_caption", "token_html", "MAX_BARS"]
 
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
 AVAILABLE = "#8e6c8a"  # information available (probe)
 USED = "#2a9d8f"  # information used (reliance: the report's colour for permutation)
 INK = "#1f2933"
+FOR, AGAINST = "#2a9d8f", "#c62828"  # evidence for / against the class: tokens, bars, caption
+#: a diverging scale from AGAINST through white to FOR, as the caption says
+SIGNED_SCALE = [[0.0, AGAINST], [0.5, "#ffffff"], [1.0, FOR]]
+METHOD_NAMES = {
+    "integrated_gradients": "Integrated gradients", "saliency": "Saliency (|gradient|)",
+    "input_x_gradient": "Input x gradient", "feature_ablation": "Feature ablation",
+}
 #: vectors wider than this show their largest-|attribution| features only
 MAX_BARS = 30
 
@@ -90,7 +97,7 @@ def attribution_figure(attribution: Any) -> go.Figure:
         bound = float(np.abs(values).max()) or 1.0
         fig = go.Figure(go.Heatmap(
             z=[values], x=list(range(len(values))), text=[[html.escape(t, quote=False) for t in labels]],
-            texttemplate="%{text}", colorscale="RdBu", zmid=0.0, zmin=-bound, zmax=bound,
+            texttemplate="%{text}", colorscale=SIGNED_SCALE, zmid=0.0, zmin=-bound, zmax=bound,
             hovertemplate="%{text}: %{z:.3g}<extra></extra>",
         ))
         fig.update_yaxes(visible=False)
@@ -100,10 +107,27 @@ def attribution_figure(attribution: Any) -> go.Figure:
     order = np.sort(order)
     fig = go.Figure(go.Bar(
         x=[f"f{i}" for i in order], y=values[order],
-        marker_color=["#2a9d8f" if v >= 0 else "#c62828" for v in values[order]],
+        marker_color=[FOR if v >= 0 else AGAINST for v in values[order]],
     ))
     fig.update_yaxes(title="attribution", gridcolor="#e4e7eb")
     return _layout(fig, title, 300)
+
+
+def _rgb(colour: str) -> str:
+    return ",".join(str(int(colour[i:i + 2], 16)) for i in (1, 3, 5))
+
+
+def attribution_caption(attribution: Any) -> str:
+    """What the attribution's figure shows: the method, where, and what its colours mean."""
+    a = _plain(attribution)
+    name = METHOD_NAMES.get(a["method"], a["method"])
+    where = f"{name} at {a['site']}"
+    signed = "green for, red against the class" if a["method"] != "saliency" else "darker: larger |gradient|"
+    if a["kind"] == "image":
+        return f"{where}: |attribution| summed over channels" + (", drawn over the input." if a.get("image") else ".")
+    if a["kind"] == "tokens":
+        return f"{where}: one score per token, summed over the embedding dimension ({signed})."
+    return f"{where}: the largest attributions by magnitude ({signed})."
 
 
 def token_html(attribution: Any) -> str:
@@ -115,7 +139,7 @@ def token_html(attribution: Any) -> str:
     bound = float(np.abs(values).max()) or 1.0
     spans = []
     for token, v in zip(labels, values):
-        rgb = "42,157,143" if v >= 0 else "198,40,40"
+        rgb = _rgb(FOR if v >= 0 else AGAINST)
         spans.append(
             f'<span class="bs-token" title="{v:.3g}" style="background: rgba({rgb},'
             f'{abs(v) / bound:.2f})">{html.escape(str(token))}</span>'

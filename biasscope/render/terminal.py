@@ -11,7 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import NOT_USED, AuditResult, Estimate, ModalityResult
-from ._common import DASH, SEVERITY_STYLES, VERDICT_STYLES, fmt, fmt_ci, fmt_pct, has_permutation, reliance_of
+from ._common import (
+    DASH, SEVERITY_STYLES, VERDICT_STYLES, accuracy_shares_of, fmt, fmt_bound, fmt_ci, fmt_pct, has_permutation,
+    reliance_of,
+)
 
 __all__ = ["audit_table", "audit_summary", "compare_table", "diagnostics_text", "probe_text", "sentence_text"]
 
@@ -43,7 +46,7 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
     and the permutation accuracy drop. ``compact`` (for terminals narrower than about 120
     columns) keeps the verdict, both shares, functional entropy and the accuracy drop."""
     perm = has_permutation(result)
-    rel = reliance_of(result)
+    rel, acc = reliance_of(result), accuracy_shares_of(result)
     table = Table(
         title="Modality dependence", title_justify="left", header_style="bold",
         box=box.SIMPLE_HEAD,
@@ -52,31 +55,33 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
     if not compact:
         table.add_column("site", style="dim")
     table.add_column("verdict", no_wrap=True)
-    table.add_column("sens." if compact else "sensitivity", justify="right", no_wrap=True)
+    table.add_column("sens.", justify="right", no_wrap=True)
     if rel is not None:
-        table.add_column("reliance", justify="right", no_wrap=True)
+        table.add_column("loss", justify="right", no_wrap=True)
+        table.add_column("acc.", justify="right", no_wrap=True)
     table.add_column("FE" if compact else "FE [95% CI]", justify="right", no_wrap=compact)
     if not compact:
         for col in ("Fisher", "Var", "Poincaré"):
             table.add_column(col, justify="right")
     if perm:
-        table.add_column("perm. drop" if compact else "perm. acc. drop", justify="right", no_wrap=compact)
+        table.add_column("perm. drop", justify="right", no_wrap=True)
     for m in result.modalities:
         row: list[RenderableType] = [
             Text(m.name, style="bold"),
             *([] if compact else [Text(m.site)]),
             _verdict(m.verdict),
             Text(fmt_pct(m.share)),
-            *([] if rel is None else [Text(fmt_pct(rel[m.name]))]),
+            *([] if rel is None else [Text(fmt_pct(rel[m.name])), Text(fmt_pct(acc[m.name]))]),
             _est(m.functional_entropy, interval=not compact),
         ]
         if not compact:
-            row += [Text(fmt(m.measure(k).mean)) for k in ("fisher_bound", "variance", "poincare_bound")]
+            row += [Text(fmt_bound(m.fisher_bound)), Text(fmt(m.variance.mean)), Text(fmt_bound(m.poincare_bound))]
         if perm:
             row.append(_est(m.permutation.accuracy_drop, interval=not compact))
         table.add_row(*row)
     if rel is not None:
-        table.caption = "sensitivity: share of the functional entropy; reliance: share of the permutation loss increase"
+        table.caption = ("sens.: share of the functional entropy; reliance: loss / acc., shares of the "
+                         "permutation loss increase / accuracy drop (flip rates: audit.json)")
         table.caption_justify = "left"
     return table
 
