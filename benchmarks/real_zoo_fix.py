@@ -79,7 +79,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flips = ", ".join(f"{m} {100 * t['flip']:.0f}%" for m, t in r["truth"]["modalities"].items())
-        after = "-" if r["after"] is None else f"{r['after']:.2f}"
+        after = f"{r['after']:.2f}" if r["after"] is not None else "not trained" if r["rc"] == 0 else "-"
         gap = r["reference"] - r["before"]
         closed = f"{100 * (r['after'] - r['before']) / gap:.0f}%" if r["after"] is not None and gap > HARM else "-"
         err = f" ({r['error'][:50]})" if r.get("error") else ""
@@ -90,7 +90,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         part = [r for r in rows if r["variant"] == variant]
         harmed = sum(r["harm"] for r in part)
-        lines.append(f"\n{variant}: {harmed}/{len(part)} models harmed with exit 0")
+        flagged = sum(r["rc"] == 1 and r["after"] is not None and r["after"] < r["before"] - HARM for r in part)
+        helped = [r for r in part if r["after"] is not None and r["reference"] - r["before"] > HARM]
+        closed = [(r["after"] - r["before"]) / (r["reference"] - r["before"]) for r in helped]
+        mean = f"{100 * sum(closed) / len(closed):.0f}%" if closed else "-"
+        lines.append(f"\n{variant}: {harmed}/{len(part)} models harmed with exit 0; {flagged} worse but exit 1; "
+                     f"mean gap closed {mean} over the {len(closed)} with a gap")
     return "\n".join(lines)
 
 
