@@ -51,8 +51,27 @@ def batches(data: dict[str, torch.Tensor], size: int = 64) -> list[dict[str, tor
     return [{k: v[i : i + size] for k, v in data.items()} for i in range(0, n, size)]
 
 
+def reset_head(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` whose ``head`` is re-initialised (from ``seed``)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for layer in model.head.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+    return model
+
+
 def run_seed(benchmark: str, seed: int, rows, *, steps: int, n: int = 3000, epochs: int = 10):
-    """{row name: (decorrelated test acc, seconds)} plus the baseline and reference."""
+    """{row name: (decorrelated test acc, seconds)} plus the baseline and reference.
+
+    A row's options are fix's, plus ``start`` ("biased": fine-tune the biased baseline, the
+    default; "scratch": train a fresh TwoModalityNet; "reset_head": the baseline with its head
+    re-initialised), ``steps`` (this row's step count; ``epochs_default``: none, fix's
+    ``epochs`` decides) and ``shift`` (pass the decorrelated
+    validation split as ``shift_data``)."""
     train = benchmark_data(benchmark, "train", n=n, seed=seed)
     val = benchmark_data(benchmark, "val", n=500, seed=seed)
     test = benchmark_data(benchmark, "test", n=1000, seed=seed)
@@ -60,10 +79,19 @@ def run_seed(benchmark: str, seed: int, rows, *, steps: int, n: int = 3000, epoc
     unbiased = benchmark_data(benchmark, "train", n=n, seed=seed, decorrelated=True)
     reference = train_plain(TwoModalityNet(seed=seed), unbiased, epochs=epochs, seed=seed)
     out = {"biased baseline": (accuracy(biased, test), 0.0)}
-    for name, options in rows:
+    for name, row in rows:
+        options = dict(row)
+        start = options.pop("start", "biased")
+        model = {"biased": biased, "scratch": TwoModalityNet(seed=seed + 1000)}.get(start)
+        model = model if model is not None else reset_head(biased, seed)
+        extra = {}
+        if options.pop("shift", False):
+            shifted = benchmark_data(benchmark, "val", n=500, seed=seed, decorrelated=True)
+            extra["shift_data"] = batches(shifted, 250)
         t0 = time.perf_counter()
-        opts = {"epochs": 1000, "max_steps": steps, "seed": seed, "device": "cpu", **options}
-        result = run_fix(biased, batches(train), MODALITIES, val_data=batches(val, 250), **opts)
+        schedule = {} if options.pop("epochs_default", False) else {"epochs": 1000, "max_steps": options.pop("steps", steps)}
+        opts = {**schedule, "seed": seed, "device": "cpu", **options}
+        result = run_fix(model, batches(train), MODALITIES, val_data=batches(val, 250), **extra, **opts)
         out[name] = (accuracy(result.model, test), time.perf_counter() - t0)
         print(f"  seed {seed} {name:<40} {out[name][0]:.3f} ({out[name][1]:.0f} s)", flush=True)
     out["unbiased reference"] = (accuracy(reference, test), 0.0)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fixstudy import run_seed, table  # noqa: E402
 
 ROWS: list[tuple[str, dict]] = [
-    ("ModDrop only (fix defaults, lambda 0)", {}),
+    ("plain fine-tune (lambda 0, no ModDrop)", dict(lambda_=0.0, modality_dropout=0.0)),
+    ("ModDrop only (lambda 0, p 0.5)", {}),
     ("regularizer only (lambda auto, no ModDrop)", dict(lambda_="auto", modality_dropout=0.0)),
     ("both (lambda auto + ModDrop)", dict(lambda_="auto")),
 ]

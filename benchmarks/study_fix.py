@@ -24,7 +24,8 @@ from _fixstudy import run_seed, table  # noqa: E402
 
 ALONE = dict(modality_dropout=0.0, lambda_="auto")  # the regularizer alone
 ROWS: list[tuple[str, dict]] = [
-    ("ModDrop only (lambda 0, fix defaults)", {}),
+    ("plain fine-tune (lambda 0, no ModDrop)", dict(lambda_=0.0, modality_dropout=0.0)),
+    ("ModDrop only (lambda 0, p 0.5)", {}),
     ("regularizer only: inverse (paper)", dict(form="inverse", **ALONE)),
     ("regularizer only: log_share", dict(form="log_share", **ALONE)),
     ("regularizer only: min_log", dict(form="min_log", **ALONE)),

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec
+from ._downstream import DownstreamPlan
 from ._noise import example_noise, stream_id
 from ._device import is_out_of_memory
 from ._perturbation import CleanPass, ExampleNoise, perturbation_samples
@@ -53,6 +54,7 @@ class EntropyState:
         seed: int,
         tensorization: bool = True,
         precision: str = "fp32",
+        downstream: bool = True,
     ) -> None:
         self.model, self.modalities = model, list(modalities)
         self.sigmas = {m: sigmas[m.name] for m in self.modalities}
@@ -65,6 +67,8 @@ class EntropyState:
         }
         self._joint: dict[str, list[Tensor]] = {k: [] for k in JOINT_KEYS}
         self._predictions: list[Tensor] = []
+        #: perturbed passes recompute only what depends on the site (``downstream=False``: full passes)
+        self.downstream = DownstreamPlan(model, self.modalities, output, enabled=downstream)
         self._gaps = {m.name: BoundGaps() for m in self.modalities}
         self._blocked: str | None = None  # why the forward blocks gradients, once it did
 
@@ -72,7 +76,8 @@ class EntropyState:
         """Measure one batch (already on the model's device, with its example indices);
         ``max_rows`` overrides the chunk size (the numbers do not depend on it)."""
         o = self.options
-        clean = CleanPass(self.model, batch, self.modalities, o["output"], expand=False, precision=o["precision"])
+        clean = CleanPass(self.model, batch, self.modalities, o["output"], expand=False, precision=o["precision"],
+                          downstream=self.downstream)
         options = dict(self.options, clean=clean, max_rows=max_rows or self.options["max_rows"])
         logits, reps = clean.once()
         measured = {}

@@ -5,6 +5,7 @@ batch chunked to ``max_rows`` rows. Shared by the audit and the regularizer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, call_model
 from ._device import autocast_for
+from ._downstream import DownstreamPlan
 from ._noise import example_noise
 from .errors import DataLoadError, ModalityError, ModelOutputError
 from .estimators import DIVERGENCES, quadratic_form
@@ -106,13 +108,28 @@ def representation_moments(
     """Per modality the float64 accumulators [sum, sumsq, n] over the batch dim (None when
     the feature shape varies) and over all dims but the last, and whether it varies.
     ``on_logits`` receives each batch's clean logits (the same pass: no second one needed)."""
+    def passes() -> Iterable[dict[str, Tensor]]:
+        for batch in batches:
+            logits, reps = capture(model, batch, modalities, output)
+            if on_logits is not None:
+                on_logits(logits)
+            yield reps
+
+    return moments_of(passes(), modalities)
+
+
+def batch_std(reps: Mapping[str, Tensor], modalities: Sequence[Modality]) -> dict[str, Tensor]:
+    """:func:`representation_std` of one batch from its clean pass's representations
+    (no pass of its own)."""
+    return finish_std(moments_of([reps], modalities), modalities)
+
+
+def moments_of(passes: Iterable[Mapping[str, Tensor]], modalities: Sequence[Modality]) -> dict[str, tuple[list | None, list, bool]]:
+    """The accumulators of :func:`representation_moments` over each pass's representations."""
     full: dict[str, list] = {}  # name -> [sum, sumsq, n] over the batch dim
     last: dict[str, list] = {}  # name -> [sum, sumsq, n] over all dims but the last
     varying: set[str] = set()
-    for batch in batches:
-        logits, reps = capture(model, batch, modalities, output)
-        if on_logits is not None:
-            on_logits(logits)
+    for reps in passes:
         for name, h in reps.items():
             h = h.detach().double()
             _accumulate(last, name, h.reshape(-1, h.shape[-1]) if h.dim() > 1 else h[:, None])
@@ -174,7 +191,11 @@ class CleanPass:
 
     ``with_grad`` keeps the graph of the clean pass (when grad is enabled), so that a term
     built on it is differentiated through p_clean too (the regularizer); by default the
-    pass runs under no_grad (the audit)."""
+    pass runs under no_grad (the audit).
+
+    ``downstream`` (a :class:`~biasscope._downstream.DownstreamPlan`) records the B-row clean
+    pass so that every pass at k * B rows (perturbed, or the expanded reference) recomputes
+    only what depends on the perturbed site (:meth:`replay`)."""
 
     def __init__(
         self,
@@ -186,9 +207,11 @@ class CleanPass:
         with_grad: bool = False,
         expand: bool = True,
         precision: str = "fp32",
+        downstream: DownstreamPlan | None = None,
     ) -> None:
         self.model, self.batch, self.modalities, self.output = model, batch, modalities, output
         self.with_grad, self.expand, self.precision = with_grad, expand, precision
+        self.downstream, self.recording = downstream, None
         self._cache: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
 
     def __call__(self, k: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -198,18 +221,32 @@ class CleanPass:
             logits, reps = self.once()
             return (logits if k == 1 else logits.repeat(k, 1)), reps
         if k not in self._cache:
-            with torch.set_grad_enabled(self.with_grad and torch.is_grad_enabled()):
-                self._cache[k] = capture(self.model, self.batch.repeat(k), self.modalities, self.output,
-                                         precision=self.precision)
+            if self.downstream is not None:
+                self.once()  # the recording the expanded pass replays
+            rows = self.batch.repeat(k)
+            with torch.set_grad_enabled(self.with_grad and torch.is_grad_enabled()), self.replay(rows, k):
+                self._cache[k] = capture(self.model, rows, self.modalities, self.output, precision=self.precision)
         return self._cache[k]
 
     def once(self) -> tuple[Tensor, dict[str, Tensor]]:
         """The clean logits and representations at B rows."""
         if 1 not in self._cache:
+            plan = self.downstream
+            if plan is not None:
+                plan.prepare(self.batch)
             with torch.set_grad_enabled(self.with_grad and torch.is_grad_enabled()):
-                self._cache[1] = capture(self.model, self.batch, self.modalities, self.output,
-                                         precision=self.precision)
+                with plan.record(self.batch) if plan is not None else nullcontext() as rec:
+                    self._cache[1] = capture(self.model, self.batch, self.modalities, self.output,
+                                             precision=self.precision)
+            self.recording = rec
         return self._cache[1]
+
+    def replay(self, rows: Batch, k: int):
+        """The context of a pass on ``rows`` (the batch repeated k times, unperturbed): it
+        takes what does not depend on the perturbed site from the recorded clean pass."""
+        if self.downstream is None:
+            return nullcontext()
+        return self.downstream.replay(self.recording, rows, k)
 
 
 #: the static loss scale of the fp16 backward (halved on overflow)
@@ -300,8 +337,9 @@ def perturbation_samples(
         transforms = {m: (lambda h, _z=noises[m.name]: h + _z) for m in modalities}
         for m, offset in (offsets or {}).items():
             transforms[m] = lambda h, _o=offset.repeat(k, *([1] * (offset.dim() - 1))): h + _o
+        rows = batch.repeat(k)
         with torch.set_grad_enabled(gradients):
-            with intervene(model, batch.repeat(k), transforms) as b, _autocast(batch, precision):
+            with intervene(model, rows, transforms) as b, _autocast(batch, precision), clean.replay(rows, k):
                 logits = check_finite(call_model(model, b, output))
             # float64 from the logits (design: KL of 1e-7 is common); keeps FD checks exact
             f = div(clean_logits.double(), logits.double(), detach=detach_clean)

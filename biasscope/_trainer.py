@@ -18,11 +18,12 @@ from torch import Tensor, nn
 from ._batch import Batch, OutputSpec, call_model, split_batch
 from ._fixdata import first_examples
 from ._guard import Guard
-from ._moddrop import ModDrop, held_performance, measure_reliance
+from ._moddrop import ModDrop, choose_target, held_performance, measure_reliance
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, intervene
 from .options import FixOptions
 from .regularizer import FunctionalEntropyRegularizer, calibrate_lambda
+from .shift import shift_accuracy, shift_batches
 
 __all__ = ["Trainer"]
 
@@ -45,6 +46,20 @@ def _optimizer(o: FixOptions, params: list[Tensor]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
 
 
+def reinitialise(model: nn.Module) -> None:
+    """Draw fresh weights for every layer with ``reset_parameters`` (from the global RNG,
+    which fix seeds)."""
+    layers = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
+    if not layers:
+        raise ConfigError(
+            f"from_scratch (--from-scratch) re-initialises layers with reset_parameters, and the "
+            f"{type(model).__name__} model has none (a TorchScript or exported model?): give the "
+            "model as an nn.Module (a state dict with --factory), or fine-tune without it."
+        )
+    for layer in layers:
+        layer.reset_parameters()
+
+
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -62,6 +77,7 @@ class Trainer:
         device: torch.device,
         output: OutputSpec,
         val_data: Any = None,
+        shift_data: Any = None,
     ) -> None:
         o = self.options = options
         self.model, self.modalities, self.device, self.output = model, list(modalities), device, output
@@ -78,6 +94,7 @@ class Trainer:
             raise DataLoadError("The validation data has no labels; fix needs labelled val_data.")
         if self.val is not None and not any(b.size for b in self.val):
             raise DataLoadError("The validation data is empty.")
+        self.shift = None if shift_data is None else shift_batches(shift_data, label_key=o.label_key)
         self.step_count, self.position = 0, (0, 0)  # steps taken; (epoch, batch index) next
         self.lam: float | None = None if o.lambda_ == "auto" else float(o.lambda_)
         self.calibration: dict[str, Any] | None = None
@@ -92,6 +109,11 @@ class Trainer:
         self.distributed: Any = None
         self.agree: Callable[[dict[str, float]], dict[str, float]] | None = None
         self.agree_scores: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
+
+    @property
+    def validated(self) -> bool:
+        """Whether there are validations (validation and/or shifted data)."""
+        return self.val is not None or self.shift is not None
 
     def autocast(self):
         if self.options.amp:
@@ -123,21 +145,17 @@ class Trainer:
         reliance = self._reliance()
         if self.agree is not None:  # the same target on every rank
             reliance = self.agree(reliance)
-        relied = max(reliance, key=reliance.get)
-        names = [m.name for m in self.modalities]
-        if o.augment in names:
-            modality, rule = o.augment, "given"
-        elif o.augment == "sensitivity" or not reliance[relied] > 0:
-            modality, rule = None, "sensitivity"  # per step: the largest score I_m
-        else:
-            modality, rule = relied, "reliance"
+        modality, rule = choose_target(reliance, o.augment, [m.name for m in self.modalities])
         self.target = {
-            "modality": modality, "rule": rule, "reliance": reliance, "relied_upon": relied,
+            "modality": modality, "rule": rule, "reliance": reliance,
+            "relied_upon": max(reliance, key=reliance.get),
             "held": {"source": source, "examples": sum(b.size for b in self.held)},
         }
         self._make_guard()
-        if self.val is not None:
+        if self.validated:
             self.guard.begin(self._agreed(self._measure()), lambda: _cpu_state(self.model))
+        if o.from_scratch:  # after the input's reliance and guard numbers
+            reinitialise(self.model)
 
     def _reliance(self) -> dict[str, float]:
         """Reliance on each modality over the held set (the same permutations every call)."""
@@ -150,9 +168,13 @@ class Trainer:
     def _make_guard(self) -> None:
         o, t = self.options, self.target
         watched = t["modality"] or t["relied_upon"]
+        self.reg.dominant = watched  # the modality the min_dominant form penalises
         self.guard = Guard(
             modality=watched, pushed=[m.name for m in self.modalities if m.name != watched],
-            enabled=o.guard, tolerance=o.guard_tolerance, max_drop_accuracy=o.max_drop_accuracy,
+            # from scratch the accuracy starts at chance: the input's numbers are no yardstick
+            # for the proxy rule (shifted data and max_drop_accuracy still are)
+            enabled=o.guard and not o.from_scratch, tolerance=o.guard_tolerance, max_drop_accuracy=o.max_drop_accuracy,
+            shifted=self.shift is not None,
         )
 
     # -- a step -----------------------------------------------------------------------------
@@ -164,7 +186,7 @@ class Trainer:
         return self.stopped_early or ends or (self.guard is not None and self.guard.trip is not None)
 
     def _forward(self, b: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor], str | None, float]:
-        o, per_step = self.options, self.target["modality"] is None
+        o, per_step = self.options, self.target["rule"] == "sensitivity"
         if self.lam > 0:
             term, scores = self.reg(b)
         elif per_step and self.moddrop.active:  # the scores only pick the target
@@ -173,7 +195,9 @@ class Trainer:
         else:
             term, scores = torch.zeros((), device=self.device), {}
         target = self.target["modality"]
-        if self.moddrop.active and per_step:
+        if self.target["rule"] == "all":  # symmetric ModDrop
+            target = [m.name for m in self.modalities]
+        elif self.moddrop.active and per_step:
             ranked = scores if self.agree_scores is None else self.agree_scores(scores)
             target = max(ranked, key=lambda k: float(ranked[k].detach()))
         transforms = self.moddrop.transforms(b, target, self.aug_generator) if target else {}
@@ -181,7 +205,11 @@ class Trainer:
             ce = F.cross_entropy(call_model(self.model, bb, self.output).float(), b.label)
         warm = min(1.0, (self.step_count + 1) / o.lambda_warmup) if o.lambda_warmup else 1.0
         lam_now = self.lam * warm
-        return ce, term, scores, target if transforms else None, lam_now
+        if not transforms:
+            target = None
+        elif not isinstance(target, str):
+            target = "all"
+        return ce, term, scores, target, lam_now
 
     def step(self, batch: Batch, epoch: int, index: int, last: bool) -> dict[str, Any]:
         """One optimisation step on ``batch``, then validation when due; returns its record.
@@ -198,7 +226,10 @@ class Trainer:
         self.position = (epoch + 1, 0) if last else (epoch, index + 1)
         due = o.eval_every is not None and self.step_count % o.eval_every == 0
         ends = o.max_steps is not None and self.step_count >= o.max_steps
-        if self.val is not None and (due or (o.eval_every is None and (last or ends))):
+        checked = due or (o.eval_every is None and (last or ends))
+        if not record["scores"] and self.distributed is None and (self.step_count == 1 or checked):
+            record["scores"] = self._scores(batch)  # the first step's and each validation's
+        if self.validated and checked:
             record.update(self.validate())
         self.history.append(record)
         return record
@@ -223,6 +254,13 @@ class Trainer:
             record["skipped"] = True  # a non-finite loss: no update
         return record
 
+    def _scores(self, batch: Batch) -> dict[str, float]:
+        """The regularizer's scores I_m on ``batch`` (``term_examples`` of its rows), without
+        a graph: the history's ``scores`` when the term is off."""
+        with torch.no_grad():
+            _, scores = self.reg.compute(batch.to(self.device))
+        return {k: float(v) for k, v in scores.items()}
+
     def apply_gradients(self, loss: Tensor) -> None:
         """Backward through ``loss`` (under DDP the gradients are all-reduced there), then
         unscale and clip when ``max_grad_norm`` is set, the optimizer step and the scaler
@@ -237,10 +275,14 @@ class Trainer:
     # -- validation -----------------------------------------------------------------------
 
     def _measure(self) -> dict[str, float]:
-        return held_performance(
+        """The validation numbers (held_performance) and the shifted accuracy, where given."""
+        metrics = {} if self.val is None else held_performance(
             self.model, self.val, self.modalities, self.guard.modality, device=self.device,
             output=self.output, seed=self.options.seed + 3,
         )
+        if self.shift is not None:
+            metrics["shift_accuracy"] = shift_accuracy(self.model, self.shift, output=self.output, device=self.device)
+        return metrics
 
     def _agreed(self, metrics: dict[str, float]) -> dict[str, float]:
         """Rank 0's metrics on every rank under torchrun (the same decisions everywhere)."""
@@ -251,11 +293,12 @@ class Trainer:
         stopping and the guard."""
         o = self.options
         metrics = self._agreed(self._measure())
-        best, value = self.best, metrics[o.monitor]
+        monitor = "shift_accuracy" if self.shift is not None else o.monitor
+        best, value = self.best, metrics[monitor]
         if best["metric"] is None:
             better = True
         else:
-            better = value < best["metric"] if o.monitor == "val_loss" else value > best["metric"]
+            better = value < best["metric"] if monitor == "val_loss" else value > best["metric"]
         # one CPU copy of the weights, taken when first asked for, shared by the best state
         # and the guard's kept state
         snapshot = functools.cache(lambda: _cpu_state(self.model))
@@ -271,9 +314,13 @@ class Trainer:
     # -- the end --------------------------------------------------------------------------
 
     def final_weights(self) -> None:
-        """Load the weights fix returns: the guard's kept ones when it tripped, else the best
-        validation weights with ``restore_best``, else the last."""
-        if self.guard is not None and self.guard.trip is not None and self.guard.kept_state is not None:
+        """Load the weights fix returns: the guard's kept ones when it tripped or with shifted
+        data (the best shifted accuracy), else the best validation weights with
+        ``restore_best``, else the last."""
+        if self.guard is not None and self.guard.trip is None and self.shift is not None:
+            self.guard.finish(self.step_count)
+        kept = self.guard is not None and (self.guard.trip is not None or self.shift is not None)
+        if kept and self.guard.kept_state is not None:
             self.model.load_state_dict(self.guard.kept_state)
         elif self.val is not None and self.options.restore_best and self.best["state"] is not None:
             self.model.load_state_dict(self.best["state"])

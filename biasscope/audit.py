@@ -35,6 +35,7 @@ from .options import AuditOptions
 from .output_kinds import DIVERGENCE_OF, SENSITIVITY_ONLY, detect_output_kind, label_kind, output_kind_diagnostic
 from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import AuditResult, Diagnostic
+from .shift import shift_accuracy, shift_batches
 from .verdict import Thresholds
 
 __all__ = ["audit", "collect_batches"]
@@ -85,6 +86,10 @@ def _usable_labels(batches: Sequence[Batch]) -> bool:
 
 
 def _resolve_options(options: AuditOptions | None, overrides: dict[str, Any]) -> AuditOptions:
+    if "profile" in overrides:  # the profile's options, then those set in options, then overrides
+        profile, standard = overrides.pop("profile"), AuditOptions()
+        given = {} if options is None else {k: v for k, v in options.as_dict().items() if getattr(standard, k) != v}
+        options = AuditOptions.from_profile(profile, **given)
     options = options or AuditOptions()
     known = {f.name for f in fields(AuditOptions)}
     unknown = sorted(set(overrides) - known)
@@ -173,7 +178,7 @@ def audit(
     output: OutputSpec | None = None,
     thresholds: Thresholds | None = None,
     progress: Progress | None = None,
-    tokenizer: Any | None = None,
+    tokenizer: Any | None = None, shift_data: Iterable[Any] | None = None,
     **overrides: Any,
 ) -> AuditResult:
     """Audit how much ``model`` depends on each modality.
@@ -186,12 +191,13 @@ def audit(
             takes by name (dict batches) or position (tuple batches), see
             :func:`biasscope.calling.default_modalities`, with an info diagnostic saying so.
         options: an :class:`~biasscope.options.AuditOptions` (defaults and meaning of every
-            option); ``overrides`` are its fields (``audit(m, d, mods, samples=8)``).
+            option); ``overrides`` are its fields (``samples=8``) or ``profile="quick"``.
         output: which entry of the model's output holds the logits.
         thresholds: the verdict thresholds (:class:`~biasscope.verdict.Thresholds`).
         progress: ``progress(stage, done, total, info)`` for a progress display.
         tokenizer: decodes token ids in the attributions (``convert_ids_to_tokens`` or
             ``decode``); without it tokens are shown as ids.
+        shift_data: labelled shifted data: the result's ``shift_accuracy`` (:mod:`biasscope.shift`).
     Raises:
         ModelOutputError: the output cannot be the logits of the label classes (its width
             changes with the batch size, is below the label range, or its accuracy is below
@@ -240,8 +246,18 @@ def audit(
             thresholds=thresholds, seed=options.seed, early_diagnostics=[*checked, *early, *notes],
             probes=probes, attributions=attributions,
         )
-        return summarise(modalities, values, evidence,
-                         candidates=_candidates(model, batches[0].to(dev), modalities, output, options.label_key))
+        candidates = _candidates(model, batches[0].to(dev), modalities, output, options.label_key)
+        result = summarise(modalities, values, evidence, candidates=candidates)
+        return _with_shift_accuracy(result, model, shift_data, options.label_key, output, dev)
+
+
+def _with_shift_accuracy(result: AuditResult, model: nn.Module, shift_data: Iterable[Any] | None,
+                         label_key: str | None, output: OutputSpec, dev: torch.device) -> AuditResult:
+    """``result`` with the accuracy on the shifted data (unchanged without it)."""
+    if shift_data is None:
+        return result
+    shifted = shift_batches(shift_data, label_key=label_key)
+    return replace(result, shift_accuracy=shift_accuracy(model, shifted, output=output, device=dev))
 
 
 def _without_unusable_labels(batches: list[Batch], requested: str) -> tuple[list[Batch], tuple[str, int] | None]:
@@ -328,6 +344,13 @@ def _entropy(model, local, modalities, sigmas, options, output, dev, report, *,
             moved = batch.to(dev)
             run_with_oom_retry(lambda r: state.update(moved, max_rows=r), rows[0], halved)
             report("entropy", i + 1, len(local), {})
+    if state.downstream.reason:
+        notes.append(Diagnostic(
+            "full_passes", "info",
+            f"Every perturbed pass ran the whole model: {state.downstream.reason}.",
+            "Nothing to change for the numbers; the audit is slower than it could be. Put the "
+            "randomness or batch statistics out of the forward pass in eval mode to speed it up.",
+        ))
     return state.values(), [*notes, *state.diagnostics()], rows[0]
 
 

@@ -170,13 +170,14 @@ def fail_on_gate(result: AuditResult, level: str) -> Gate:
     return Gate(f"no modality {'ignored' if level == 'ignored' else 'ignored or weak'}", not failing, detail)
 
 
-def _check_gate_values(max_drop_accuracy: float | None) -> None:
+def _check_gate_values(**drops: float | None) -> None:
     from .options import check_number
 
-    try:
-        check_number("max_drop_accuracy", max_drop_accuracy, low=0.0, high=1.0, optional=True)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} It is an accuracy drop, e.g. 0.02.", parameter="max_drop_accuracy") from None
+    for name, value in drops.items():
+        try:
+            check_number(name, value, low=0.0, high=1.0, optional=True)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} It is an accuracy drop, e.g. 0.02.", parameter=name) from None
 
 
 def compare_gates(
@@ -186,6 +187,7 @@ def compare_gates(
     fail_if_ignored: bool = False,
     fail_if_weak: bool = False,
     max_drop_accuracy: float | None = None,
+    max_drop_shift_accuracy: float | None = None,
     min_share: Mapping[str, float] | None = None,
     min_reliance_share: Mapping[str, float] | None = None,
     allow_different_data: bool = False,
@@ -193,9 +195,10 @@ def compare_gates(
     """The gates asked for, each evaluated on ``after`` (and ``before`` for accuracy).
 
     ``min_share`` bounds a modality's sensitivity share, ``min_reliance_share`` its share of
-    the summed permutation loss increase (what drives the verdict).
+    the summed permutation loss increase (what drives the verdict). ``max_drop_shift_accuracy``
+    bounds the drop of the accuracy on the shifted data (both audits run with ``shift_data``).
     """
-    _check_gate_values(max_drop_accuracy)
+    _check_gate_values(max_drop_accuracy=max_drop_accuracy, max_drop_shift_accuracy=max_drop_shift_accuracy)
     for parameter, floors in (("min_share", min_share), ("min_reliance_share", min_reliance_share)):
         for name, floor in (floors or {}).items():
             if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor <= 1):
@@ -213,6 +216,8 @@ def compare_gates(
         gates.append(fail_on_gate(after, "weak"))
     if max_drop_accuracy is not None:
         gates.append(_accuracy_gate(before, after, max_drop_accuracy))
+    if max_drop_shift_accuracy is not None:
+        gates.append(_shift_gate(before, after, max_drop_shift_accuracy))
     for name, floor in (min_share or {}).items():
         share = after[name].share
         gates.append(Gate(f"share of {name} >= {floor:g}", share >= floor, f"share {share:.4f}"))
@@ -244,6 +249,17 @@ def _accuracy_gate(before: AuditResult, after: AuditResult, max_drop: float) -> 
         drop <= max_drop + 1e-12,
         f"{before.accuracy:.4f} -> {after.accuracy:.4f} (drop {drop:+.4f})",
     )
+
+
+def _shift_gate(before: AuditResult, after: AuditResult, max_drop: float) -> Gate:
+    if before.shift_accuracy is None or after.shift_accuracy is None:
+        raise ConfigError(
+            "max_drop_shift_accuracy needs the accuracy on shifted data in both audits: run "
+            "both with --shift-data (the same file).", parameter="max_drop_shift_accuracy",
+        )
+    a, b = before.shift_accuracy, after.shift_accuracy
+    return Gate(f"shifted-data accuracy drop <= {max_drop:g}", a - b <= max_drop + 1e-12,
+                f"{a:.4f} -> {b:.4f} (drop {a - b:+.4f})")
 
 
 def evaluate_gates(before: AuditResult, after: AuditResult, **gates: object) -> list[Gate]:

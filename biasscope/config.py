@@ -41,8 +41,8 @@ _KEYS = {"lambda_": "lambda"}
 _ALIASES = {"fix": {"steps": "max_steps"}}
 #: keys of a command's table that are not options of the verb (where to write, gates...)
 _EXTRA: dict[str, dict[str, Any]] = {
-    "audit": {"out": str, "fail_on": str, "plotlyjs": str, "batch_size": int, "tokenizer": str},
-    "fix": {"data": str, "val": str, "out": str, "batch_size": int, "audit_samples": int},
+    "audit": {"out": str, "fail_on": str, "plotlyjs": str, "batch_size": int, "tokenizer": str, "profile": str},
+    "fix": {"data": str, "val": str, "shift_data": str, "out": str, "batch_size": int, "audit_samples": int},
 }
 _TYPES: dict[str, Any] = {"int": (int,), "float": _NUMBER, "str": (str,), "bool": (bool,)}
 
@@ -143,7 +143,7 @@ def load_config(path: str | Path) -> ProjectConfig:
     for table in (audit, fix):
         if "out" in table:
             table["out"] = _resolve(base, table["out"])
-    for key in ("data", "val"):
+    for key in ("data", "val", "shift_data"):
         if key in fix:
             fix[key] = _resolve(base, fix[key])
     thresholds_raw = raw.get("thresholds", {})
@@ -182,7 +182,7 @@ def resolve_options(
     from .options import options_from_mapping
 
     cls = _options_class(table)
-    names = {f.name for f in fields(cls)}
+    names = {f.name for f in fields(cls)} | ({"profile"} if table == "audit" else set())
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     if config is not None:

@@ -29,6 +29,7 @@ from ._ddp import DistributedUpdate
 from ._device import model_device, resolve_device
 from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, rank_device, sync_point, world_size
 from ._fixdata import TrainingData, with_last
+from ._guard import reliance_swap, swap_message
 from ._trainer import Trainer
 from .errors import ConfigError
 from .modality import Modality
@@ -52,10 +53,11 @@ class FixResult:
     ``loss``, ``ce``, ``reg``, ``lambda``, ``scores`` (per-modality I_m), ``augmented`` (the
     ModDrop target) and, on steps that ended with a validation pass, ``val_loss``,
     ``val_accuracy`` and ``val_proxy_accuracy`` (accuracy with the relied-upon modality
-    permuted). ``target``: the ModDrop target, the rule that chose it and the reliance
+    permuted) and ``shift_accuracy`` (with shifted data). ``target``: the ModDrop target, the rule that chose it and the reliance
     (loss increase when permuted, nats) on the held set; ``guard``: the guard's numbers and
     whether it tripped (``guard["message"]`` says why); ``reliance_after``: reliance with
-    the returned weights.
+    the returned weights; ``assumption``: which modality the fix assumed to be the shortcut;
+    ``swap``: without shifted data, the swap of reliance that makes the result a failure.
     """
 
     model: nn.Module
@@ -73,10 +75,18 @@ class FixResult:
     guard: dict[str, Any] | None = None
     reliance_after: dict[str, float] | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    assumption: str = ""
+    swap: dict[str, Any] | None = None
 
     @property
     def guard_tripped(self) -> bool:
         return bool(self.guard and self.guard["tripped"])
+
+    @property
+    def failed(self) -> bool:
+        """Whether the result is not a success: the guard tripped, or (without shifted data)
+        the reliance swapped from one modality to another (``swap``)."""
+        return self.guard_tripped or self.swap is not None
 
 
 class FixInterrupted(KeyboardInterrupt):
@@ -190,7 +200,7 @@ def _save(store: CheckpointStore | None, trainer: Trainer, settings: dict[str, A
 
 
 def _result(trainer: Trainer, settings, store, home, *, interrupted: bool) -> FixResult:
-    best = trainer.best["step"]
+    best = trainer.best["step"] if trainer.shift is None or trainer.guard is None else trainer.guard.kept_step
     return FixResult(
         model=trainer.model.to(home).eval(),
         history=trainer.history,
@@ -204,7 +214,7 @@ def _result(trainer: Trainer, settings, store, home, *, interrupted: bool) -> Fi
         device=str(trainer.device),
         settings=settings,
         target=trainer.target,
-        guard=None if trainer.guard is None or trainer.val is None else trainer.guard.summary(),
+        guard=None if trainer.guard is None or not trainer.validated else trainer.guard.summary(),
     )
 
 
@@ -225,7 +235,7 @@ def _diagnostics(trainer: Trainer, result: FixResult, reliance: dict[str, float]
                 fix=f"Check that {name} predicts the label (a probe), or do not fix towards it.",
                 modality=name,
             ))
-    if trainer.val is None:
+    if not trainer.validated:
         out.append(Diagnostic(
             "fix_guard_off", "info",
             "fix ran without validation data, so no guard watched whether it taught the model "
@@ -235,6 +245,10 @@ def _diagnostics(trainer: Trainer, result: FixResult, reliance: dict[str, float]
     if result.guard_tripped:
         out.append(Diagnostic("fix_guard_tripped", "error", result.guard["message"],
                               modality=result.guard["modality"]))
+    if result.swap is not None:
+        out.append(Diagnostic("fix_swapped_reliance", "error", swap_message(result.swap),
+                              fix="Pass --shift-data, or --augment the other modality.",
+                              modality=result.swap["modality"]))
     return out
 
 
@@ -244,6 +258,7 @@ def fix(
     modalities: Sequence[Modality],
     *,
     val_data: Iterable[Any] | None = None,
+    shift_data: Iterable[Any] | None = None,
     options: FixOptions | None = None,
     output: OutputSpec | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -266,6 +281,9 @@ def fix(
             skips the batches already seen (exact when its order is deterministic).
         val_data: labelled batches: validation loss and accuracy, early stopping, best
             weights, the held set of the ModDrop target's choice, and the guard.
+        shift_data: labelled batches where the suspected shortcut is broken (or a later,
+            other-source sample): validated with the rest, and fix returns the weights with
+            the best accuracy on it (the input's when no step beat them: the guard trips).
         checkpoint_dir: write ``fix_checkpoint.safetensors`` (tensors + JSON, never a
             pickle) there every ``checkpoint_every`` steps.
         resume: continue from the checkpoint in ``checkpoint_dir`` (the same settings are
@@ -280,18 +298,19 @@ def fix(
     """
     opts = resolve_fix_options(options, overrides)
     join_group(device=opts.device)  # under torchrun: DDP over the group (a no-op otherwise)
-    return _fix(model, data, list(modalities), val_data=val_data, opts=opts, output=output,
+    return _fix(model, data, list(modalities), val_data=val_data, shift_data=shift_data, opts=opts, output=output,
                 checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
 
 
-def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, resume, progress) -> FixResult:
+def _fix(model, data, modalities, *, val_data, shift_data, opts, output, checkpoint_dir, resume, progress) -> FixResult:
     """:func:`fix` with resolved options, inside the process group (if any)."""
     dev = _check(opts, modalities, checkpoint_dir, resume)
     settings = _settings(opts, modalities)
     store = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
     home = model_device(model)
     work = _copy_model(model).to(dev).train()
-    trainer = Trainer(work, modalities, opts, device=dev, output=output or OutputSpec(), val_data=val_data)
+    trainer = Trainer(work, modalities, opts, device=dev, output=output or OutputSpec(), val_data=val_data,
+                      shift_data=shift_data)
     batches = TrainingData(data, label_key=opts.label_key, seed=opts.seed, shuffle=opts.shuffle)
     total = opts.max_steps or opts.epochs * batches.steps_per_epoch
     report = progress if progress is not None and is_writer() else (lambda stage, done, total, info: None)
@@ -325,5 +344,22 @@ def _fix(model, data, modalities, *, val_data, opts, output, checkpoint_dir, res
         reliance = trainer.reliance_after()
     result = _result(trainer, settings, store, home, interrupted=False)
     result.reliance_after = reliance
+    result.assumption = assumption(trainer.target, shifted=trainer.shift is not None)
+    if trainer.shift is None and trainer.target["rule"] in ("reliance", "given", "sensitivity"):
+        result.swap = reliance_swap(trainer.target, reliance)
     result.diagnostics = _diagnostics(trainer, result, reliance)
     return result
+
+
+def assumption(target: dict[str, Any], *, shifted: bool) -> str:
+    """The fix's assumption about which modality is the shortcut, in one sentence."""
+    rule, m = target["rule"], target["modality"]
+    if shifted:
+        return "checked on the shifted data: fix kept the weights with the best accuracy there"
+    if rule == "reliance":
+        return f"assumes `{m}`, the modality the model relies on, is the shortcut"
+    if rule == "given":
+        return f"assumes `{m}` (--augment) is the shortcut"
+    if rule == "all":
+        return "assumes nothing about which modality is the shortcut: ModDrop permutes every modality"
+    return "assumes the most sensitive modality at each step is the shortcut"

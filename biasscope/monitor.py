@@ -21,26 +21,18 @@ from torch import nn
 from ._files import write_atomic
 from .errors import ConfigError
 from .modality import Modality
-from .options import AuditOptions
+from .options import AUDIT_PROFILES, AuditOptions
 from .results import VERDICTS, AuditResult
 
 __all__ = [
     "MONITOR_OPTIONS", "DEFAULT_EVERY", "Monitor", "MonitorRecord", "batch_to_device", "check_settings", "verdict_code",
 ]
 
-#: The audit settings of one monitoring step: few samples and shuffles, no Shapley, probe,
-#: attributions or output check (an untrained model may sit below chance). Cost at these
-#: settings and ``every=DEFAULT_EVERY``: docs/benchmarks.md (benchmarks/bench_monitor.py).
-#: When the audit options gain ``profile="quick"``, these become that profile.
-MONITOR_OPTIONS: dict[str, Any] = {
-    "samples": 8,
-    "permutation_repeats": 4,
-    "shapley": False,
-    "probe": False,
-    "explain": 0,
-    "tensorization": False,
-    "check_output": False,
-}
+#: The audit settings of one monitoring step: the quick profile (``AUDIT_PROFILES["quick"]``:
+#: few samples and shuffles, no Shapley, probe or attributions), without the output check (an
+#: untrained model may sit below chance). Cost at these settings and ``every=DEFAULT_EVERY``:
+#: docs/benchmarks.md (benchmarks/bench_monitor.py).
+MONITOR_OPTIONS: dict[str, Any] = {**AUDIT_PROFILES["quick"], "tensorization": False, "check_output": False}
 DEFAULT_EVERY = 1000
 METRIC_PREFIX = "biasscope"
 

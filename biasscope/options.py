@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["AuditOptions", "FixOptions", "flag_name", "options_from_mapping"]
+__all__ = ["AUDIT_PROFILES", "AuditOptions", "FixOptions", "flag_name", "options_from_mapping", "profile_options"]
 
 #: the largest number of model passes per example an audit may plan (samples x modalities),
 #: the "stated budget" against which absurd sample counts are refused up front
@@ -35,7 +35,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 MONITORS = ("val_loss", "val_accuracy")
 ESTIMATORS = ("fisher", "poincare")
 #: how fix picks the modality that ModDrop permutes (besides a modality name)
-AUGMENT_RULES = ("reliance", "sensitivity")
+AUGMENT_RULES = ("reliance", "sensitivity", "all")
 
 
 def flag_name(parameter: str) -> str:
@@ -190,6 +190,16 @@ class AuditOptions:
         check_choice("output_kind", self.output_kind, OUTPUT_KINDS)
         check_choice("attribution", self.attribution, ATTRIBUTIONS)
 
+    @classmethod
+    def from_profile(cls, profile: str, **changes: Any) -> AuditOptions:
+        """The options of ``profile`` (``quick``, ``standard``, ``thorough``: see
+        ``AUDIT_PROFILES``) with ``changes`` on top.
+
+        >>> AuditOptions.from_profile("quick").samples, AuditOptions.from_profile("quick", seed=1).seed
+        (8, 1)
+        """
+        return cls(**profile_options(profile, changes))
+
     def replace(self, **changes: Any) -> AuditOptions:
         return replace(self, **changes)
 
@@ -197,8 +207,30 @@ class AuditOptions:
         return asdict(self)
 
 
+#: the audit's profiles: the options each sets (``standard`` is AuditOptions' defaults).
+#: quick is for CI and monitoring (every pull request), thorough for a report to rely on.
+AUDIT_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": dict(samples=8, permutation_repeats=5, shapley=False, probe=False, explain=0),
+    "standard": {},
+    "thorough": dict(samples=128, permutation_repeats=30, tensorization=True),
+}
+
+
+def profile_options(profile: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` on top of the profile's options (the values given win).
+
+    >>> profile_options("quick", {"samples": 16})["samples"], profile_options("quick", {})["samples"]
+    (16, 8)
+    """
+    check_choice("profile", profile, tuple(AUDIT_PROFILES))
+    return {**AUDIT_PROFILES[profile], **values}
+
+
 def options_from_mapping(cls: type, values: dict[str, Any]) -> Any:
-    """Build ``cls`` from a mapping, refusing unknown keys with the list of known ones."""
+    """Build ``cls`` from a mapping, refusing unknown keys with the list of known ones. For
+    AuditOptions, a ``profile`` key (quick, standard, thorough) sets the options not given."""
+    if cls is AuditOptions and "profile" in values:
+        values = profile_options(values["profile"], {k: v for k, v in values.items() if k != "profile"})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -229,9 +261,13 @@ class FixOptions:
             than ``guard_tolerance`` while the decorrelated proxy (accuracy with the target
             permuted across examples) does not rise by more than ``guard_tolerance``.
         max_drop_accuracy: a hard bound on the in-distribution accuracy drop (None: none).
+        from_scratch: re-initialise every layer (``reset_parameters``) after the target and
+            the guard's start are measured on the input, then train: for users who can retrain.
+            The proxy rule of ``guard`` is off then (training starts at chance); shifted data
+            and ``max_drop_accuracy`` still guard it.
     """
 
-    epochs: int = 10
+    epochs: int = 20
     max_steps: int | None = None
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -269,6 +305,7 @@ class FixOptions:
     detach_clean: bool = False
     term_examples: int | None = 16
     term_every: int = 2
+    from_scratch: bool = False
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
@@ -306,6 +343,8 @@ class FixOptions:
             raise _fail("detach_clean", self.detach_clean, "True or False")
         check_int("term_examples", self.term_examples, low=2, optional=True)
         check_int("term_every", self.term_every, low=1)
+        if not isinstance(self.from_scratch, bool):
+            raise _fail("from_scratch", self.from_scratch, "True or False")
         if self.label_key is not None and not isinstance(self.label_key, str):
             raise _fail("label_key", self.label_key, "a string or None")
 

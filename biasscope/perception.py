@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ._batch import Batch, OutputSpec, call_model
 from ._device import model_device
 from ._distributed import gather_rows, shard, sync_point
+from ._downstream import DownstreamPlan, Recording
 from ._noise import example_permutation, stream_id
 from ._perturbation import capture, check_finite
 from ._stats import mean_interval
@@ -72,8 +73,7 @@ class AuditSet:
         output: OutputSpec,
     ) -> None:
         self.model, self.batches, self.device, self.output = model, list(batches), device, output
-        sizes = [b.size for b in self.batches]
-        self.offsets = [0, *np.cumsum(sizes).tolist()]
+        self.offsets = [0, *np.cumsum([b.size for b in self.batches]).tolist()]
         self.n = self.offsets[-1]
         # the batches this process evaluates permuted: those whose first example is in its shard
         mine = shard(self.n)
@@ -81,14 +81,17 @@ class AuditSet:
         layers = [m for m in modalities if m.layer is not None]
         parts: dict[str, list[Tensor]] = {m.name: [] for m in modalities}
         scores, clean_top = [], []
-        for batch in self.batches:  # every process holds every example's representation
-            b = batch.to(device)
-            logits, reps = capture(model, b, layers, output)
+        self.downstream = DownstreamPlan(model, modalities, output)  # permuted passes rerun what depends on it
+        self.recordings: dict[int, Recording | None] = {}
+        for j, b in enumerate(batch.to(device) for batch in self.batches):  # every example, in every process
+            with self.downstream.record(b, keep=j in self.owned) as rec:
+                logits, reps = capture(model, b, layers, output)
+            self.recordings[j] = rec
             _check_labels(logits, b.label)
             scores.append(_score(logits, b.label))
             clean_top.append(_top(logits))
             for m in modalities:
-                h = reps[m.name] if m.layer is not None else batch.get_input(m.input)
+                h = reps[m.name] if m.layer is not None else b.get_input(m.input)
                 parts[m.name].append(h.detach().cpu())
         self.clean = _performance(torch.cat([c for c, _ in scores]), torch.cat([ll for _, ll in scores]))
         self.clean_top = torch.cat(clean_top)  # (N, 2): the clean predicted class and its probability
@@ -132,7 +135,8 @@ class AuditSet:
             for j in self.owned:
                 rows = perm[self.offsets[j] : self.offsets[j + 1]]
                 b = self.batches[j].to(self.device)
-                with intervene(self.model, b, {m: self._replace(m, rows) for m in absent}) as bb:
+                with intervene(self.model, b, {m: self._replace(m, rows) for m in absent}) as bb, \
+                        self.downstream.replay(self.recordings[j], b, 1):
                     logits = check_finite(call_model(self.model, bb, self.output))
                 c, ll = _score(logits, b.label)
                 correct.append(c)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from ._batch import Batch, OutputSpec, split_batch
 from ._device import model_device
-from ._perturbation import CleanPass, perturbation_samples, representation_std
+from ._downstream import DownstreamPlan
+from ._perturbation import CleanPass, batch_std, perturbation_samples, representation_std
 from .calibration import Calibration, calibrate_lambda
 from .errors import ConfigError, ModalityError
 from .estimators import DIVERGENCES, fisher_bound, poincare_bound
@@ -30,6 +31,7 @@ __all__ = [
     "calibrate_lambda",
     "Calibration",
     "FORMS",
+    "MAXIMISING_FORMS",
     "ESTIMATORS",
     "DEFAULT_FORM",
     "SCORE_FLOOR",
@@ -41,7 +43,11 @@ __all__ = [
 #: ``log_share``: log ||(S/I_1, ..., S/I_M)||_2, S = sum_m I_m -- the shares' version.
 #: ``min_log``: -log min_m I_m -- the weakest modality's log score only.
 #: ``min_share``: -log min_m I_m / S -- the weakest modality's share.
-FORMS = ("inverse", "log_inverse", "mean_log", "log_share", "min_log", "min_share")
+#: ``min_dominant``: I_d, the dominant modality's score, *minimised* (the official code's
+#: ``optim_method='min_ent'`` direction): the relied-upon modality is made less informative.
+FORMS = ("inverse", "log_inverse", "mean_log", "log_share", "min_log", "min_share", "min_dominant")
+#: The forms that maximise the weak modalities' scores (the paper's direction).
+MAXIMISING_FORMS = FORMS[:-1]
 #: The default form (benchmarks/study_fix.py; FixOptions.form reads the evidence too).
 DEFAULT_FORM = "log_share"
 #: Default relative floor eps: scores enter the term as I_m + eps * mean_m(I) (detached).
@@ -51,7 +57,7 @@ _TINY = 1e-30
 
 
 def regularizer_term(
-    scores: Tensor, *, form: str = DEFAULT_FORM, eps: float = SCORE_FLOOR
+    scores: Tensor, *, form: str = DEFAULT_FORM, eps: float = SCORE_FLOOR, dominant: int | None = None
 ) -> Tensor:
     """The term to *minimise* from the (M,) scores I_m >= 0.
 
@@ -68,9 +74,16 @@ def regularizer_term(
       sharpening the logits), smallest (3/2 log M) at equal shares;
     - ``min_log``: -log(min_m I_m + c): only the weakest modality's score;
     - ``min_share``: -log((min_m I_m + c) / S): the weakest modality's share.
+    - ``min_dominant``: I_d, the raw score of the dominant modality d (index ``dominant``;
+      by default the largest score, chosen on the detached scores), to be made *smaller*:
+      the opposite direction to the paper's, which moves decisions where maximising the
+      weak modalities' scores moves mostly sensitivity (docs/benchmarks.md). Any M.
     """
     if form not in FORMS:
         raise ConfigError(f"Unknown regularizer form {form!r}; choose one of {', '.join(FORMS)}.")
+    if form == "min_dominant":
+        index = int(scores.detach().argmax()) if dominant is None else dominant
+        return scores[index]
     floor = eps * scores.detach().mean() + _TINY
     floored = scores + floor
     if form == "inverse":
@@ -164,6 +177,8 @@ class FunctionalEntropyRegularizer(nn.Module):
         term_every: compute the term on every n-th call only; the other calls return a zero
             term and the last scores (detached), and the computed term is multiplied by n so
             that its mean over steps is unchanged. :meth:`compute` ignores it.
+        dominant: with ``form="min_dominant"``, the modality whose score is minimised (an
+            attribute a training loop may set later; None: the largest score of each batch).
     """
 
     def __init__(
@@ -186,6 +201,7 @@ class FunctionalEntropyRegularizer(nn.Module):
         detach_clean: bool = False,
         term_examples: int | None = None,
         term_every: int = 1,
+        dominant: str | None = None,
     ) -> None:
         super().__init__()
         for name, value, choices in (
@@ -215,6 +231,7 @@ class FunctionalEntropyRegularizer(nn.Module):
         self.seed, self.max_rows, self.eps = int(seed), int(max_rows), float(eps)
         self.eval_mode, self.detach_clean = eval_mode, bool(detach_clean)
         self.term_examples, self.term_every = term_examples, int(term_every)
+        self.dominant = dominant
         self.calls = 0  # forward calls so far (term_every counts them)
         self._last_scores: dict[str, Tensor] = {}
         self.sigmas: dict[str, Tensor] | None = None
@@ -228,6 +245,7 @@ class FunctionalEntropyRegularizer(nn.Module):
             }
         self._generator: torch.Generator | None = None
         self._validated = False
+        self._downstream: DownstreamPlan | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -290,11 +308,15 @@ class FunctionalEntropyRegularizer(nn.Module):
         grad = torch.is_grad_enabled()
         out: dict[str, Tensor] = {}
         with _eval_mode(model, self.eval_mode):
-            sigmas = self.noise_scales(b)
             # one clean pass for every modality (with its graph unless detached)
+            if self._downstream is None:  # checked once, in the mode the term runs in
+                self._downstream = DownstreamPlan(model, self.modalities, self.output)
             clean = CleanPass(
-                model, b, self.modalities, self.output, with_grad=grad and not self.detach_clean
+                model, b, self.modalities, self.output, with_grad=grad and not self.detach_clean,
+                downstream=self._downstream,
             )
+            # the per-batch noise scale from that clean pass (no pass of its own)
+            sigmas = dict(self.sigmas) if self.sigmas is not None else batch_std(clean.once()[1], self.modalities)
             for m in self.modalities:  # one modality at a time, in order: as the audit does
                 f, q = perturbation_samples(
                     model,
@@ -319,8 +341,12 @@ class FunctionalEntropyRegularizer(nn.Module):
         return out
 
     def term(self, scores: Mapping[str, Tensor]) -> Tensor:
+        names = [m.name for m in self.modalities]
+        if self.dominant is not None and self.dominant not in names:
+            raise ModalityError(f"dominant={self.dominant!r} is not a modality ({', '.join(names)}).")
         return regularizer_term(
-            torch.stack([scores[m.name] for m in self.modalities]), form=self.form, eps=self.eps
+            torch.stack([scores[n] for n in names]), form=self.form, eps=self.eps,
+            dominant=None if self.dominant is None else names.index(self.dominant),
         )
 
     def compute(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:

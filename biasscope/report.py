@@ -84,6 +84,7 @@ def audit_report(
     provenance: dict[str, Any] | None = None,
     plotlyjs: str = "inline",
     title: str | None = None,
+    shift_data: Iterable[Any] | None = None,
     **overrides: Any,
 ) -> AuditReport:
     """Audit ``model`` (see :func:`biasscope.audit`) and render its report page.
@@ -95,6 +96,7 @@ def audit_report(
         provenance: added to the result's provenance (e.g. the model's and data's paths and
             sha256).
         plotlyjs: ``"inline"`` (the page works offline) or ``"cdn"``.
+        shift_data: shifted data whose accuracy the result reports (:func:`biasscope.audit`).
     Returns:
         An :class:`AuditReport`; ``.write(out_dir)`` writes it.
     """
@@ -105,7 +107,7 @@ def audit_report(
     options = (options or AuditOptions()).replace(**overrides) if overrides else (options or AuditOptions())
     result = _run_audit(
         model, data, modalities, options, output=output, thresholds=thresholds, progress=progress,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, shift_data=shift_data,
     )
     if provenance:
         result = replace(result, provenance={**result.provenance, **provenance})

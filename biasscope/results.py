@@ -227,6 +227,7 @@ class AuditResult:
     probes: list[ProbeResult] = field(default_factory=list)  # label information per modality
     attributions: list[Attribution] = field(default_factory=list)  # inside a modality (captum)
     example_ids: list[int | str] = field(default_factory=list)  # of per_example's values (positions)
+    shift_accuracy: float | None = None  # accuracy on the shifted data (audit's shift_data)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -295,11 +296,9 @@ class AuditResult:
         from .migrations import migrate_audit
 
         data = migrate_audit(data)
-
-        mods = [_modality_from_dict(m) for m in data["modalities"]]
         joint = data.get("joint")
         return cls(
-            modalities=mods,
+            modalities=[_modality_from_dict(m) for m in data["modalities"]],
             joint=None if joint is None else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],
@@ -316,6 +315,7 @@ class AuditResult:
             probes=[probe_from_dict(p) for p in data.get("probes") or []],
             attributions=[attribution_from_dict(a) for a in data.get("attributions") or []],
             example_ids=list(data["example_ids"]),
+            shift_accuracy=data.get("shift_accuracy"),
         )
 
     @classmethod

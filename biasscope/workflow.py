@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batch import OutputSpec
-from ._distributed import is_writer, join_group, local_only, sync_point
+from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, local_only, sync_point
 from ._files import write_atomic, write_outputs
 from ._sources import fingerprint
 from .audit import audit
@@ -93,8 +93,8 @@ def _model_info(path: Path, kind: str) -> dict[str, Any]:
 def _fix_summary(result: FixResult) -> dict[str, Any]:
     target = result.target or {}
     summary: dict[str, Any] = {
-        "steps": result.steps, "lambda": result.lambda_value,
-        "augmented": target.get("modality"), "target_rule": target.get("rule"),
+        "steps": result.steps, "lambda": result.lambda_value, "assumption": result.assumption,
+        "swap": result.swap, "augmented": target.get("modality"), "target_rule": target.get("rule"),
         "reliance_before": target.get("reliance"), "reliance_after": result.reliance_after,
     }
     if result.guard is not None:
@@ -103,10 +103,26 @@ def _fix_summary(result: FixResult) -> dict[str, Any]:
     return summary
 
 
+def _fix_gates(result: FixResult, before: AuditResult | None, after: AuditResult | None) -> list[Gate] | None:
+    """The fix's checks as gates of the compare page: the guard's, the shifted accuracy
+    (with shifted data), and the swap of reliance (without)."""
+    gates = _guard_gates(result) or []
+    if before is not None and after is not None and before.shift_accuracy is not None:
+        a, b = before.shift_accuracy, after.shift_accuracy
+        gates.append(Gate("accuracy on the shifted data does not fall", b >= a - 1e-12, f"{a:.4f} -> {b:.4f}"))
+    elif result.target is not None:
+        swap = result.swap
+        detail = result.assumption + (
+            f"; reliance on {swap['modality']} {swap['before']:.3g} -> {swap['after']:.3g} nats, "
+            f"now on {swap['now_relied_upon']}" if swap else "")
+        gates.append(Gate("no swap of reliance (no shifted data to check the assumption)", swap is None, detail))
+    return gates or None
+
+
 def _guard_gates(result: FixResult) -> list[Gate] | None:
     """The guard as gates of the compare page: the accuracy and the decorrelated proxy."""
     g = result.guard
-    if g is None or g["start"] is None:
+    if g is None or g["start"] is None or "val_accuracy" not in g["start"]:
         return None
     last = g["trip"] or next((h for h in reversed(result.history) if "val_accuracy" in h), g["start"])
     s = g["start"]
@@ -116,7 +132,7 @@ def _guard_gates(result: FixResult) -> list[Gate] | None:
         f"{last['val_proxy_accuracy']:.4f}"
     )
     gates = []
-    if g["enabled"]:
+    if g["enabled"] and not g["shifted"]:  # with shifted data the shifted accuracy decides
         no_gain = g["trip"] is not None and g["trip"]["reason"] == "no_gain"
         gates.append(Gate(f"fix guard (tolerance {g['tolerance']:g})", not no_gain, detail))
     if g["max_drop_accuracy"] is not None:
@@ -131,21 +147,36 @@ class FixReport:
 
     before: AuditResult | None
     after: AuditResult | None
-    fix: FixResult
-    model_path: Path
+    fix: FixResult | None  # None when there was nothing to fix
+    model_path: Path | None
     gates: list[Gate] | None = None
     #: whether this process writes the report: False on the ranks > 0 of a torchrun group,
     #: whose report has no audits (``before``/``after`` None) and whose ``write`` does nothing
     writer: bool = True
 
     @property
+    def nothing_to_fix(self) -> bool:
+        """True when the input's audit found no modality ignored, unused or weak, so nothing
+        was trained (``force=True`` trains anyway)."""
+        return self.fix is None
+
+    @property
     def guard_tripped(self) -> bool:
-        return self.fix.guard_tripped
+        return self.fix is not None and self.fix.guard_tripped
+
+    @property
+    def failed(self) -> bool:
+        """Not a success: the guard tripped, or the reliance swapped (:attr:`FixResult.failed`)."""
+        return self.fix is not None and self.fix.failed
 
     @property
     def message(self) -> str:
-        """The guard's message when it tripped (empty otherwise)."""
-        return self.fix.guard["message"] if self.guard_tripped else ""
+        """Why the result is not a success: the guard's message and/or the swap's (empty
+        otherwise)."""
+        if self.fix is None:
+            return ""
+        return " ".join(d.message for d in self.fix.diagnostics
+                        if d.code in ("fix_guard_tripped", "fix_swapped_reliance"))
 
     def training_log(self) -> dict[str, Any]:
         r = self.fix
@@ -154,6 +185,7 @@ class FixReport:
             "lambda": r.lambda_value, "calibration": r.calibration, "steps": r.steps,
             "best_step": r.best_step, "stopped_early": r.stopped_early, "device": r.device,
             "target": r.target, "guard": r.guard, "reliance_after": r.reliance_after,
+            "assumption": r.assumption, "swap": r.swap,
             "diagnostics": [dataclasses.asdict(d) for d in r.diagnostics],
             "settings": r.settings, "history": r.history,
         }
@@ -162,7 +194,7 @@ class FixReport:
         history = self.fix.history
         names = sorted({k for r in history for k in r.get("scores", {})})
         cols = ["step", "epoch", "loss", "ce", "reg", "lambda", *[f"score_{n}" for n in names],
-                "augmented", "val_loss", "val_accuracy", "val_proxy_accuracy"]
+                "augmented", "val_loss", "val_accuracy", "val_proxy_accuracy", "shift_accuracy"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
@@ -174,6 +206,9 @@ class FixReport:
         """Every report file by its name in the output folder."""
         from .render import render_compare_html, render_html
 
+        if self.fix is None:
+            return {"before/audit.json": self.before.to_json(),
+                    "before/report.html": render_html(self.before, plotlyjs=plotlyjs)}
         return {
             "before/audit.json": self.before.to_json(),
             "before/report.html": render_html(self.before, plotlyjs=plotlyjs),
@@ -190,8 +225,8 @@ class FixReport:
         if not self.writer:
             return {}
         out = Path(out)
-        run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps,
-               "guard_tripped": self.guard_tripped}
+        run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps if self.fix else 0,
+               "guard_tripped": self.guard_tripped, "failed": self.failed, "nothing_to_fix": self.nothing_to_fix}
         written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run)
         (out / STATUS_NAME).unlink(missing_ok=True)
         return written
@@ -216,6 +251,8 @@ def fix_and_audit(
     *,
     out: str | Path,
     val_data: Iterable[Any] | None = None,
+    shift_data: Iterable[Any] | None = None,
+    force: bool = False,
     options: FixOptions | None = None,
     audit_options: dict[str, Any] | None = None,
     output: OutputSpec | None = None,
@@ -235,6 +272,9 @@ def fix_and_audit(
             report is written (an interrupted run leaves it, with how to resume).
         val_data: the validation data of :func:`fix`, also the data of both audits (else
             ``data``).
+        shift_data: shifted data (:func:`fix`'s): both audits report the accuracy on it.
+        force: train even when the input's audit finds no modality ignored, unused or weak
+            (without it the report then holds the input's audit alone: ``nothing_to_fix``).
         audit_options: audit keyword options (``samples``, ...); seed, device and label key
             default to the fix's.
         provenance: recorded in both audits (``data``: the audited data's ``path`` and
@@ -246,14 +286,16 @@ def fix_and_audit(
     out = check_not_model_folder(out, loaded.path)
     join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
     return _fix_and_audit(
-        loaded, data, modalities, out=out, val_data=val_data, opts=opts, audit_options=audit_options,
+        loaded, data, modalities, out=out, val_data=val_data, shift_data=shift_data, force=force,
+        opts=opts, audit_options=audit_options,
         output=output, thresholds=thresholds, resume=resume, provenance=provenance,
         resume_hint=resume_hint, progress=progress,
     )
 
 
 def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequence[Modality], *, out: Path,
-                   val_data: Iterable[Any] | None, opts: FixOptions, audit_options: dict[str, Any] | None,
+                   val_data: Iterable[Any] | None, shift_data: Iterable[Any] | None, force: bool,
+                   opts: FixOptions, audit_options: dict[str, Any] | None,
                    output: OutputSpec | None, thresholds: Any, resume: bool, provenance: dict[str, Any] | None,
                    resume_hint: str, progress: Progress | None) -> FixReport:
     """:func:`fix_and_audit` inside the process group (if any): every rank trains, rank 0
@@ -265,15 +307,21 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
     if not isinstance(audited, (list, tuple)):
         audited = list(audited)
     kw = {"seed": opts.seed, "device": opts.device, "label_key": opts.label_key, **(audit_options or {})}
-    kw.update(output=output, thresholds=thresholds, progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
+    if shift_data is not None and not isinstance(shift_data, (list, tuple)):
+        shift_data = list(shift_data)
+    kw.update(output=output, thresholds=thresholds, shift_data=shift_data,
+              progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
     _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     before = _audit_on_writer("the audit of the input model", loaded.module, audited, modalities, kw)
+    if not force and _nothing_to_fix(before):
+        (out / STATUS_NAME).unlink(missing_ok=True)
+        return FixReport(before, None, None, None, writer=is_writer())
     pushed = _uninformative(before) if before is not None else []
     if pushed:  # before training: the user may stop a fix that would push noise
         report("warnings", 1, 1, {"diagnostics": pushed})
     _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     try:
-        result = fix(loaded.module, data, modalities, val_data=val_data, options=opts, output=output,
+        result = fix(loaded.module, data, modalities, val_data=val_data, shift_data=shift_data, options=opts, output=output,
                      checkpoint_dir=out / "checkpoints", resume=resume, progress=report)
     except FixInterrupted as exc:
         _status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
@@ -286,7 +334,7 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
             with local_only():  # the audit would otherwise shard across the waiting ranks
                 after = audit(result.model, audited, modalities, **kw)  # see _audit_on_writer's hook
     if not is_writer():
-        return FixReport(None, None, result, model_path, _guard_gates(result), writer=False)
+        return FixReport(None, None, result, model_path, writer=False)
     common = {**(provenance or {}), "versions": _versions()}
     source = _model_info(loaded.path, loaded.kind)
     before = dataclasses.replace(before, provenance={**before.provenance, **common, "model": source})
@@ -296,4 +344,15 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
                     "input_model": source, "fix": _fix_summary(result)},
         diagnostics=[*after.diagnostics, *pushed, *result.diagnostics],
     )
-    return FixReport(before, after, result, model_path, _guard_gates(result))
+    return FixReport(before, after, result, model_path, _fix_gates(result, before, after))
+
+
+def _nothing_to_fix(before: AuditResult | None) -> bool:
+    """Whether the input's audit found no modality ignored, unused or weak (rank 0's answer
+    on every rank under torchrun)."""
+    found = before is not None and not before.failing("weak")
+    if is_distributed():
+        import torch
+
+        found = bool(all_reduce_sum(torch.tensor([int(found)])).item())
+    return found

@@ -46,6 +46,7 @@ def _run_settings(cfg: object, fail_on: Optional[str], plotlyjs: Optional[str], 
 def audit_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = o.Data,
+    shift_data: Optional[str] = typer.Option(None, "--shift-data", help="Shifted data (labelled; the suspected shortcut broken, or a later sample): the report shows the accuracy on it, and compare can gate on it."),
     modality: List[str] = o.Modalities,
     factory: Optional[str] = o.Factory,
     kind: Optional[str] = o.Kind,
@@ -59,6 +60,7 @@ def audit_command(
     limit: Optional[int] = o.Limit,
     output_key: Optional[str] = o.OutputKey,
     output_index: Optional[int] = o.OutputIndex,
+    profile: Optional[str] = typer.Option(None, "--profile", help="quick (CI, monitoring: K=8, 5 shuffles, no Shapley/probe/attributions), standard (the defaults) or thorough (K=128, 30 shuffles, tensorization check); the options given win [default: standard]."),
     output_kind: Optional[str] = typer.Option(None, "--output-kind", help=f"What the output holds: auto (detected), logits, probs, log_probs, binary, multilabel or regression {o.default(_D.output_kind)}."),
     samples: Optional[int] = typer.Option(None, "--samples", "-k", help=f"Gaussian samples per example and modality {o.default(_D.samples)}."),
     scale: Optional[float] = typer.Option(None, "--scale", help=f"Noise scale s: z ~ N(0, s^2 sigma^2) per feature {o.default(_D.scale)}."),
@@ -94,30 +96,28 @@ def audit_command(
             "permutation_repeats": permutation_repeats, "device": device, "seed": seed,
             "label_key": label_key, "limit": limit, "precision": precision,
             "shapley": False if no_shapley else None, "tensorization": tensorization,
-            "check_output": False if no_output_check else None,
-            "probe": False if no_probe else None, "explain": explain, "output_kind": output_kind,
-            "attribution": attribution,
+            "check_output": False if no_output_check else None, "probe": False if no_probe else None,
+            "explain": explain, "output_kind": output_kind, "attribution": attribution, "profile": profile,
         }, cfg)
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", cfg.audit))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path,
-                              pick(adapter, cfg, "adapter"))
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path, pick(adapter, cfg, "adapter"), shift_data)
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
             hf_class=hf_class, modality=modality, preset=preset, label_key=options.label_key or "none",
-            output_key=output_key, output_index=output_index, call=call, adapter=adapter,
-            modalities_from_data=True,
+            output_key=output_key, output_index=output_index, call=call, adapter=adapter, modalities_from_data=True,
         )
         batches, data_info = read_data(source, label_key=inputs.label_key, batch_size=size, limit=options.limit)
+        shifted, shift_info = read_data(shift_data, label_key=inputs.label_key, batch_size=size, limit=None, what="shift-data") if shift_data else (None, None)
         # under torchrun every process measures its share; rank 0 alone shows, writes and prints
         with torchrun_group(options.device) as writer:
             with ProgressDisplay(quiet or not writer) as progress:
                 report = audit_report(
                     inputs.loaded.module, batches, inputs.modalities, options=options,
                     output=inputs.output, thresholds=cfg.thresholds, progress=progress, tokenizer=words,
-                    provenance={**inputs.provenance, "data": data_info}, plotlyjs=plotlyjs,
+                    provenance={**inputs.provenance, "data": data_info, "shift_data": shift_info}, plotlyjs=plotlyjs, shift_data=shifted,
                 )
             with writing_stage():
                 if writer:

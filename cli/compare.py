@@ -33,6 +33,7 @@ def compare_command(
     fail_if_ignored: bool = typer.Option(False, "--fail-if-ignored", help="Exit 1 if any modality is still ignored (in any sense, also unused) after."),
     fail_if_weak: bool = typer.Option(False, "--fail-if-weak", help="Exit 1 if any modality is still weak or ignored after."),
     max_drop_accuracy: Optional[float] = typer.Option(None, "--max-drop-accuracy", help="Exit 1 if accuracy drops by more than X, in [0, 1] (e.g. 0.02)."),
+    max_drop_shift_accuracy: Optional[float] = typer.Option(None, "--max-drop-shift-accuracy", help="Exit 1 if the accuracy on the shifted data (both audits run with --shift-data) drops by more than X."),
     min_share: List[str] = typer.Option([], "--min-share", help="MODALITY=X: exit 1 if its sensitivity share after is below X (repeatable)."),
     min_reliance_share: List[str] = typer.Option([], "--min-reliance-share", help="MODALITY=X: exit 1 if its reliance share (of the permutation loss increase) after is below X (repeatable)."),
     allow_different_data: bool = typer.Option(False, "--allow-different-data", help="Compare audits whose data differ (their sha256); refused otherwise."),
@@ -57,7 +58,7 @@ def compare_command(
         a, b = load_audit(before), load_audit(after)
         gates = compare_gates(
             a, b, fail_if_ignored=fail_if_ignored, fail_if_weak=fail_if_weak,
-            max_drop_accuracy=max_drop_accuracy, min_share=shares, min_reliance_share=reliance,
+            max_drop_accuracy=max_drop_accuracy, max_drop_shift_accuracy=max_drop_shift_accuracy, min_share=shares, min_reliance_share=reliance,
             allow_different_data=allow_different_data,
         )
         # compare_gates already refused audits that cannot be compared; this call is for the

@@ -54,6 +54,7 @@ class FixDisplay:
         r = info or {}
         scores = " ".join(f"{k}={v:.3g}" for k, v in r.get("scores", {}).items())
         val = f" val_acc={r['val_accuracy']:.3f} proxy={r['val_proxy_accuracy']:.3f}" if "val_accuracy" in r else ""
+        val += f" shifted={r['shift_accuracy']:.3f}" if "shift_accuracy" in r else ""
         metrics = f"loss={r.get('loss', 0):.4f} ce={r.get('ce', 0):.4f} reg={r.get('reg', 0):.4g} {scores}{val}"
         self.progress.update(self.task, completed=done, metrics=metrics)
 
@@ -85,6 +86,9 @@ def fix_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (file or factory)."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation data: the guard, early stopping, best weights, the ModDrop target, and the before/after audits."),
+    shift_data: Optional[str] = typer.Option(None, "--shift-data", help="Shifted data: labelled examples where the suspected shortcut is broken (or a later, other-source sample). fix keeps the weights with the best accuracy on it; the reports show it before and after."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise every layer and train from scratch with the same ingredients (after measuring the input's reliance)."),
+    force: bool = typer.Option(False, "--force", help="Train even when the input's audit finds no modality ignored, unused or weak."),
     modality: List[str] = o.Modalities,
     factory: Optional[str] = o.Factory,
     kind: Optional[str] = o.Kind,
@@ -127,17 +131,18 @@ def fix_command(
     """Fine-tune MODEL on --data with ModDrop on the relied-upon modality (and the
     functional-entropy regularizer with --lambda auto); write the
     model in its input format (never over the input), a training log, and audits before and
-    after. Exit 1 when the guard stopped a fix that made the model worse (reports written).
+    after. Exit 1 when the result is not a success (the guard stopped it, or the reliance
+    swapped; reports written); exit 0 without training when nothing is ignored or weak.
     On N processes: torchrun --nproc-per-node N -m biasscope fix ... (DDP; rank 0 writes)."""
     with guarded(debug):
         cfg = read_config(config)
         table = cfg.fix
-        out_dir = _checked_out(cfg, table, out, model, factory, data, val)
+        out_dir = _checked_out(cfg, table, out, model, factory, data, val, shift_data)
         flags = dict(epochs=epochs, max_steps=steps, lr=lr, optimizer=optimizer, estimator=estimator, form=form,
                      samples=samples, scale=scale, patience=patience, modality_dropout=modality_dropout, augment=augment,
                      target_ratio=target_ratio, checkpoint_every=checkpoint_every, guard_tolerance=guard_tolerance,
                      max_drop_accuracy=max_drop_accuracy, lambda_=lambda_, guard=guard, amp=amp or None,
-                     restore_best=restore_best or None, device=device, seed=seed)
+                     restore_best=restore_best or None, from_scratch=from_scratch or None, device=device, seed=seed)
         options = _fix_options(cfg, table, flags)
         size = batch_size_setting(batch_size, cfg, table)
         inputs = load_inputs(
@@ -147,19 +152,23 @@ def fix_command(
         )
         options = options.replace(label_key=inputs.label_key)
         train, train_info = read_data(pick(data, cfg, "data", None, table), label_key=inputs.label_key, batch_size=size, limit=pick(limit, cfg, "limit"))
-        val_source = pick(val, cfg, "val", None, table)
-        val_batches, val_info = read_data(val_source, label_key=inputs.label_key, batch_size=size, limit=None, what="val") if val_source else (None, None)
-        provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "factory": pick(factory, cfg, "factory"),
+        (val_batches, val_info), (shift_batches, shift_info) = (
+            _held(pick(v, cfg, key, None, table), inputs.label_key, size, flag) for v, key, flag in ((val, "val", "val"), (shift_data, "shift_data", "shift-data")))
+        provenance = {"data": val_info or train_info, "train_data": train_info, "val_data": val_info, "shift_data": shift_info, "factory": pick(factory, cfg, "factory"),
                       "preset": pick(preset, cfg, "preset"), "output_key": inputs.output.key, "output_index": inputs.output.index}
         audit_options = {"samples": pick(audit_samples, cfg, "audit_samples", AuditOptions().samples, table)}
-        report = _run(inputs, train, val_batches, out_dir, options, audit_options, provenance, resume=resume, quiet=quiet)
+        report = _run(inputs, train, (val_batches, shift_batches), out_dir, options, audit_options, provenance, resume=resume, quiet=quiet, force=force)
         _finish(report, out_dir, options)
-        if report.guard_tripped:
-            err_console.print(f"[bold red]guard:[/] {escape(report.message)}", highlight=False)
-            raise typer.Exit(1)
 
 
-def _checked_out(cfg: Any, table: dict, out, model, factory, data, val) -> Path:
+def _held(source: Optional[str], label_key: Optional[str], size: int, flag: str) -> tuple:
+    """The batches and provenance of --val or --shift-data (None, None when not given)."""
+    if not source:
+        return None, None
+    return read_data(source, label_key=label_key, batch_size=size, limit=None, what=flag)
+
+
+def _checked_out(cfg: Any, table: dict, out, model, factory, data, val, shift) -> Path:
     """The output folder, checked before any work: writable, no input, and not the input
     model's own folder."""
     from biasscope.report import check_output_folder
@@ -168,7 +177,7 @@ def _checked_out(cfg: Any, table: dict, out, model, factory, data, val) -> Path:
     out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
     model_path = pick(model, cfg, "model")
     sources = input_paths(model_path, pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
-                          pick(val, cfg, "val", None, table), cfg.path)
+                          pick(val, cfg, "val", None, table), pick(shift, cfg, "shift_data", None, table), cfg.path)
     check_output_folder(out_dir, inputs=sources)
     if model_path is not None:
         check_not_model_folder(out_dir, model_path)
@@ -187,8 +196,8 @@ def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
     return resolve_options("fix", {**flags, "lambda_": None if raw is None else _lambda(raw)}, cfg)
 
 
-def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: FixOptions, audit_options: dict,
-         provenance: dict, *, resume: bool, quiet: bool) -> Any:
+def _run(inputs: Any, train: list, held: tuple, out_dir: Path, options: FixOptions, audit_options: dict,
+         provenance: dict, *, resume: bool, quiet: bool, force: bool) -> Any:
     """fix_and_audit with the progress display; an interrupt exits 130 with where to resume."""
     from biasscope.fix import FixInterrupted
     from biasscope.workflow import fix_and_audit
@@ -197,7 +206,8 @@ def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: 
     try:
         with FixDisplay(quiet) as shown:
             return fix_and_audit(
-                inputs.loaded, train, inputs.modalities, out=out_dir, val_data=val, options=options,
+                inputs.loaded, train, inputs.modalities, out=out_dir, val_data=held[0], shift_data=held[1],
+                force=force, options=options,
                 audit_options=audit_options, output=inputs.output, thresholds=inputs.config.thresholds,
                 resume=resume, provenance=provenance, progress=shown,
                 resume_hint="run the same biasscope fix command again with --resume",
@@ -212,10 +222,15 @@ def _run(inputs: Any, train: list, val: Optional[list], out_dir: Path, options: 
 
 
 def _finish(report: Any, out_dir: Path, options: FixOptions) -> None:
-    """Write the report folder and show the summary: rank 0 alone under torchrun."""
+    """Write the report folder and show the summary: rank 0 alone under torchrun; exit 1
+    when the result is not a success (the guard tripped, or the reliance swapped)."""
     if report.writer:
         report.write(out_dir)
         _show(report, out_dir, options)
+    if report.failed:
+        label = "guard" if report.guard_tripped else "not a success"
+        err_console.print(f"[bold red]{label}:[/] {escape(report.message)}", highlight=False)
+        raise typer.Exit(1)
 
 
 def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
@@ -224,6 +239,11 @@ def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
     from biasscope.render import compare_table
 
     r = report.fix
+    if r is None:
+        console.print(
+            f"nothing to fix: the audit finds no modality ignored, unused or weak ({escape(report.before.sentence)}); "
+            f"no training. Its report: {out_dir / 'before' / 'report.html'}. --force trains anyway.", highlight=False)
+        return
     how = (
         "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto"
         else "the regularizer is off; --lambda auto turns it on" if r.lambda_value == 0 else "given"
@@ -231,9 +251,12 @@ def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
     console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {r.device}", highlight=False)
     t = r.target or {}
     reliance = ", ".join(f"{k} {v:.3g}" for k, v in (t.get("reliance") or {}).items())
-    console.print(f"ModDrop target: {t.get('modality') or 'per step'} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
+    console.print(f"ModDrop target: {t.get('modality') or ('every modality' if t.get('rule') == 'all' else 'per step')} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
+    console.print(f"[bold]assumption:[/] {escape(r.assumption)}", highlight=False)
+    if report.before.shift_accuracy is not None:
+        console.print(f"accuracy on the shifted data: {report.before.shift_accuracy:.3f} -> {report.after.shift_accuracy:.3f}", highlight=False)
     for d in r.diagnostics:
-        if d.code != "fix_guard_tripped":
+        if d.code not in ("fix_guard_tripped", "fix_swapped_reliance"):
             err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)}", highlight=False)
     console.print(compare_table(report.before, report.after))
     console.print(f"[bold]before:[/] {escape(report.before.sentence)}\n[bold]after:[/]  {escape(report.after.sentence)}", highlight=False)

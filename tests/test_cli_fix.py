@@ -67,7 +67,7 @@ def _sha(path):
 
 
 MODS = ["-m", "image=input:image", "-m", "meta=input:meta"]
-SHORT = ["--steps", "4", "--batch-size", "16", "--audit-samples", "4", "--quiet"]
+SHORT = ["--steps", "4", "--batch-size", "16", "--audit-samples", "4", "--quiet", "--force"]  # a random net: --force
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_each_format_round_trips_and_the_input_is_untouched(project, model, extr
 
 
 def test_resume_continues_to_the_same_model(project):
-    common = ["state.pt", "--factory", "fixmodels.py:build", "--data", "train.pt", *MODS, "--batch-size", "16", "--audit-samples", "4", "--quiet", "--checkpoint-every", "2"]
+    common = ["state.pt", "--factory", "fixmodels.py:build", "--data", "train.pt", *MODS, "--batch-size", "16", "--audit-samples", "4", "--quiet", "--checkpoint-every", "2", "--force"]
     full = runner.invoke(app, ["fix", *common, "--steps", "6", "--out", "full"], catch_exceptions=False)
     assert full.exit_code == 0, full.output
     part = runner.invoke(app, ["fix", *common, "--steps", "6", "--out", "part"], catch_exceptions=False)

@@ -190,3 +190,20 @@ def test_audits_of_different_data_refused_unless_allowed(audit_result, tmp_path)
     assert res.exit_code == 2 and "different data" in res.output and "--allow-different-data" in res.output
     res = _compare(tmp_path / "a.json", tmp_path / "b.json", "--allow-different-data")
     assert res.exit_code == 0 and "different data" in res.output  # still warned
+
+
+def test_the_page_is_not_a_plain_pass_while_a_modality_is_weak(audit_result):
+    """One passing gate that did not ask about verdicts: the page says the gate passed *and*
+    that b is still weak (not "All 1 gates passed.")."""
+    from biasscope.compare import Gate
+    from biasscope.render import render_compare_html
+
+    weak = _with(audit_result, a="ok", b="weak")
+    html = " ".join(render_compare_html(weak, weak, gates=[Gate("fix guard", True, "")], plotlyjs="cdn").split())
+    assert "The gate passed, but <code>b</code> is still weak (no gate asked about it)." in html
+    assert "All 1 gates" not in html
+    fine = _with(audit_result, a="ok", b="ok")
+    two = [Gate("g1", True, ""), Gate("g2", True, "")]
+    assert "All 2 gates passed." in " ".join(render_compare_html(fine, fine, gates=two, plotlyjs="cdn").split())
+    gated = [Gate("no modality ignored or weak", False, "b is weak")]
+    assert "1 of 1 gate failed." in " ".join(render_compare_html(weak, weak, gates=gated, plotlyjs="cdn").split())

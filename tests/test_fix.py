@@ -237,9 +237,9 @@ def test_moddrop_on_a_named_modality_without_the_regularizer():
     result = fix(
         GatedNet(), train, MODS, max_steps=4, modality_dropout=1.0, augment="b", **{**FAST, "lambda_": 0.0}
     )
-    assert all(
-        h["augmented"] == "b" and h["scores"] == {} and h["reg"] == 0.0 for h in result.history
-    )
+    assert all(h["augmented"] == "b" and h["reg"] == 0.0 for h in result.history)
+    # the term is off: the scores (detached) only on the first and the last step
+    assert [sorted(h["scores"]) for h in result.history] == [["a", "b"], [], [], ["a", "b"]]
     # with every row of b permuted the model's b pathway sees no label information:
     # same data, no augmentation, gives different weights
     plain = fix(GatedNet(), train, MODS, max_steps=4, modality_dropout=0.0, **{**FAST, "lambda_": 0.0})

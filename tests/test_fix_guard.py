@@ -133,7 +133,7 @@ def test_warning_when_a_pushed_modality_gains_sensitivity_but_no_reliance():
     from biasscope.fix import FixResult, _diagnostics
 
     history = [{"scores": {"s": 1.0, "x": 0.01}}, {"scores": {"s": 0.5, "x": 0.4}}]
-    trainer = SimpleNamespace(history=history, guard=SimpleNamespace(pushed=["x"]), val=[object()])
+    trainer = SimpleNamespace(history=history, guard=SimpleNamespace(pushed=["x"]), val=[object()], validated=True)
     result = FixResult(model=nn.Identity(), history=history, lambda_value=1.0, best_step=None, stopped_early=False)
     warned = _diagnostics(trainer, result, {"s": 1.2, "x": 0.0})
     assert [(d.code, d.modality) for d in warned] == [("fix_pushed_uninformative", "x")]

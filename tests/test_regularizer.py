@@ -418,3 +418,32 @@ def test_term_examples_scores_a_subset():
     assert scores["a"].item() != pytest.approx(reg.compute(batch)[1]["a"].item(), rel=1e-3)
     for m in MODS:
         assert float(scores[m.name]) == pytest.approx(float(expected[m.name]), rel=1e-9)
+
+
+def test_min_dominant_form_is_the_dominant_score_and_its_gradient_only():
+    from biasscope.regularizer import MAXIMISING_FORMS, regularizer_term
+
+    scores = torch.tensor([1.0, 3.0, 2.0], requires_grad=True)
+    term = regularizer_term(scores, form="min_dominant")
+    assert float(term) == 3.0  # the largest score by default
+    term.backward()
+    assert scores.grad.tolist() == [0.0, 1.0, 0.0]
+    assert float(regularizer_term(scores, form="min_dominant", dominant=0)) == 1.0
+    assert "min_dominant" not in MAXIMISING_FORMS
+
+
+def test_min_dominant_regularizer_penalises_the_named_modality():
+    from biasscope import FunctionalEntropyRegularizer, Modality
+    from biasscope.datasets import TwoModalityNet, colored_digits
+    from biasscope.demo import batches_of
+    from biasscope.errors import ModalityError
+
+    model = TwoModalityNet(seed=0)
+    batch = batches_of(colored_digits("train", n=32), 32)[0]
+    mods = [Modality("image", input="image"), Modality("color", input="color")]
+    reg = FunctionalEntropyRegularizer(model, mods, samples=2, form="min_dominant", dominant="color")
+    term, scores = reg(batch)
+    assert torch.allclose(term, scores["color"])
+    reg.dominant = "colour"
+    with pytest.raises(ModalityError, match="colour"):
+        reg(batch)

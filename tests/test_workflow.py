@@ -83,7 +83,8 @@ def _sha(path):
 def test_guard_trips_on_noise_exit_1_with_the_report_written(planted):
     res = runner.invoke(app, ["fix", "models/state.pt", "--data", "train_noise.pt", "--val", "val_noise.pt", *RUN, "--out", "out"])
     assert res.exit_code == 1, res.output
-    assert "guard" in res.output and "off s towards x" in res.output and "decorrelated accuracy" in res.output
+    assert "guard:" in res.output and "off s towards x" in res.output and "decorrelated accuracy" in res.output
+    assert "[bold red]" not in res.output  # markup, not a literal
     out = planted / "out"
     for name in ("before/audit.json", "after/audit.json", "compare.html", "training_log.json", "model.pt"):
         assert (out / name).exists(), name
@@ -101,8 +102,14 @@ def test_guard_trips_on_noise_exit_1_with_the_report_written(planted):
 
 def test_after_audit_names_the_written_model_and_the_data(planted):
     res = runner.invoke(app, ["fix", "models/state.pt", "--data", "train_signal.pt", "--val", "val_signal.pt", *RUN, "--out", "out"])
-    assert res.exit_code == 0, res.output
+    # without shifted data the move of reliance from s onto x is a swap: exit 1, reports written
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "assumes `s`, the modality the model relies on, is the shortcut" in text
+    assert "not a success:" in text and "[bold red]" not in text and "--shift-data" in text
     out = planted / "out"
+    compare = " ".join((out / "compare.html").read_text().split())
+    assert "no swap of reliance" in compare and "1 of 2 gates failed" in compare  # the guard's passed
     before = AuditResult.load(out / "before" / "audit.json")
     after = AuditResult.load(out / "after" / "audit.json")
     assert after.provenance["model"]["sha256"] == _sha(out / "model.pt")

@@ -298,6 +298,14 @@ def _compare_rows(before: AuditResult, after: AuditResult) -> list[dict[str, Any
     return [{"name": n, "before": b.get(n), "after": a.get(n)} for n in names]
 
 
+def _ungated(after: AuditResult, gates: list[dict[str, Any]] | None) -> dict[str, str]:
+    """The modalities still ignored, unused or weak after, by verdict, unless a gate asked
+    about them (a ``no modality ...`` gate): the page must not read as a plain pass."""
+    if gates is None or any(g["name"].startswith("no modality") for g in gates):
+        return {}
+    return {name: after[name].verdict for name in after.failing("weak")}
+
+
 def _gate_rows(gates: Sequence[Any] | None) -> list[dict[str, Any]] | None:
     if gates is None:
         return None
@@ -334,6 +342,7 @@ def render_compare_html(
         figs={"compare": _figure_html("compare", fig)},
         gates=gate_rows,
         failed=None if gate_rows is None else sum(not g["passed"] for g in gate_rows),
+        ungated=_ungated(after, gate_rows),
         prov_before=_provenance(before),
         prov_after=_provenance(after),
     )

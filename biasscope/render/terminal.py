@@ -136,6 +136,8 @@ def audit_summary(result: AuditResult, *, width: int | None = None) -> Renderabl
     facts = Text(f"{result.n_examples} examples", style="dim")
     if result.accuracy is not None:
         facts.append(f" · accuracy {fmt_pct(result.accuracy)}", style="dim")
+    if result.shift_accuracy is not None:
+        facts.append(f" · accuracy on the shifted data {fmt_pct(result.shift_accuracy)}", style="dim")
     by = "label" if result.class_source == "label" else "prediction"
     facts.append(f" · {len(result.classes)} classes (by {by})", style="dim")
     headline = Panel(
