@@ -1,8 +1,9 @@
-"""``python -m biasscope``: the ``biasscope`` command."""
+"""``python -m biasscope``: the ``biasscope`` command (through its launcher, see
+:mod:`biasscope.cli.launcher`)."""
 
 from __future__ import annotations
 
-from biasscope.cli.main import app
+from biasscope.cli.launcher import main
 
 if __name__ == "__main__":
-    app(prog_name="biasscope")
+    main()

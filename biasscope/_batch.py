@@ -177,6 +177,8 @@ def _as_label(label: Any) -> Tensor | None:
         label = label.argmax(dim=1)
     if label.is_floating_point() and label.dim() == 1 and torch.all(label == label.round()):
         label = label.long()
+    elif not label.is_floating_point() and not label.is_complex() and label.dtype != torch.int64:
+        label = label.long()  # int8/16/32, uint8..64, bool: class indices, as gather() needs
     return label
 
 

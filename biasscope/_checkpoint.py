@@ -16,7 +16,7 @@ from torch import Tensor
 from ._files import write_atomic
 from .errors import ConfigError
 
-__all__ = ["CHECKPOINT_NAME", "LEGACY_CHECKPOINT_NAME", "CheckpointStore", "pack", "unpack"]
+__all__ = ["CHECKPOINT_NAME", "LEGACY_CHECKPOINT_NAME", "CheckpointStore", "content_sha256", "pack", "unpack"]
 
 CHECKPOINT_NAME = "fix_checkpoint.safetensors"
 #: the pickle-based checkpoint of earlier versions: never loaded (it could run code)
@@ -24,6 +24,39 @@ LEGACY_CHECKPOINT_NAME = "fix_checkpoint.pt"
 _FORMAT = "biasscope-fix-checkpoint"
 _VERSION = 2
 _META_KEY = "biasscope"
+
+
+def content_sha256(obj: Any) -> str:
+    """The sha256 of nested containers of tensors and plain values (a state dict, a list of
+    batches): names, dtypes, shapes and bytes, so any change of weights or data shows."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, Tensor):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            try:
+                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            except (RuntimeError, TypeError):  # a layout without plain bytes (sparse, quantized)
+                digest.update(repr(t.tolist() if t.layout == torch.strided else t).encode())
+        elif isinstance(x, dict):
+            digest.update(b"{")
+            for k, v in x.items():
+                digest.update(repr(k).encode())
+                walk(v)
+            digest.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            digest.update(b"[")
+            for v in x:
+                walk(v)
+            digest.update(b"]")
+        else:
+            digest.update(repr(x).encode())
+
+    walk(obj)
+    return digest.hexdigest()
 
 
 def pack(state: Any) -> tuple[Any, dict[str, Tensor]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
     "MANIFEST_NAME", "atomic_path", "check_output_file", "check_output_folder", "clean_stale",
-    "write_atomic", "write_outputs",
+    "file_digests", "manifest_names", "utf8", "write_atomic", "write_outputs",
 ]
 
 
@@ -42,13 +42,21 @@ def atomic_path(path: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a file name that is not UTF-8 (held as lone surrogates by Python)
+    is written as its ``\\udcNN`` escape, so that any path the OS accepts can be reported."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected text or bytes, got a {type(text).__name__}")
+    return text.encode("utf-8", errors="backslashreplace")
+
+
 def write_atomic(path: Path, content: str | bytes) -> Path:
     """Write ``content`` (text as UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         if isinstance(content, bytes):
             tmp.write_bytes(content)
         else:
-            tmp.write_text(content, encoding="utf-8")
+            tmp.write_bytes(utf8(content))
     return path
 
 
@@ -91,12 +99,40 @@ def clean_stale(folder: Path) -> list[Path]:
     return removed
 
 
-def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | None = None) -> dict[str, Path]:
+def file_digests(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """The sha256 of each named file of ``folder``, a named folder standing for every file
+    inside it (``model`` -> ``model/config.json``, ...)."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    for name in names:
+        path = folder / name
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in paths:
+            out[p.relative_to(folder).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def manifest_names(folder: Path) -> set[str]:
+    """The files the manifest of ``folder`` lists (written by this tool), whether or not they
+    still match it; empty without a readable manifest."""
+    import json
+
+    try:
+        files = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]
+        return {str(name) for name in files}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | None = None,
+                  written: Iterable[str] = ()) -> dict[str, Path]:
     """Write several files into ``folder`` as one unit.
 
     Every file is first written in full to a staging folder inside ``folder``; then the old
     manifest is removed, the files are renamed into place, and a new manifest
-    (``biasscope-manifest.json``: run info and each file's sha256) is written last. A reader
+    (``biasscope-manifest.json``: run info and each file's sha256, with the files and folders
+    ``written`` already by this run, such as a saved model) is written last. A reader
     who finds the manifest and matching hashes sees one run's complete output; an interrupted
     write leaves no manifest (and its staging folder is removed by the next run).
     """
@@ -110,7 +146,7 @@ def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | No
     try:
         digests = {}
         for name, content in files.items():
-            data = content.encode("utf-8") if isinstance(content, str) else content
+            data = utf8(content) if isinstance(content, str) else content
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
             os.chmod(staging / name, 0o666 & ~_umask())
@@ -122,6 +158,7 @@ def write_outputs(folder: Path, files: dict[str, str | bytes], *, run: dict | No
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, folder / name)
             out[name] = folder / name
+        digests.update(file_digests(folder, written))
         body = json.dumps({"run": run or {}, "files": digests}, indent=2)
         write_atomic(manifest, body)
         return out
@@ -137,6 +174,15 @@ def _same(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _overwrites(target: Path, source: Path) -> bool:
+    """Whether writing ``target`` (a file, or a folder replaced whole) would overwrite
+    ``source``: the same file (through symlinks or hard links), or ``source`` inside it."""
+    if _same(target, source):
+        return True
+    real_target, real_source = Path(os.path.realpath(target)), Path(os.path.realpath(source))
+    return real_target == real_source or real_target in real_source.parents
 
 
 def _writable_ancestor(path: Path, parameter: str) -> None:
@@ -173,9 +219,11 @@ def check_output_folder(
     inputs: list[str | os.PathLike[str]] | tuple = (),
     parameter: str = "out",
 ) -> Path:
-    """Check, before any work, that ``folder`` can receive the files ``names``: it is not a
-    file, not under a pseudo file system, writable (or creatable), no file to write is an
-    existing folder, and neither the folder nor a file to write is one of ``inputs``.
+    """Check, before any work, that ``folder`` can receive the files ``names`` (a name
+    ending in ``/`` is a folder the run writes): it is not a file, not under a pseudo file
+    system, writable (or creatable), no file to write is an existing folder (nor a folder to
+    write an existing file), and neither the folder nor anything written is, or holds, one of
+    ``inputs`` (resolved: symlinks and hard links count).
     Raises :class:`~biasscope.errors.OutputPathError` naming ``parameter``."""
     from .errors import OutputPathError
 
@@ -195,15 +243,21 @@ def check_output_folder(
     _writable_ancestor(folder, parameter)
     for name in names:
         target = folder / name
-        if target.is_dir():
+        if name.endswith("/") and (target.exists() or target.is_symlink()) and not target.is_dir():
+            raise OutputPathError(
+                f"{str(target)!r} is a file, but the run writes a folder there; move or remove "
+                f"it, or choose another {parameter}.", parameter=parameter,
+            )
+        if not name.endswith("/") and target.is_dir():
             raise OutputPathError(
                 f"{str(target)!r} is a folder, but the run writes a file there; move or remove "
                 f"it, or choose another {parameter}.", parameter=parameter,
             )
-        if any(_same(target, source) for source in input_paths):
+        hit = next((source for source in input_paths if _overwrites(target, source)), None)
+        if hit is not None:
             raise OutputPathError(
-                f"Writing {str(target)!r} would overwrite an input; choose another {parameter}.",
-                parameter=parameter,
+                f"Writing {str(target)!r} would overwrite the input {str(hit)!r}; choose another "
+                f"{parameter} (an input is never overwritten).", parameter=parameter,
             )
     return folder
 

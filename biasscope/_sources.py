@@ -18,7 +18,31 @@ from torch import Tensor
 
 from .errors import BiasscopeError, DataLoadError
 
-__all__ = ["fingerprint", "split_spec", "call_factory", "first_line", "describe_obj"]
+__all__ = ["check_regular", "fingerprint", "split_spec", "call_factory", "first_line", "describe_obj"]
+
+
+def check_regular(path: Path, *, what: str, error: type[BiasscopeError], folder_ok: bool = False) -> None:
+    """Refuse, before opening it, a path that is not a regular file (a named pipe, a device
+    such as /dev/zero, a socket: reading one may block or never end), or a folder where a file
+    is expected; inside a folder (a Hugging Face model) every entry must be a file or folder."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: the caller says so in its own words
+    if stat.S_ISDIR(mode) and folder_ok:
+        for entry in path.rglob("*"):
+            check_regular(entry, what=what, error=error, folder_ok=True)
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else (
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise error(
+        f"The {what} {str(path)!r} is {kind}; biasscope reads {what} from regular files only "
+        f"(reading {kind} could block or never end). Give the path of a {what} file."
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -30,7 +54,7 @@ def _sha256(path: Path) -> str:
             (p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()
         )
         for rel, p in files:
-            h.update(rel.encode("utf-8") + b"\0" + p.stat().st_size.to_bytes(8, "little"))
+            h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + p.stat().st_size.to_bytes(8, "little"))
             _hash_file_into(h, p)
     else:
         _hash_file_into(h, path)
@@ -46,6 +70,7 @@ def _hash_file_into(h: Any, path: Path) -> None:
 def fingerprint(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file or a directory (same digest as :attr:`LoadedModel.sha256`)."""
     p = Path(path)
+    check_regular(p, what="input", error=DataLoadError, folder_ok=True)
     if not p.exists():
         raise DataLoadError(
             f"Cannot fingerprint {str(p)!r}: no such file or directory. Check the path."
@@ -173,7 +198,7 @@ def _import_file(target: str, *, spec: str, error: type[BiasscopeError], what: s
             f"Check the path (relative paths start from the current directory: {os.getcwd()})."
         )
     resolved = path.resolve()
-    name = "_biasscope_factory_" + hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    name = "_biasscope_factory_" + hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
     if name in sys.modules:
         return sys.modules[name]
     module_spec = importlib.util.spec_from_file_location(name, resolved)

@@ -31,7 +31,7 @@ from .data_checks import data_checks
 from .diagnostics import OutputCheck, output_problems, raise_output_problems
 from .errors import ConfigError, DataLoadError
 from .modality import Modality, validate_modalities
-from .options import AuditOptions
+from .options import AuditOptions, check_passes
 from .output_kinds import DIVERGENCE_OF, SENSITIVITY_ONLY, detect_output_kind, label_kind, output_kind_diagnostic
 from .perception import AuditSet, modality_shapley, permutation_scores
 from .results import AuditResult, Diagnostic
@@ -306,6 +306,7 @@ def _load(model, data, given, options: AuditOptions):
     kind and the data checks' diagnostics."""
     batches = collect_batches(data, label_key=options.label_key, limit=options.limit)
     modalities, taken = _modalities(model, batches[0], given)
+    check_passes(options.samples, len(modalities), tensorization=options.tensorization)
     validate_modalities(batches[0], modalities)
     batches, label_kind_found = _without_unusable_labels(batches, options.output_kind)
     return batches, modalities, label_kind_found, taken + data_checks(batches, modalities)

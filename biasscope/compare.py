@@ -60,13 +60,24 @@ class Headline:
     ungated: dict[str, str] = field(default_factory=dict)
 
 
+def finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e400``) is an error, not inf."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def load_audit(path: str | os.PathLike[str]) -> AuditResult:
     """Read an audit.json, with a specific message for a folder, a JSON that is not an
     object, and a file that is not a biasscope audit."""
+    from ._sources import check_regular
+
     path = Path(path)
     if path.is_dir():
         hint = " (it holds an audit.json: give that file)" if (path / "audit.json").is_file() else ""
         raise DataLoadError(f"{path} is a folder, not an audit JSON{hint}; give the audit.json file.")
+    check_regular(path, what="audit JSON", error=DataLoadError)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -74,9 +85,12 @@ def load_audit(path: str | os.PathLike[str]) -> AuditResult:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataLoadError(f"Cannot read {path} as an audit JSON ({exc}).") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataLoadError(f"{path} is not valid JSON ({exc}); give an audit.json.") from None
+        data = json.loads(text, parse_float=finite_float)
+    except (ValueError, RecursionError) as exc:  # bad syntax, 1e400, a 5,000-digit integer, deep nesting
+        raise DataLoadError(
+            f"{path} is not valid JSON for an audit ({type(exc).__name__}: {str(exc)[:160]}); give an "
+            "audit.json written by `biasscope audit`."
+        ) from None
     if not isinstance(data, dict):
         raise DataLoadError(
             f"{path} holds a JSON {type(data).__name__}, not an object: give one audit.json "
@@ -86,9 +100,9 @@ def load_audit(path: str | os.PathLike[str]) -> AuditResult:
         return AuditResult.from_dict(data)
     except DataLoadError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
         raise DataLoadError(
-            f"{path} is not a biasscope audit result ({type(exc).__name__}: {exc}); give an "
+            f"{path} is not a biasscope audit result ({type(exc).__name__}: {str(exc)[:160]}); give an "
             "audit.json written by `biasscope audit`."
         ) from None
 

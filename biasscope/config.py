@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import BiasscopeError, ConfigError
 from .verdict import Thresholds
 
 if sys.version_info >= (3, 11):
@@ -30,7 +30,7 @@ CONFIG_NAME = "biasscope.toml"
 _NUMBER = (int, float)
 _TABLES = ("modalities", "audit", "thresholds", "fix")
 _TOP: dict[str, Any] = {
-    "model": str, "factory": str, "kind": str, "trust_pickle": bool, "hf_class": str,
+    "model": str, "factory": str, "kind": str, "hf_class": str,
     "preset": str, "data": str, "label_key": str, "batch_size": int, "limit": int,
     "output_key": str, "output_index": int, "call": str, "adapter": str, **{t: dict for t in _TABLES},
 }
@@ -75,19 +75,37 @@ def table_schema(table: str) -> dict[str, Any]:
 _THRESHOLDS: dict[str, Any] = {"ignored": _NUMBER, "weak": _NUMBER, "dominant": _NUMBER}
 
 
+#: keys that no file may set: trust to run code stored in a file comes from the command line
+#: (or the Python argument), never from a file the tool reads
+_REFUSED = {"trust_pickle": "--trust-pickle", "trust_remote_code": "--trust-pickle"}
+
+
+def _refuse_trust(path: Path, raw: dict[str, Any]) -> None:
+    tables = [("", raw)] + [(f" [{t}]", raw[t]) for t in _TABLES if isinstance(raw.get(t), dict)]
+    for where, table in tables:
+        for key in _REFUSED.keys() & table.keys():
+            raise ConfigError(
+                f"{path}{where} sets {key}, but trust to run code stored in a model file is never "
+                f"read from a file biasscope reads: remove the key from {path} and pass "
+                f"{_REFUSED[key]} on the command line (trust_pickle=True in Python) for a file you "
+                "trust.", source=str(path),
+            )
+
+
 def _check_table(where: str, table: dict[str, Any], schema: dict[str, Any]) -> None:
     """Unknown keys and values of the wrong type are errors that name the key."""
     extra = sorted(set(table) - set(schema))
     if extra:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(extra)}. Allowed: {', '.join(sorted(schema))}."
+            f"{where}: unknown key(s) {', '.join(extra)}. Allowed: {', '.join(sorted(schema))}.",
+            source=where.split(" [")[0],
         )
     for key, value in table.items():
         kinds = schema[key] if isinstance(schema[key], tuple) else (schema[key],)
         bad_bool = isinstance(value, bool) and bool not in kinds
         if bad_bool or not isinstance(value, kinds):
             names = " or ".join(k.__name__.replace("str", "string").replace("dict", "table") for k in kinds)
-            raise ConfigError(f"{where}: {key} must be a {names}, got {value!r}.")
+            raise ConfigError(f"{where}: {key} must be a {names}, got {_short(value)}.", source=where.split(" [")[0])
 
 
 @dataclass
@@ -123,9 +141,10 @@ def load_config(path: str | Path) -> ProjectConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read the config {str(path)!r} ({exc}).") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax.") from None
+        raise ConfigError(f"Cannot read the config {str(path)!r} ({exc}); check the --config path.", source=str(path)) from None
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
+        raise ConfigError(f"{path} is not valid TOML ({str(exc)[:200]}); fix the syntax.", source=str(path)) from None
+    _refuse_trust(path, raw)
     _check_table(str(path), raw, _TOP)
     base = path.parent
     options = {k: v for k, v in raw.items() if k not in _TABLES}
@@ -135,7 +154,10 @@ def load_config(path: str | Path) -> ProjectConfig:
     _check_table(f"{path} [modalities]", mods_raw, {name: str for name in mods_raw})
     from .modality import Modality  # imports torch: only when a file names modalities
 
-    modalities = [Modality.parse(f"{name}={site}") for name, site in mods_raw.items()]
+    try:
+        modalities = [Modality.parse(f"{name}={site}") for name, site in mods_raw.items()]
+    except BiasscopeError as exc:
+        raise ConfigError(f"{path} [modalities]: {exc}", source=str(path)) from None
     audit = dict(raw.get("audit", {}))
     _check_table(f"{path} [audit]", audit, table_schema("audit"))
     fix = dict(raw.get("fix", {}))
@@ -150,6 +172,15 @@ def load_config(path: str | Path) -> ProjectConfig:
     _check_table(f"{path} [thresholds]", thresholds_raw, _THRESHOLDS)
     thresholds = Thresholds(**{k: float(v) for k, v in thresholds_raw.items()})
     return ProjectConfig(path, options, modalities, audit, fix, thresholds)
+
+
+def _short(value: Any) -> str:
+    """A value as the message shows it: a nested table or a huge number cut to 80 characters."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _resolve(base: Path, value: Any) -> Any:
@@ -204,5 +235,5 @@ def resolve_options(
         return options_from_mapping(cls, values)
     except ConfigError as exc:
         if exc.parameter in origin:
-            raise ConfigError(f"{origin[exc.parameter]}: {exc}") from None
+            raise ConfigError(f"{origin[exc.parameter]}: {exc}", source=str(config.path)) from None
         raise

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._sources import call_factory, describe_obj, first_line, split_spec
+from ._sources import call_factory, check_regular, describe_obj, first_line, split_spec
 from .errors import ConfigError, DataLoadError
 
 __all__ = ["load_data"]
@@ -74,8 +74,9 @@ def _read_data_file(path: Path) -> dict[str, Tensor] | tuple[Tensor, ...]:
             f"{os.getcwd()}), or give a factory as 'package.module:function' or "
             "'path/to/file.py:function'."
         )
+    check_regular(path, what="data", error=DataLoadError)
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in _DATA_SUFFIXES:
+    if suffix not in _DATA_SUFFIXES:
         raise DataLoadError(
             f"Unsupported data file {str(path)!r}. Supported: {', '.join(_DATA_SUFFIXES)} (a dict "
             "of tensors, or for .pt a tuple of tensors with the label last), or a factory "
@@ -140,8 +141,28 @@ def _tensor_dict(obj: Mapping[Any, Any], where: str) -> dict[str, Tensor]:
                 f"Entry {key!r} in {where} is {describe_obj(value)}, not a tensor. A dict data "
                 "source holds only tensors with the examples along the first dimension."
             )
-        out[str(key)] = value
+        out[str(key)] = _plain_tensor(value, f"Entry {key!r} in {where}")
     return out
+
+
+#: the dtypes a data tensor may have: the model's inputs and labels (no float8, no quantized)
+_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool, torch.uint8,
+           torch.int8, torch.int16, torch.int32, torch.int64, torch.complex64, torch.complex128}
+
+
+def _plain_tensor(value: Tensor, what: str) -> Tensor:
+    """A dense tensor with data in memory and a usual dtype; sparse, meta, nested, float8 or
+    quantized tensors are refused naming the entry."""
+    problem = ("a sparse tensor" if value.layout != torch.strided else
+               "a nested tensor" if value.is_nested else
+               "a meta tensor (shape only, no data)" if value.is_meta else
+               f"a {value.dtype} tensor" if value.dtype not in _DTYPES else None)
+    if problem is not None:
+        raise DataLoadError(
+            f"{what} is {problem}, which biasscope does not feed to a model. Save dense tensors "
+            "with their data (tensor.to_dense() / a float or integer dtype)."
+        )
+    return value
 
 
 def _tensor_tuple(obj: Iterable[Any], where: str) -> tuple[Tensor, ...]:
@@ -153,6 +174,7 @@ def _tensor_tuple(obj: Iterable[Any], where: str) -> tuple[Tensor, ...]:
                 "source holds only tensors (label last) with the examples along the first "
                 "dimension."
             )
+        _plain_tensor(value, f"Element {i} in {where}")
     if not items:
         raise DataLoadError(f"{where} holds an empty tuple; it needs the inputs and the label.")
     return items

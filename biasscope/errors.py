@@ -18,12 +18,15 @@ class BiasscopeError(Exception):
     """Base class of every error biasscope raises on purpose.
 
     ``parameter`` names the option at fault (``samples``) when there is one, so that a front
-    end can name its own spelling of it (the CLI's ``--samples``).
+    end can name its own spelling of it (the CLI's ``--samples``). ``source`` is the file that
+    holds the wrong value (a biasscope.toml), when it came from one: the message then names
+    that file's keys, and a front end leaves them as they are (no flag names).
     """
 
-    def __init__(self, *args: object, parameter: str | None = None) -> None:
+    def __init__(self, *args: object, parameter: str | None = None, source: str | None = None) -> None:
         super().__init__(*args)
         self.parameter = parameter
+        self.source = source
 
 
 class ModalityError(BiasscopeError):

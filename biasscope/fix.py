@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._batch import OutputSpec
-from ._checkpoint import CHECKPOINT_NAME, CheckpointStore
+from ._checkpoint import CHECKPOINT_NAME, CheckpointStore, content_sha256
 from ._ddp import DistributedUpdate
 from ._device import model_device, resolve_device
 from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, rank_device, sync_point, world_size
@@ -36,7 +36,7 @@ from .modality import Modality
 from .options import AUGMENT_RULES, FixOptions
 from .results import Diagnostic
 
-__all__ = ["CHECKPOINT_NAME", "FixInterrupted", "FixResult", "fix", "resolve_fix_options"]
+__all__ = ["CHECKPOINT_NAME", "FixInterrupted", "FixResult", "check_fix_setup", "fix", "resolve_fix_options"]
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
 #: options that may change between a run and its resume (they do not change the steps taken)
@@ -132,7 +132,9 @@ def resolve_fix_options(options: FixOptions | None, overrides: dict[str, Any]) -
     return base.replace(**overrides) if overrides else base
 
 
-def _check(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, resume) -> torch.device:
+def check_fix_setup(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, resume) -> torch.device:
+    """Every check of a fix's options against its modalities and device, before any work;
+    returns the device it trains on."""
     names = [m.name for m in modalities]
     if len(modalities) < 2:
         raise ConfigError(
@@ -142,7 +144,7 @@ def _check(options: FixOptions, modalities: Sequence[Modality], checkpoint_dir, 
     if options.augment not in (*AUGMENT_RULES, *names):
         raise ConfigError(
             f"augment must be {', '.join(map(repr, AUGMENT_RULES))} or a modality name "
-            f"({', '.join(names)}); got {options.augment!r}."
+            f"({', '.join(names)}); got {options.augment!r}.", parameter="augment",
         )
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir (where the checkpoint was written).")
@@ -161,15 +163,42 @@ def _settings(options: FixOptions, modalities: Sequence[Modality]) -> dict[str, 
     return {**options.as_dict(), "modalities": {m.name: m.site for m in modalities}}
 
 
-def _resume(trainer: Trainer, store: CheckpointStore, settings: dict[str, Any]) -> None:
+def _input_fingerprints(model: nn.Module, data: Any, val_data: Any) -> dict[str, str | None]:
+    """The sha256 of the model's weights and of the training and validation batches (None for
+    data given as a loader, which is not read twice): a checkpoint resumes only these."""
+    def of(batches: Any) -> str | None:
+        return content_sha256(list(batches)) if isinstance(batches, (list, tuple)) else None
+
+    return {"model": content_sha256(model.state_dict()), "data": of(data), "val data": of(val_data)}
+
+
+_INPUT_FLAGS = {"model": "the model", "data": "the training data (--data)", "val data": "the validation data (--val)"}
+
+
+def _check_inputs(store: CheckpointStore, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    changed = [k for k in now if saved.get(k) != now[k]]
+    if changed:
+        what = "; ".join(
+            f"{_INPUT_FLAGS[k]}: sha256 {str(saved.get(k))[:12]} in the checkpoint, {str(now[k])[:12]} now" for k in changed
+        )
+        raise ConfigError(
+            f"The checkpoint in {store.folder} was written for other inputs ({what}). Resume "
+            "with the model and data it was written for, or start afresh without resuming "
+            f"(remove {store.folder})."
+        )
+
+
+def _resume(trainer: Trainer, store: CheckpointStore, settings: dict[str, Any], inputs: dict[str, Any]) -> None:
     state = store.load()
+    _check_inputs(store, state.get("inputs") or {}, inputs)
     fixed = {k: v for k, v in settings.items() if k not in _RESUMABLE}
     saved = {k: v for k, v in state["settings"].items() if k not in _RESUMABLE}
     if saved != fixed:
         changed = sorted(k for k in set(fixed) | set(saved) if saved.get(k) != fixed.get(k))
         raise ConfigError(
             f"The checkpoint in {store.folder} was written with other settings "
-            f"({', '.join(changed)}); resume with the same settings or resume=False."
+            f"({', '.join(changed)}); resume with the same settings, or start afresh without "
+            f"resuming (remove {store.folder})."
         )
     trainer.load_state_dict(state["trainer"])
 
@@ -189,14 +218,14 @@ def _found_checkpoint(store: CheckpointStore) -> bool:
     return found
 
 
-def _save(store: CheckpointStore | None, trainer: Trainer, settings: dict[str, Any], every: int) -> None:
+def _save(store: CheckpointStore | None, trainer: Trainer, settings: dict[str, Any], every: int, inputs: dict) -> None:
     """Write the checkpoint when due: rank 0 writes, every rank waits for it (an error on
     rank 0 surfaces on all)."""
     if store is None or trainer.step_count % every != 0:
         return
     with sync_point("checkpoint"):
         if is_writer():
-            store.save({"settings": settings, "trainer": trainer.state_dict()})
+            store.save({"settings": settings, "inputs": inputs, "trainer": trainer.state_dict()})
 
 
 def _result(trainer: Trainer, settings, store, home, *, interrupted: bool) -> FixResult:
@@ -304,9 +333,10 @@ def fix(
 
 def _fix(model, data, modalities, *, val_data, shift_data, opts, output, checkpoint_dir, resume, progress) -> FixResult:
     """:func:`fix` with resolved options, inside the process group (if any)."""
-    dev = _check(opts, modalities, checkpoint_dir, resume)
+    dev = check_fix_setup(opts, modalities, checkpoint_dir, resume)
     settings = _settings(opts, modalities)
     store = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
+    inputs = _input_fingerprints(model, data, val_data) if store is not None else {}
     home = model_device(model)
     work = _copy_model(model).to(dev).train()
     trainer = Trainer(work, modalities, opts, device=dev, output=output or OutputSpec(), val_data=val_data,
@@ -319,7 +349,7 @@ def _fix(model, data, modalities, *, val_data, shift_data, opts, output, checkpo
         first = list(islice(batches.epoch(0), opts.calibration_batches))
         if resume and _found_checkpoint(store):
             with sync_point("resume"):
-                _resume(trainer, store, settings)
+                _resume(trainer, store, settings, inputs)
         try:
             if is_distributed():
                 DistributedUpdate(trainer)
@@ -335,7 +365,7 @@ def _fix(model, data, modalities, *, val_data, shift_data, opts, output, checkpo
                         continue
                     record = trainer.step(batch, epoch, index, last)
                     report("fix", record["step"], total, dict(record))
-                    _save(store, trainer, settings, opts.checkpoint_every)
+                    _save(store, trainer, settings, opts.checkpoint_every, inputs)
                     if trainer.done:
                         break
         except KeyboardInterrupt as exc:

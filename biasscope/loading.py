@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._exported import ExportedModule
-from ._sources import fingerprint
+from ._sources import check_regular, fingerprint
 from .errors import ModelLoadError
 from .formats import FORMATS, LoadedModel, LoadRequest, SaveRequest
 from .formats._base import SUPPORTED_MODELS, naming, set_eval
@@ -57,6 +57,7 @@ def load_model(
             f"Model file {str(p)!r} does not exist. Check the path (relative paths start from "
             f"{os.getcwd()})."
         )
+    check_regular(p, what="model", error=ModelLoadError, folder_ok=True)
     if kind is not None and kind not in MODEL_KINDS:
         raise naming(ModelLoadError(
             f"Unknown kind={kind!r}. Use one of {', '.join(MODEL_KINDS)}, or leave it out to "

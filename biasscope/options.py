@@ -16,13 +16,19 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["AUDIT_PROFILES", "AuditOptions", "FixOptions", "flag_name", "options_from_mapping", "profile_options"]
+__all__ = ["AUDIT_PROFILES", "AuditOptions", "FixOptions", "check_passes", "flag_name", "options_from_mapping",
+           "profile_options"]
 
 #: the largest number of model passes per example an audit may plan (samples x modalities),
 #: the "stated budget" against which absurd sample counts are refused up front
 MAX_PASSES_PER_EXAMPLE = 100_000
 #: the most examples an audit attributes (each costs about ``steps`` backward passes)
 MAX_EXPLAIN = 50
+#: upper bounds of the other counts: far above any useful value, below a run that would
+#: exhaust memory or never end (stated in the message when exceeded)
+MAX_REPEATS = 1_000
+MAX_COUNT = 1_000_000
+MAX_STEPS = 1_000_000_000
 
 DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -59,12 +65,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: Any, *, low: int, high: int | None = None, optional: bool = False) -> None:
+def check_int(name: str, value: Any, *, low: int, high: int = MAX_STEPS, optional: bool = False) -> None:
     """``value`` an integer in [low, high] (None allowed when ``optional``)."""
     if optional and value is None:
         return
-    if not _is_int(value) or value < low or (high is not None and value > high):
-        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    if not _is_int(value) or value < low or value > high:
+        bound = f"an integer in [{low}, {high}]"
         raise _fail(name, value, bound + (" or None" if optional else ""))
 
 
@@ -95,6 +101,19 @@ def check_number(
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_passes(samples: int, modalities: int, *, tensorization: bool = False, parameter: str = "samples") -> None:
+    """The model passes an audit plans per example, samples x modalities (x (M+1)/M more
+    with the tensorization check), within :data:`MAX_PASSES_PER_EXAMPLE`."""
+    passes = samples * (2 * modalities + 1 if tensorization else modalities)
+    if passes > MAX_PASSES_PER_EXAMPLE:
+        most = MAX_PASSES_PER_EXAMPLE // (2 * modalities + 1 if tensorization else max(modalities, 1))
+        raise ConfigError(
+            f"{parameter} = {samples} with {modalities} modalities plans {passes:,} model passes per "
+            f"example, over the budget of {MAX_PASSES_PER_EXAMPLE:,}: give {parameter} <= {most:,}.",
+            parameter=parameter,
+        )
 
 
 def check_device(name: str, value: Any) -> None:
@@ -180,9 +199,10 @@ class AuditOptions:
             raise _fail("label_key", self.label_key, "a string or None")
         check_int("limit", self.limit, low=1, optional=True)
         if self.max_rows != "auto":
-            check_int("max_rows", self.max_rows, low=1)
-        if not _is_int(self.permutation_repeats) or self.permutation_repeats < 0 or self.permutation_repeats == 1:
-            raise _fail("permutation_repeats", self.permutation_repeats, "0 (skip) or an integer >= 2")
+            check_int("max_rows", self.max_rows, low=1, high=MAX_COUNT * 10)
+        repeats = self.permutation_repeats
+        if not _is_int(repeats) or repeats < 0 or repeats == 1 or repeats > MAX_REPEATS:
+            raise _fail("permutation_repeats", repeats, f"0 (skip) or an integer >= 2 and <= {MAX_REPEATS}")
         check_choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.probe, bool):
             raise _fail("probe", self.probe, "True or False")
@@ -308,7 +328,7 @@ class FixOptions:
     from_scratch: bool = False
 
     def __post_init__(self) -> None:
-        check_int("epochs", self.epochs, low=1)
+        check_int("epochs", self.epochs, low=1, high=MAX_COUNT)
         check_int("max_steps", self.max_steps, low=1, optional=True)
         check_number("lr", self.lr, low=0.0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -317,7 +337,7 @@ class FixOptions:
             check_number("lambda_", self.lambda_, low=0.0)
         check_number("target_ratio", self.target_ratio, low=0.0, strict_low=True)
         check_choice("calibration", self.calibration, ("gradient", "value"))
-        check_int("calibration_batches", self.calibration_batches, low=1)
+        check_int("calibration_batches", self.calibration_batches, low=1, high=MAX_REPEATS)
         check_choice("estimator", self.estimator, ESTIMATORS)
         check_int("samples", self.samples, low=2, high=MAX_PASSES_PER_EXAMPLE)
         check_number("scale", self.scale, low=0.0, strict_low=True)
@@ -325,23 +345,23 @@ class FixOptions:
         check_int("seed", self.seed, low=0, high=2**63 - 1)
         check_device("device", self.device)
         check_number("max_grad_norm", self.max_grad_norm, low=0.0, strict_low=True, optional=True)
-        check_int("patience", self.patience, low=1, optional=True)
+        check_int("patience", self.patience, low=1, high=MAX_COUNT, optional=True)
         check_choice("monitor", self.monitor, MONITORS)
         check_int("eval_every", self.eval_every, low=1, optional=True)
         check_int("checkpoint_every", self.checkpoint_every, low=1)
-        check_int("max_rows", self.max_rows, low=1)
+        check_int("max_rows", self.max_rows, low=1, high=MAX_COUNT * 10)
         check_number("modality_dropout", self.modality_dropout, low=0.0, high=1.0)
         check_number("modality_noise", self.modality_noise, low=0.0)
         if not isinstance(self.augment, str) or not self.augment:
             raise _fail("augment", self.augment, f"{' or '.join(AUGMENT_RULES)} or a modality name")
-        check_int("reliance_examples", self.reliance_examples, low=2)
+        check_int("reliance_examples", self.reliance_examples, low=2, high=MAX_COUNT)
         check_int("reliance_repeats", self.reliance_repeats, low=1, high=1000)
         check_number("guard_tolerance", self.guard_tolerance, low=0.0, high=1.0)
         check_number("max_drop_accuracy", self.max_drop_accuracy, low=0.0, high=1.0, optional=True)
         check_int("lambda_warmup", self.lambda_warmup, low=0)
         if not isinstance(self.detach_clean, bool):
             raise _fail("detach_clean", self.detach_clean, "True or False")
-        check_int("term_examples", self.term_examples, low=2, optional=True)
+        check_int("term_examples", self.term_examples, low=2, high=MAX_COUNT, optional=True)
         check_int("term_every", self.term_every, low=1)
         if not isinstance(self.from_scratch, bool):
             raise _fail("from_scratch", self.from_scratch, "True or False")

@@ -320,20 +320,10 @@ class AuditResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AuditResult:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataLoadError(f"No audit JSON at {path}; run `biasscope audit` first.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataLoadError(f"{path} is not valid JSON ({exc}); give an audit.json.") from None
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError) as exc:
-            raise DataLoadError(
-                f"{path} is not a biasscope audit result (missing {exc}); give an audit.json "
-                "written by `biasscope audit`."
-            ) from None
+        """Read an audit.json (every malformed file is a DataLoadError naming it)."""
+        from .compare import load_audit
+
+        return load_audit(path)
 
 
 _JOINT_FIELDS = ("functional_entropy", "variance", "sum_functional_entropy", "sum_variance", "entropy_gap",

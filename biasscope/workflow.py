@@ -21,43 +21,28 @@ from typing import Any
 
 from ._batch import OutputSpec
 from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, local_only, sync_point
-from ._files import write_atomic, write_outputs
+from ._files import MANIFEST_NAME, write_outputs
 from ._sources import fingerprint
 from .audit import audit
 from .compare import Gate
+from .fix_folder import (
+    STATUS_NAME, check_fix_output, check_not_model_folder, fix_output_names, model_dest_name, undo_on_error,
+    write_status,
+)
 from .errors import ConfigError
-from .fix import FixInterrupted, FixResult, fix, resolve_fix_options
+from .fix import FixInterrupted, FixResult, check_fix_setup, fix, resolve_fix_options
 from .loading import LoadedModel, save_model
 from .modality import Modality
 from .options import FixOptions
 from .results import AuditResult, _finite
 
-__all__ = ["STATUS_NAME", "FixReport", "check_not_model_folder", "fix_and_audit"]
+__all__ = ["STATUS_NAME", "FixReport", "check_fix_output", "check_not_model_folder", "fix_and_audit",
+           "fix_output_names"]
 
 #: version of training_log.json (biasscope/schemas/fix.schema.json)
 FIX_LOG_SCHEMA_VERSION = 1
 
-STATUS_NAME = "STATUS"
 Progress = Callable[[str, int, int, dict[str, Any]], None]
-
-
-def check_not_model_folder(out: str | Path, model_path: str | Path) -> Path:
-    """Refuse an output folder that is, contains, or lies inside the input model's folder
-    (fix would write beside, or over, its input). Returns ``out`` as a Path."""
-    out, src = Path(out).resolve(), Path(model_path).resolve()
-    folder = src if src.is_dir() else src.parent
-    if out == folder or out in folder.parents or (src.is_dir() and src in out.parents):
-        raise ConfigError(
-            f"out ({out}) holds the input model {src}: fix writes the fixed model, checkpoints "
-            "and reports there, next to or over its input. Choose an output folder outside "
-            f"{folder}.", parameter="out",
-        )
-    return Path(out)
-
-
-def _status(out: Path, lines: list[str]) -> None:
-    if is_writer():  # under torchrun rank 0 alone writes
-        write_atomic(out / STATUS_NAME, "\n".join(lines) + "\n")
 
 
 def _audit_on_writer(stage: str, model: Any, data: Any, modalities: Sequence[Modality], kw: dict) -> AuditResult | None:
@@ -227,7 +212,8 @@ class FixReport:
         out = Path(out)
         run = {"command": "fix", "model": str(self.model_path), "steps": self.fix.steps if self.fix else 0,
                "guard_tripped": self.guard_tripped, "failed": self.failed, "nothing_to_fix": self.nothing_to_fix}
-        written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run)
+        model = self.model_path.name if self.model_path is not None and self.model_path.parent == out else None
+        written = write_outputs(out, self.files(plotlyjs=plotlyjs), run=run, written=[model] if model else [])
         (out / STATUS_NAME).unlink(missing_ok=True)
         return written
 
@@ -238,10 +224,6 @@ def _uninformative(before: AuditResult) -> list:
     from .probe import uninformative_warnings
 
     return uninformative_warnings(before.probes)
-
-
-def _model_dest(out: Path, loaded: LoadedModel) -> Path:
-    return out / "model" if loaded.kind == "hf" else out / f"model{loaded.path.suffix or '.pt'}"
 
 
 def fix_and_audit(
@@ -283,7 +265,7 @@ def fix_and_audit(
         overrides: :class:`FixOptions` fields.
     """
     opts = resolve_fix_options(options, overrides)
-    out = check_not_model_folder(out, loaded.path)
+    out = check_fix_output(out, loaded.path)  # the rest is checked by _check_before_work
     join_group(device=opts.device)  # under torchrun: every rank trains (a no-op otherwise)
     return _fix_and_audit(
         loaded, data, modalities, out=out, val_data=val_data, shift_data=shift_data, force=force,
@@ -293,25 +275,65 @@ def fix_and_audit(
     )
 
 
+def _check_before_work(opts: FixOptions, modalities: Sequence[Modality], data: Any, audited: Any,
+                       audit_options: dict[str, Any] | None, out: Path, resume: bool) -> None:
+    """What can be checked before the first step: the fix's options against the modalities,
+    the audits' options (``audit_samples`` on the command line), at least 2 examples."""
+    from ._batch import split_batch
+    from .options import AuditOptions, check_passes
+
+    check_fix_setup(opts, modalities, out / "checkpoints", resume)
+    known = {k: v for k, v in (audit_options or {}).items() if k in AuditOptions.__dataclass_fields__}
+    try:
+        AuditOptions().replace(**known)
+        check_passes(known.get("samples", AuditOptions().samples), len(modalities))
+    except ConfigError as exc:
+        if exc.parameter != "samples":
+            raise
+        raise ConfigError(str(exc).replace("samples", "audit_samples", 1), parameter="audit_samples") from None
+    for batches, what in ((data, "data"), (audited, "val_data")):
+        if isinstance(batches, (list, tuple)):
+            n = sum(split_batch(b, label_key=opts.label_key).size for b in batches[:2])
+            if n < 2:
+                raise ConfigError(
+                    f"The {what} holds {n} example(s); fix and its audits need at least 2 (the noise "
+                    "scale is a standard deviation over examples). Give more data.", parameter=what,
+                )
+
+
 def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequence[Modality], *, out: Path,
                    val_data: Iterable[Any] | None, shift_data: Iterable[Any] | None, force: bool,
                    opts: FixOptions, audit_options: dict[str, Any] | None,
                    output: OutputSpec | None, thresholds: Any, resume: bool, provenance: dict[str, Any] | None,
                    resume_hint: str, progress: Progress | None) -> FixReport:
     """:func:`fix_and_audit` inside the process group (if any): every rank trains, rank 0
-    alone audits and writes."""
-    if is_writer():
-        out.mkdir(parents=True, exist_ok=True)
-    report = progress or (lambda stage, done, total, info: None)
+    alone audits and writes. Checked before any work; on a late error what the run wrote is
+    removed (:func:`~biasscope.fix_folder.undo_on_error`)."""
     audited = val_data if val_data is not None else data
     if not isinstance(audited, (list, tuple)):
         audited = list(audited)
+    _check_before_work(opts, modalities, data, audited, audit_options, out, resume)
+    with undo_on_error(out, model_dest_name(loaded.path)):
+        if is_writer():
+            out.mkdir(parents=True, exist_ok=True)
+            write_status(out, ["unfinished: starting", f"to finish: {resume_hint}"], [model_dest_name(loaded.path)])
+        return _run_fix(loaded, data, audited, modalities, out=out, val_data=val_data, shift_data=shift_data,
+                        force=force, opts=opts, audit_options=audit_options, output=output, thresholds=thresholds, resume=resume,
+                        provenance=provenance, resume_hint=resume_hint, progress=progress)
+
+
+def _run_fix(loaded: LoadedModel, data: Iterable[Any], audited: Any, modalities: Sequence[Modality], *, out: Path,
+             val_data: Iterable[Any] | None, shift_data: Iterable[Any] | None, force: bool, opts: FixOptions, audit_options: dict[str, Any] | None,
+             output: OutputSpec | None, thresholds: Any, resume: bool, provenance: dict[str, Any] | None,
+             resume_hint: str, progress: Progress | None) -> FixReport:
+    """The audit before, the fix, the save and the audit after (STATUS says where it is)."""
+    report = progress or (lambda stage, done, total, info: None)
     kw = {"seed": opts.seed, "device": opts.device, "label_key": opts.label_key, **(audit_options or {})}
     if shift_data is not None and not isinstance(shift_data, (list, tuple)):
         shift_data = list(shift_data)
     kw.update(output=output, thresholds=thresholds, shift_data=shift_data,
               progress=lambda s, d, t, i=None: report(s, d, t, i or {}))
-    _status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    write_status(out, ["unfinished: auditing the input model", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     before = _audit_on_writer("the audit of the input model", loaded.module, audited, modalities, kw)
     if not force and _nothing_to_fix(before):
         (out / STATUS_NAME).unlink(missing_ok=True)
@@ -319,18 +341,20 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
     pushed = _uninformative(before) if before is not None else []
     if pushed:  # before training: the user may stop a fix that would push noise
         report("warnings", 1, 1, {"diagnostics": pushed})
-    _status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+    write_status(out, [f"unfinished: training (checkpoints in {out / 'checkpoints'})", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
     try:
         result = fix(loaded.module, data, modalities, val_data=val_data, shift_data=shift_data, options=opts, output=output,
                      checkpoint_dir=out / "checkpoints", resume=resume, progress=report)
     except FixInterrupted as exc:
-        _status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+        write_status(out, [f"interrupted after {exc.result.steps} steps; the last checkpoint is in {out / 'checkpoints'}", "missing: the fixed model, training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
         raise
     with sync_point("the audit of the fixed model"):  # rank 0 saves and audits; the others wait
-        model_path = _model_dest(out, loaded)
+        model_path = out / model_dest_name(loaded.path).rstrip("/")
         if is_writer():
+            # the old manifest goes before the model is replaced: never beside a newer model
+            (out / MANIFEST_NAME).unlink(missing_ok=True)
             model_path = save_model(loaded, result.model, model_path)
-            _status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
+            write_status(out, [f"unfinished: auditing the fixed model ({model_path.name} is written)", "missing: training_log.*, before/, after/, compare.html", f"to finish: {resume_hint}"])
             with local_only():  # the audit would otherwise shard across the waiting ranks
                 after = audit(result.model, audited, modalities, **kw)  # see _audit_on_writer's hook
     if not is_writer():

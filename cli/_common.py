@@ -7,7 +7,6 @@ must start fast. The library is imported inside the functions that need it."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -22,7 +21,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from biasscope.errors import BiasscopeError, ConfigError
-from biasscope.options import AuditOptions, FixOptions, flag_name
+from biasscope.options import AuditOptions
+from biasscope.terminal_text import plain
+
+from ._messages import error_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,44 +34,46 @@ EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: what the command is doing now, to name user code that exits or crashes
 _stage = {"now": "starting"}
 
-#: parameter names (with an underscore, so never an English word) that library messages may
-#: name; the CLI shows them as flags
-_PARAMETERS = sorted(
-    {n for cls in (AuditOptions, FixOptions) for n in cls.__dataclass_fields__ if "_" in n.strip("_")}
-    | {"output_key", "output_index", "label_key", "trust_pickle", "hf_class", "batch_size",
-       "fail_on", "min_share", "min_reliance_share", "max_drop_accuracy", "allow_different_data",
-       "lambda_"},
-    key=len, reverse=True,
-)
-_TS_TRACE = re.compile(r"\n?\s*Traceback of TorchScript.*?\n(?=[^\n]*\b\w+(Error|Exception)\b: )", re.S)
-
-
 def set_stage(text: str) -> None:
     """Record what the command runs now (named if user code exits or crashes there)."""
     _stage["now"] = text
 
 
-def error_text(exc: BaseException, *, debug: bool = False) -> str:
-    """A library error's message with parameters shown as flags (``max_rows`` ->
-    ``--max-rows``) and, unless ``debug``, a TorchScript interpreter trace cut to its error
-    line."""
-    text = str(exc)
-    parameter = getattr(exc, "parameter", None)
-    names = ([parameter] if parameter else []) + _PARAMETERS
-    for name in dict.fromkeys(names):
-        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag_name(name), text)
-    if not debug and "Traceback of TorchScript" in text:
-        text = _TS_TRACE.sub(" ", text)
-        text = re.sub(r"\n\s*Traceback of TorchScript.*", " (rerun with --debug for the TorchScript trace)", text, flags=re.S)
-    return text
+def shown(value: object) -> str:
+    """A value from the user, a file or a model (a path, a name) as printed through rich:
+    markup escaped, terminal control characters made visible."""
+    return escape(plain(value))
 
 
 def _print_error(text: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {shown(text)}", highlight=False)
+
+
+#: when the last Ctrl-C arrived: under the launcher, a Ctrl-C at the terminal reaches this
+#: process and the launcher, which forwards it; the copy within _TWIN_S is the same press
+_last_interrupt = {"at": -1e9}
+_TWIN_S = 0.5
+
+
+def _twin_interrupt() -> bool:
+    import time
+
+    now = time.monotonic()
+    twin = now - _last_interrupt["at"] < _TWIN_S
+    if not twin:
+        _last_interrupt["at"] = now
+    return twin
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    if not _twin_interrupt():
+        raise KeyboardInterrupt
 
 
 def _quiet_interrupt(signum: int, frame: Any) -> None:
     """Ctrl-C outside a command's body (start-up, imports): no traceback, exit 130."""
+    if _twin_interrupt():
+        return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -91,7 +95,7 @@ def _interrupts_raise() -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     if main:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:
@@ -123,6 +127,16 @@ def guarded(debug: bool) -> Iterator[None]:
             f"User code called sys.exit({exc.code!r}) while {_stage['now']}; biasscope stops "
             "here with no output. A factory must return its object, and a model's forward "
             "must not exit."
+        )
+        raise typer.Exit(EXIT_USAGE) from None
+    except OSError as exc:  # a full disk, a vanished folder, a permission changed mid-run
+        if debug:
+            raise
+        where = f" {shown(exc.filename)!r}" if exc.filename else ""
+        _print_error(
+            f"The system refused a file operation{where} while {_stage['now']}: "
+            f"{exc.strerror or exc}. Nothing of this run was kept; free disk space or fix the "
+            "permissions and run the command again."
         )
         raise typer.Exit(EXIT_USAGE) from None
     except Exception as exc:  # not foreseen: still a message, not a traceback
@@ -170,7 +184,7 @@ class ProgressDisplay:
         if not self.enabled:
             return
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(self.LABELS.get(stage, stage), total=total)
+            self.tasks[stage] = self.progress.add_task(shown(self.LABELS.get(stage, stage)), total=total)
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
     def __enter__(self) -> "ProgressDisplay":
@@ -291,7 +305,7 @@ def load_inputs(
             path,
             factory=factory,
             kind=pick(kind, config, "kind"),
-            trust_pickle=bool(trust_pickle or config.get("trust_pickle", False)),
+            trust_pickle=bool(trust_pickle),  # from the command line only, never a file
             hf_class=pick(hf_class, config, "hf_class"),
         )
         loaded = _called_as(loaded, pick(call, config, "call", "kwargs"), pick(adapter, config, "adapter"))

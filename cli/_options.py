@@ -19,7 +19,7 @@ def default(value: Any) -> str:
 Model = typer.Argument(None, help="Model file or Hugging Face directory (default: model in biasscope.toml).", show_default=False)
 Factory = typer.Option(None, "--factory", help="package.module:function or path/file.py:function that builds the module (state dicts, .ckpt).")
 Kind = typer.Option(None, "--kind", help="Force the model format: torchscript, export, state_dict, pickle, hf.")
-TrustPickle = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled module (runs code from the file).")
+TrustPickle = typer.Option(False, "--trust-pickle", help="Trust code in files: allow a pickled module, pickled .pt2 inputs or weights, and a Hugging Face auto_map (runs code from the file; never read from biasscope.toml).")
 HfClass = typer.Option(None, "--hf-class", help="transformers class for a Hugging Face directory, e.g. ViltForQuestionAnswering.")
 Modalities = typer.Option([], "--modality", "-m", help="NAME=input:KEY_OR_INDEX (a.b for nested dicts) or NAME=layer:dotted.path (repeat per modality; audit without it: the data's keys that the model's forward takes).")
 Preset = typer.Option(None, "--preset", help="Fill the modality layers for a known architecture, e.g. vilt, visualbert, clip, lxmert (instead of --modality; an unknown name lists them).")

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 
 from biasscope.errors import ConfigError
 from biasscope.options import ATTRIBUTIONS, AuditOptions, check_choice
@@ -12,7 +11,7 @@ from biasscope.options import ATTRIBUTIONS, AuditOptions, check_choice
 from . import _options as o
 from ._common import (
     EXIT_GATE, ProgressDisplay, batch_size_setting, console, guarded, input_paths, load_inputs, model_source,
-    pick, read_config, read_data, set_stage,
+    pick, read_config, read_data, set_stage, shown,
 )
 from .main import app
 
@@ -102,7 +101,7 @@ def audit_command(
         fail_on, plotlyjs, size = _run_settings(cfg, fail_on, plotlyjs, batch_size)
         source, words = pick(data, cfg, "data"), _tokenizer(pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         out_dir = Path(pick(out, cfg, "out", "biasscope-report", cfg.audit))
-        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path, pick(adapter, cfg, "adapter"), shift_data)
+        sources = input_paths(model_source(model, cfg), pick(factory, cfg, "factory"), source, cfg.path, pick(adapter, cfg, "adapter"), shift_data, pick(tokenizer, cfg, "tokenizer", None, cfg.audit))
         check_output_folder(out_dir, AUDIT_FILES, inputs=sources)
         inputs = load_inputs(
             model=model, config=cfg, factory=factory, kind=kind, trust_pickle=trust_pickle,
@@ -130,7 +129,7 @@ def _gate(report: object, fail_on: Optional[str], writer: bool) -> None:
     gate = report.gate(fail_on)  # type: ignore[attr-defined]
     if gate is not None and not gate.passed:
         if writer:
-            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {escape(gate.detail)}", highlight=False)
+            console.print(f"[bold red]FAIL[/] --fail-on {fail_on}: {shown(gate.detail)}", highlight=False)
         raise typer.Exit(EXIT_GATE)
 
 
@@ -150,7 +149,7 @@ def _write_and_print(report: object, out_dir: Path) -> None:
     paths = report.write(out_dir)
     console.print(_summary(report.result))
     console.print(
-        f"report: {escape(str(paths['report.html']))}  json: {escape(str(paths['audit.json']))}",
+        f"report: {shown(str(paths['report.html']))}  json: {shown(str(paths['audit.json']))}",
         highlight=False,
     )
 

@@ -4,23 +4,22 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 
 from . import _options as o
-from ._common import EXIT_GATE, console, err_console, guarded, set_stage
+from ._common import EXIT_GATE, console, err_console, guarded, set_stage, shown
 from .main import app
 
 
 def _headline_text(status: str, failed: list, ungated: dict) -> str:
     if status == "failed":
-        return f"[bold red]FAILED[/]: {escape(', '.join(failed))}"
+        return f"[bold red]FAILED[/]: {shown(', '.join(failed))}"
     concerns = ", ".join(f"{n} is {v}" for n, v in ungated.items())
     if status == "no_gates":
-        note = f"; not gated: {escape(concerns)}" if concerns else ""
+        note = f"; not gated: {shown(concerns)}" if concerns else ""
         return f"[yellow]no gates asked[/] (pass --fail-if-ignored, --fail-if-weak, --min-share...){note}"
     if status == "passed_ungated":
         return (
-            f"[yellow]gates passed, but not gated:[/] {escape(concerns)} "
+            f"[yellow]gates passed, but not gated:[/] {shown(concerns)} "
             "(add --fail-if-weak / --fail-if-ignored to gate it)"
         )
     return "[green]PASSED[/]: every gate passed and no modality is ignored or weak"
@@ -44,6 +43,7 @@ def compare_command(
 ) -> None:
     """Compare BEFORE and AFTER audits; exit 1 when a gate fails, 2 on bad input."""
     with guarded(debug):
+        from biasscope.errors import DataLoadError
         from biasscope.compare import check_comparable, compare_gates, headline, load_audit, parse_min_share
         from biasscope.options import check_choice
         from biasscope.report import check_output_file
@@ -56,28 +56,35 @@ def compare_command(
                 check_output_file(path, inputs=[before, after])
         set_stage("reading the audits")
         a, b = load_audit(before), load_audit(after)
-        gates = compare_gates(
-            a, b, fail_if_ignored=fail_if_ignored, fail_if_weak=fail_if_weak,
-            max_drop_accuracy=max_drop_accuracy, max_drop_shift_accuracy=max_drop_shift_accuracy, min_share=shares, min_reliance_share=reliance,
-            allow_different_data=allow_different_data,
-        )
-        # compare_gates already refused audits that cannot be compared; this call is for the
-        # warnings it returns (differing settings, possibly different data), which it drops
-        warnings = check_comparable(a, b, allow_different_data=allow_different_data)
-        for warning in warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-        from biasscope.render import compare_table, write_compare_html
+        try:  # a field of the wrong type surfaces here, where the values are read
+            gates = compare_gates(
+                a, b, fail_if_ignored=fail_if_ignored, fail_if_weak=fail_if_weak,
+                max_drop_accuracy=max_drop_accuracy, max_drop_shift_accuracy=max_drop_shift_accuracy, min_share=shares, min_reliance_share=reliance,
+                allow_different_data=allow_different_data,
+            )
+            # compare_gates already refused audits that cannot be compared; this call is for the
+            # warnings it returns (differing settings, possibly different data), which it drops
+            warnings = check_comparable(a, b, allow_different_data=allow_different_data)
+            for warning in warnings:
+                err_console.print(f"[yellow]warning:[/] {shown(warning)}", highlight=False)
+            from biasscope.render import compare_table, write_compare_html
 
-        console.print(compare_table(a, b))
-        for gate in gates:
-            mark = "[green]PASS[/]" if gate.passed else "[bold red]FAIL[/]"
-            console.print(f"{mark} {escape(gate.name)}: {escape(gate.detail)}", highlight=False)
-        levels = ["weak"] if fail_if_weak else (["ignored"] if fail_if_ignored else [])
-        head = headline(gates, b, gated_levels=levels)
-        console.print(_headline_text(head.status, head.failed, head.ungated), highlight=False)
+            console.print(compare_table(a, b))
+            for gate in gates:
+                mark = "[green]PASS[/]" if gate.passed else "[bold red]FAIL[/]"
+                console.print(f"{mark} {shown(gate.name)}: {shown(gate.detail)}", highlight=False)
+            levels = ["weak"] if fail_if_weak else (["ignored"] if fail_if_ignored else [])
+            head = headline(gates, b, gated_levels=levels)
+            console.print(_headline_text(head.status, head.failed, head.ungated), highlight=False)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            raise DataLoadError(
+                f"{str(before)!r} or {str(after)!r} holds a value of the wrong type for an audit "
+                f"({type(exc).__name__}: {str(exc)[:160]}); give audit.json files written by "
+                "`biasscope audit`, unedited."
+            ) from None
         if out is not None:
             write_compare_html(a, b, out, plotlyjs=plotlyjs, gates=gates)
-            console.print(f"comparison: {escape(str(out))}", highlight=False)
+            console.print(f"comparison: {shown(str(out))}", highlight=False)
         if json_out is not None:
             from biasscope.compare import comparison_document, write_comparison_json
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from . import _options as o
-from ._common import ProgressDisplay, console, guarded
+from ._common import ProgressDisplay, console, guarded, shown
 from .main import app
 
 
@@ -22,7 +22,6 @@ def demo_command(
     """Train a colour-shortcut model on the bundled colored digits, audit it, fix it with the
     `biasscope fix` defaults, audit again, and compare with an unbiased reference."""
     with guarded(debug):
-        from rich.markup import escape
         from rich.table import Table
 
         from biasscope.demo import run_demo
@@ -40,5 +39,5 @@ def demo_command(
         for name, acc in result.accuracy.items():
             table.add_row(name, *(f"{acc[s]:.3f}" for s in splits))
         console.print(table)
-        console.print(f"[bold]before:[/] {escape(result.before.sentence)}\n[bold]after:[/]  {escape(result.after.sentence)}", highlight=False)
-        console.print(f"lambda = {result.lambda_value:.4g} · reports in {out}/ (before, after, reference, compare.html)", highlight=False)
+        console.print(f"[bold]before:[/] {shown(result.before.sentence)}\n[bold]after:[/]  {shown(result.after.sentence)}", highlight=False)
+        console.print(f"lambda = {result.lambda_value:.4g} · reports in {shown(out)}/ (before, after, reference, compare.html)", highlight=False)

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.markup import escape
 
 from biasscope.options import AuditOptions, FixOptions
 
 from . import _options as o
 from ._common import (
     ProgressDisplay, batch_size_setting, console, err_console, guarded, input_paths, load_inputs, pick, read_config,
-    read_data,
+    read_data, shown,
 )
 from .main import app
 
@@ -38,10 +37,8 @@ class FixDisplay:
 
     def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
         if stage == "warnings":  # before training (push_uninformative): printed even when quiet
-            from rich.markup import escape
-
             for d in (info or {}).get("diagnostics", []):
-                err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)} {escape(d.fix)}", highlight=False)
+                err_console.print(f"[yellow]{d.severity}:[/] {shown(d.message)} {shown(d.fix)}", highlight=False)
             return
         if not self.enabled:
             return
@@ -56,7 +53,7 @@ class FixDisplay:
         val = f" val_acc={r['val_accuracy']:.3f} proxy={r['val_proxy_accuracy']:.3f}" if "val_accuracy" in r else ""
         val += f" shifted={r['shift_accuracy']:.3f}" if "shift_accuracy" in r else ""
         metrics = f"loss={r.get('loss', 0):.4f} ce={r.get('ce', 0):.4f} reg={r.get('reg', 0):.4g} {scores}{val}"
-        self.progress.update(self.task, completed=done, metrics=metrics)
+        self.progress.update(self.task, completed=done, metrics=shown(metrics))
 
     def __enter__(self) -> "FixDisplay":
         self.stages.__enter__()
@@ -172,16 +169,15 @@ def _checked_out(cfg: Any, table: dict, out, model, factory, data, val, shift) -
     """The output folder, checked before any work: writable, no input, and not the input
     model's own folder."""
     from biasscope.report import check_output_folder
-    from biasscope.workflow import check_not_model_folder
+    from biasscope.workflow import check_fix_output
 
     out_dir = Path(pick(out, cfg, "out", "biasscope-fix", table))
     model_path = pick(model, cfg, "model")
     sources = input_paths(model_path, pick(factory, cfg, "factory"), pick(data, cfg, "data", None, table),
                           pick(val, cfg, "val", None, table), pick(shift, cfg, "shift_data", None, table), cfg.path)
-    check_output_folder(out_dir, inputs=sources)
-    if model_path is not None:
-        check_not_model_folder(out_dir, model_path)
-    return out_dir
+    if model_path is None:
+        return check_output_folder(out_dir, inputs=sources)
+    return check_fix_output(out_dir, model_path, sources)
 
 
 def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
@@ -204,19 +200,19 @@ def _run(inputs: Any, train: list, held: tuple, out_dir: Path, options: FixOptio
 
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 alone shows progress
     try:
-        with FixDisplay(quiet) as shown:
+        with FixDisplay(quiet) as display:
             return fix_and_audit(
                 inputs.loaded, train, inputs.modalities, out=out_dir, val_data=held[0], shift_data=held[1],
                 force=force, options=options,
                 audit_options=audit_options, output=inputs.output, thresholds=inputs.config.thresholds,
-                resume=resume, provenance=provenance, progress=shown,
+                resume=resume, provenance=provenance, progress=display,
                 resume_hint="run the same biasscope fix command again with --resume",
             )
     except FixInterrupted as exc:
         err_console.print(
             f"[yellow]interrupted after {exc.result.steps} steps[/]; the last checkpoint is in "
-            f"{out_dir / 'checkpoints'} ({out_dir / 'STATUS'} says what is missing): run the same "
-            "command with --resume to continue."
+            f"{shown(out_dir / 'checkpoints')} ({shown(out_dir / 'STATUS')} says what is missing): run the same "
+            "command with --resume to continue.", highlight=False,
         )
         raise typer.Exit(130) from None
 
@@ -229,35 +225,33 @@ def _finish(report: Any, out_dir: Path, options: FixOptions) -> None:
         _show(report, out_dir, options)
     if report.failed:
         label = "guard" if report.guard_tripped else "not a success"
-        err_console.print(f"[bold red]{label}:[/] {escape(report.message)}", highlight=False)
+        err_console.print(f"[bold red]{label}:[/] {shown(report.message)}", highlight=False)
         raise typer.Exit(1)
 
 
 def _show(report: Any, out_dir: Path, options: FixOptions) -> None:
-    from rich.markup import escape
-
     from biasscope.render import compare_table
 
     r = report.fix
     if r is None:
         console.print(
-            f"nothing to fix: the audit finds no modality ignored, unused or weak ({escape(report.before.sentence)}); "
-            f"no training. Its report: {out_dir / 'before' / 'report.html'}. --force trains anyway.", highlight=False)
+            f"nothing to fix: the audit finds no modality ignored, unused or weak ({shown(report.before.sentence)}); "
+            f"no training. Its report: {shown(out_dir / 'before' / 'report.html')}. --force trains anyway.", highlight=False)
         return
     how = (
         "auto: the term's gradient norm = the cross-entropy's" if options.lambda_ == "auto"
         else "the regularizer is off; --lambda auto turns it on" if r.lambda_value == 0 else "given"
     )
-    console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {r.device}", highlight=False)
+    console.print(f"lambda = {r.lambda_value:.4g} ({how}), {r.steps} steps on {shown(r.device)}", highlight=False)
     t = r.target or {}
     reliance = ", ".join(f"{k} {v:.3g}" for k, v in (t.get("reliance") or {}).items())
-    console.print(f"ModDrop target: {t.get('modality') or ('every modality' if t.get('rule') == 'all' else 'per step')} ({t.get('rule')}; reliance, nats: {reliance})", highlight=False)
-    console.print(f"[bold]assumption:[/] {escape(r.assumption)}", highlight=False)
+    console.print(f"ModDrop target: {shown(t.get('modality') or ('every modality' if t.get('rule') == 'all' else 'per step'))} ({shown(t.get('rule'))}; reliance, nats: {shown(reliance)})", highlight=False)
+    console.print(f"[bold]assumption:[/] {shown(r.assumption)}", highlight=False)
     if report.before.shift_accuracy is not None:
         console.print(f"accuracy on the shifted data: {report.before.shift_accuracy:.3f} -> {report.after.shift_accuracy:.3f}", highlight=False)
     for d in r.diagnostics:
         if d.code not in ("fix_guard_tripped", "fix_swapped_reliance"):
-            err_console.print(f"[yellow]{d.severity}:[/] {escape(d.message)}", highlight=False)
+            err_console.print(f"[yellow]{d.severity}:[/] {shown(d.message)}", highlight=False)
     console.print(compare_table(report.before, report.after))
-    console.print(f"[bold]before:[/] {escape(report.before.sentence)}\n[bold]after:[/]  {escape(report.after.sentence)}", highlight=False)
-    console.print(f"model: {report.model_path}  log: {out_dir / 'training_log.csv'}  comparison: {out_dir / 'compare.html'}", highlight=False)
+    console.print(f"[bold]before:[/] {shown(report.before.sentence)}\n[bold]after:[/]  {shown(report.after.sentence)}", highlight=False)
+    console.print(f"model: {shown(report.model_path)}  log: {shown(out_dir / 'training_log.csv')}  comparison: {shown(out_dir / 'compare.html')}", highlight=False)

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import _options as o
-from ._common import console, guarded, load_inputs, pick, read_config, read_data
+from ._common import console, guarded, load_inputs, pick, read_config, read_data, shown
 from .main import app
 
 _COLUMNS = ("type", "output shape", "dtype", "params", "can be a modality?")
@@ -13,7 +13,7 @@ _COLUMNS = ("type", "output shape", "dtype", "params", "can be a modality?")
 def _verdict(tensor: Any) -> str:
     if tensor.perturbable:
         return "[green]yes[/]" + (f" (batch on dim {tensor.batch_dim})" if tensor.batch_dim else "")
-    return f"[dim]no: {tensor.problem}[/]"
+    return f"[dim]no: {shown(tensor.problem)}[/]"
 
 
 def _rows(table: list) -> list[tuple[str, ...]]:
@@ -23,13 +23,13 @@ def _rows(table: list) -> list[tuple[str, ...]]:
     for info in table:
         params = f"{info.n_params:,}"
         if info.output_shape is None:
-            rows.append((info.path, info.type, "did not run", "", params, "[dim]no: did not run[/]"))
+            rows.append((shown(info.path), shown(info.type), "did not run", "", params, "[dim]no: did not run[/]"))
         elif len(info.tensors) == 1:
             t = info.tensors[0]
-            rows.append((info.spec(t), info.type, str(t.shape), t.dtype, params, _verdict(t)))
+            rows.append((shown(info.spec(t)), shown(info.type), shown(t.shape), shown(t.dtype), params, _verdict(t)))
         else:
-            rows.append((info.path, info.type, f"{len(info.tensors)} tensors:", "", params, ""))
-            rows.extend((info.spec(t), "", str(t.shape), t.dtype, "", _verdict(t)) for t in info.tensors)
+            rows.append((shown(info.path), shown(info.type), f"{len(info.tensors)} tensors:", "", params, ""))
+            rows.extend((shown(info.spec(t)), "", shown(t.shape), shown(t.dtype), "", _verdict(t)) for t in info.tensors)
     return rows
 
 
@@ -71,7 +71,7 @@ def layers_command(
         rows = _rows(info)
         table = Table(title="modules (name one with --modality NAME=layer:PATH, as written in the path column)")
         # a path is what --modality takes: never wrapped nor cut; other columns give way
-        width = max(len(r[0]) for r in rows)
+        width = max(Text.from_markup(r[0]).cell_len for r in rows)
         table.add_column("path", no_wrap=True, overflow="ignore", min_width=width)
         for col in _COLUMNS:
             table.add_column(col, overflow="fold")

@@ -266,7 +266,7 @@ def test_torchrun_fix_end_to_end(tmp_path):
     torch.save({"image": image[:32], "meta": meta[:32], "label": label[:32]}, tmp_path / "val.pt")
     args = ["fix", "state.pt", "--factory", "fixmodels.py:build", "--data", "train.pt", "--val", "val.pt",
             "-m", "image=input:image", "-m", "meta=input:meta", "--steps", "4", "--batch-size", "16",
-            "--checkpoint-every", "2", "--audit-samples", "4", "--device", "cpu", "--quiet"]
+            "--checkpoint-every", "2", "--audit-samples", "4", "--device", "cpu", "--quiet", "--force"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = subprocess.run([*torchrun, "-m", "biasscope", *args, "--out", "two"], cwd=tmp_path, env=env,

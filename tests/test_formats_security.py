@@ -196,3 +196,127 @@ def test_pickled_data_file_refused(tmp_path: Path, marker: Path, form: str) -> N
     with pytest.raises(DataLoadError, match="pickled Python objects"):
         load_data(path)
     assert not marker.exists()
+
+
+def _variant(program: Path, dest: Path, sample: bytes, how: str) -> Path:
+    """``program`` with pickled sample inputs hidden the way ``how`` says; torch reads them."""
+    with zipfile.ZipFile(program) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zout:
+        root = zin.namelist()[0].split("/", 1)[0]
+        for info in zin.infolist():
+            rest = info.filename.split("/", 1)[1]
+            data = zin.read(info.filename)
+            if rest == "data/sample_inputs/model.pt":
+                if how in ("data/Sample_Inputs/model.pt", "DATA/SAMPLE_INPUTS/MODEL.PT"):
+                    zout.writestr(f"{root}/{how}", sample)
+                    continue
+                if how == "pickled twin first":
+                    zout.writestr(info.filename, sample)
+                if how == "case twin":
+                    zout.writestr(f"{root}/data/sample_inputs/MODEL.pt", sample)
+            zout.writestr(info.filename, data)
+            if how == "second program" and rest in ("models/model.json", "data/weights/model_weights_config.json",
+                                                    "data/constants/model_constants_config.json"):
+                zout.writestr(f"{root}/{rest.replace('/model.json', '/other.json').replace('/model_', '/other_')}", data)
+        if how == "second program":
+            zout.writestr(f"{root}/data/sample_inputs/other.pt", sample)
+        if how == "second root folder":
+            zout.writestr("elsewhere/data/sample_inputs/model.pt", sample)
+    return dest
+
+
+PT2_HIDING = ["data/Sample_Inputs/model.pt", "DATA/SAMPLE_INPUTS/MODEL.PT", "pickled twin first",
+              "case twin", "second program", "second root folder"]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("how", PT2_HIDING)
+def test_pt2_pickles_hidden_by_case_duplicates_or_other_programs_refused(
+    tmp_path: Path, marker: Path, program: Path, how: str
+) -> None:
+    """The check decides from the records torch resolves (case-insensitively, every program,
+    duplicates), not from exact names."""
+    evil = _variant(program, tmp_path / "evil.pt2", payload_bytes(((Payload(marker), *tensors()), {})), how)
+    with pytest.raises(ModelLoadError, match="trust_pickle") as info:
+        load_model(evil)
+    assert "sample inputs" in str(info.value) or "resolve to" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pt2_hidden_pickles_are_live(tmp_path: Path, marker: Path, program: Path) -> None:
+    """torch itself runs the hidden payloads the test above refuses (the attacks are real)."""
+    for how in ("data/Sample_Inputs/model.pt", "DATA/SAMPLE_INPUTS/MODEL.PT", "pickled twin first", "second program"):
+        evil = _variant(program, tmp_path / "live.pt2", payload_bytes(((Payload(marker), *tensors()), {})), how)
+        try:
+            torch.export.load(str(evil))
+        except Exception:
+            pass
+        assert marker.exists(), how
+        marker.unlink()
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("how", ["case variant", "duplicate"])
+def test_state_dict_zip_with_case_variant_or_duplicate_pickle_refused(tmp_path: Path, marker: Path, how: str) -> None:
+    """A torch.save zip whose data.pkl is pickled code under another case, or twice: every
+    record is read with weights_only=True, so the payload never runs (the file is refused,
+    or the record torch picks is the clean one)."""
+    clean = tmp_path / "clean.pt"
+    torch.save(fx.make_net().state_dict(), clean)
+    evil_pkl = tmp_path / "evil_src.pt"
+    torch.save({"x": Payload(marker)}, evil_pkl)
+    with zipfile.ZipFile(evil_pkl) as z:
+        pkl = next(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(evil, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("/data.pkl"):
+                name = info.filename[: -len("data.pkl")] + ("DATA.PKL" if how == "case variant" else "data.pkl")
+                zout.writestr(name, pkl)
+                if how == "case variant":
+                    continue
+            zout.writestr(info.filename, zin.read(info.filename))
+    try:
+        loaded = load_model(evil, factory=FACTORY)
+    except ModelLoadError:
+        loaded = None
+    assert not marker.exists()
+    if loaded is not None:
+        x = tensors()
+        torch.testing.assert_close(loaded.module(*x), load_model(clean, factory=FACTORY).module(*x))
+
+
+def _remote_code_folder(tmp_path: Path, marker: Path) -> Path:
+    """A save_pretrained folder whose config's auto_map names a .py file of the folder;
+    importing it writes ``marker``."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, vocab_size=50, num_labels=3)
+    folder = tmp_path / "remote"
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder))
+    raw = json.loads((folder / "config.json").read_text())
+    raw["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(raw))
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('pwned')\n"
+        "from transformers import BertForSequenceClassification as EvilModel\n"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("hf_class", [None, "AutoModelForSequenceClassification"])
+def test_hf_auto_map_code_is_refused_and_nothing_reads_stdin(tmp_path: Path, marker: Path, hf_class) -> None:
+    """transformers would ask on stdin (and run the folder's .py on "y"): biasscope always
+    passes trust_remote_code and refuses an auto_map without trust_pickle, whatever stdin holds."""
+    from typer.testing import CliRunner
+
+    from biasscope.cli.main import app
+
+    folder = _remote_code_folder(tmp_path, marker)
+    with pytest.raises(ModelLoadError, match="auto_map") as info:
+        load_model(folder, hf_class=hf_class)
+    assert "trust_pickle" in str(info.value)
+    res = CliRunner().invoke(app, ["layers", str(folder), "--data", "nosuch.pt"], input="y\ny\n")
+    assert res.exit_code == 2 and "auto_map" in res.output and "--trust-pickle" in res.output, res.output
+    assert "[y/N]" not in res.output and "trust_remote_code" not in res.output
+    assert not marker.exists()

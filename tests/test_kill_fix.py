@@ -73,7 +73,7 @@ def _command(project: Path, out: Path, *, resume: bool = False) -> list[str]:
         "--factory", f"{project / 'fixmodels.py'}:build", "--data", str(project / "train.pt"),
         "--val", str(project / "val.pt"), "-m", "image=input:image", "-m", "meta=input:meta",
         "--steps", str(STEPS), "--batch-size", "16", "--audit-samples", "4", "--checkpoint-every", "2",
-        "--seed", "0", "--quiet", "--out", str(out), *(["--resume"] if resume else []),
+        "--seed", "0", "--quiet", "--force", "--out", str(out), *(["--resume"] if resume else []),
     ]
 
 

@@ -1,6 +1,9 @@
 """Hugging Face ``save_pretrained`` directories: loaded with the transformers class that
-config.json names (never ``trust_remote_code``; transformers reads ``pytorch_model.bin``
-with ``weights_only=True``), saved back with ``save_pretrained`` as a directory swap."""
+config.json names (``trust_remote_code`` always passed, False unless the caller trusts code
+in files, so transformers never asks on stdin; a config with ``auto_map``, which names
+Python files of the folder to run, is refused unless ``trust_pickle``; transformers reads
+``pytorch_model.bin`` with ``weights_only=True``), saved back with ``save_pretrained`` as a
+directory swap."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
             f"{str(p)!r} is not a Hugging Face save_pretrained directory (it needs a "
             "config.json beside the weights). Save the model with model.save_pretrained(dir)."
         )
-    name = _class_name(p, request.hf_class)
+    name = _class_name(p, request.hf_class, request.trust_pickle)
     cls = getattr(transformers, name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         source = "hf_class" if request.hf_class else "config.json 'architectures'"
@@ -44,7 +47,7 @@ def load(p: Path, request: LoadRequest) -> LoadedModel:
             f"{name}(ItsConfig.from_pretrained(DIR))). Or set "
             "hf_class to a class transformers provides, e.g. 'AutoModelForSequenceClassification'."
         )
-    module = _from_pretrained(p, cls, name)
+    module = _from_pretrained(p, cls, name, trust_code=request.trust_pickle)
     module.to(request.map_location)
     return LoadedModel(module=module, kind=KIND, path=p, sha256=request.digest, hf_class=name)
 
@@ -57,24 +60,38 @@ def _weights_file(p: Path) -> str:
     return str(p / "model.safetensors")
 
 
-def _class_name(p: Path, hf_class: str | None) -> str:
+def _class_name(p: Path, hf_class: str | None, trust_code: bool) -> str:
     try:
         config = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelLoadError(
             f"{str(p / 'config.json')!r} is not valid JSON ({first_line(exc)}). Re-save the "
             "model with save_pretrained."
         ) from exc
+    if isinstance(config, dict) and config.get("auto_map") and not trust_code:
+        raise ModelLoadError(
+            f"{str(p / 'config.json')!r} has an auto_map: the model's classes are Python files "
+            f"of {str(p)!r} ({_auto_map_text(config['auto_map'])}) that transformers would run. "
+            "biasscope runs no code from a file unless you allow it with trust_pickle; if you "
+            "trust the folder, pass it, else load the model yourself and save it with a "
+            "transformers class (save_pretrained without custom code)."
+        )
     archs = config.get("architectures") if isinstance(config, dict) else None
     name = hf_class or (archs[0] if isinstance(archs, list) and archs else None)
     return str(name or "AutoModelForSequenceClassification")
 
 
-def _from_pretrained(p: Path, cls: Any, name: str) -> nn.Module:
+def _auto_map_text(auto_map: Any) -> str:
+    values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+    return ", ".join(sorted({str(v) for v in values}))[:200]
+
+
+def _from_pretrained(p: Path, cls: Any, name: str, *, trust_code: bool) -> nn.Module:
     try:
         with quiet_transformers():
             module, info = cls.from_pretrained(
-                str(p), local_files_only=True, output_loading_info=True
+                str(p), local_files_only=True, output_loading_info=True,
+                trust_remote_code=bool(trust_code),
             )
     except Exception as exc:
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):

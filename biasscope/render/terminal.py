@@ -11,29 +11,40 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import NOT_USED, AuditResult, Estimate, ModalityResult
+from ..terminal_text import plain
 from ._common import (
     DASH, SEVERITY_STYLES, VERDICT_STYLES, accuracy_shares_of, fmt, fmt_bound, fmt_ci, fmt_pct, has_permutation,
     reliance_of,
 )
 
-__all__ = ["audit_table", "audit_summary", "compare_table", "diagnostics_text", "probe_text", "sentence_text"]
+__all__ = ["audit_table", "audit_summary", "compare_table", "diagnostics_text", "plain", "probe_text", "sentence_text"]
+
+
+class _Plain(Text):
+    """rich Text whose content never carries terminal control characters (see :func:`plain`)."""
+
+    def __init__(self, text: str = "", *args: object, **kwargs: object) -> None:
+        super().__init__(plain(text), *args, **kwargs)  # type: ignore[arg-type]
+
+    def append(self, text: object, style: object = None) -> Text:  # type: ignore[override]
+        return super().append(plain(text) if isinstance(text, str) else text, style)  # type: ignore[arg-type]
 
 
 def sentence_text(sentence: str, style: str = "") -> Text:
     """A verdict sentence with its `names` in bold (no rich markup is interpreted)."""
-    text = Text(style=style)
+    text = _Plain(style=style)
     for i, part in enumerate(re.split(r"`([^`]*)`", sentence)):
         text.append(part, style="bold" if i % 2 else None)
     return text
 
 
 def _verdict(v: str) -> Text:
-    return Text(v, style=VERDICT_STYLES.get(v, "bold"))
+    return _Plain(v, style=VERDICT_STYLES.get(v, "bold"))
 
 
 def _est(e: Estimate, *, interval: bool = True) -> Text:
     """The mean, and its interval dimmed on a second line."""
-    text = Text(fmt(e.mean))
+    text = _Plain(fmt(e.mean))
     ci = fmt_ci(e)
     if interval and ci != DASH:
         text.append(f"\n{ci}", style="dim")
@@ -67,15 +78,15 @@ def audit_table(result: AuditResult, *, compact: bool = False) -> Table:
         table.add_column("perm. drop", justify="right", no_wrap=True)
     for m in result.modalities:
         row: list[RenderableType] = [
-            Text(m.name, style="bold"),
-            *([] if compact else [Text(m.site)]),
+            _Plain(m.name, style="bold"),
+            *([] if compact else [_Plain(m.site)]),
             _verdict(m.verdict),
-            Text(fmt_pct(m.share)),
-            *([] if rel is None else [Text(fmt_pct(rel[m.name])), Text(fmt_pct(acc[m.name]))]),
+            _Plain(fmt_pct(m.share)),
+            *([] if rel is None else [_Plain(fmt_pct(rel[m.name])), _Plain(fmt_pct(acc[m.name]))]),
             _est(m.functional_entropy, interval=not compact),
         ]
         if not compact:
-            row += [Text(fmt_bound(m.fisher_bound)), Text(fmt(m.variance.mean)), Text(fmt_bound(m.poincare_bound))]
+            row += [_Plain(fmt_bound(m.fisher_bound)), _Plain(fmt(m.variance.mean)), _Plain(fmt_bound(m.poincare_bound))]
         if perm:
             row.append(_est(m.permutation.accuracy_drop, interval=not compact))
         table.add_row(*row)
@@ -90,7 +101,7 @@ def diagnostics_text(result: AuditResult) -> Text | None:
     """One line per diagnostic (severity, code, message, fix), or None when there is none."""
     if not result.diagnostics:
         return None
-    text = Text()
+    text = _Plain()
     for i, d in enumerate(result.diagnostics):
         if i:
             text.append("\n")
@@ -116,7 +127,7 @@ def probe_text(result: AuditResult) -> Text | None:
         return None
     verdicts = {m.name: m.verdict for m in result.modalities}
     width = max(len(p.modality) for p in result.probes)
-    text = Text("Label information (probe alone vs model without it)", style="bold")
+    text = _Plain("Label information (probe alone vs model without it)", style="bold")
     for p in result.probes:
         a = p.accuracy
         text.append(f"\n  {p.modality:<{width}}  ", style="bold")
@@ -133,7 +144,7 @@ def probe_text(result: AuditResult) -> Text | None:
 def audit_summary(result: AuditResult, *, width: int | None = None) -> RenderableType:
     """The verdict sentence as a headline panel, the diagnostics, the table, and accuracy /
     n; below 120 columns of ``width`` the table is compact."""
-    facts = Text(f"{result.n_examples} examples", style="dim")
+    facts = _Plain(f"{result.n_examples} examples", style="dim")
     if result.accuracy is not None:
         facts.append(f" · accuracy {fmt_pct(result.accuracy)}", style="dim")
     if result.shift_accuracy is not None:
@@ -166,7 +177,7 @@ def _panel_style(result: AuditResult) -> str:
 
 
 def _pair(before: str, after: str) -> Text:
-    return Text(f"{before} → {after}")
+    return _Plain(f"{before} → {after}")
 
 
 def compare_table(before: AuditResult, after: AuditResult) -> Table:
@@ -186,12 +197,12 @@ def compare_table(before: AuditResult, after: AuditResult) -> Table:
         table.add_column("perm. acc. drop", justify="right")
 
     def verdict(m: ModalityResult | None) -> Text:
-        return _verdict(m.verdict) if m else Text("absent", style="dim")
+        return _verdict(m.verdict) if m else _Plain("absent", style="dim")
 
     for n in names:
         mb, ma = b.get(n), a.get(n)
         row: list[RenderableType] = [
-            Text(n, style="bold"),
+            _Plain(n, style="bold"),
             Text.assemble(verdict(mb), " → ", verdict(ma)),
             _pair(fmt_pct(mb.share) if mb else DASH, fmt_pct(ma.share) if ma else DASH),
             _pair(
@@ -210,10 +221,10 @@ def compare_table(before: AuditResult, after: AuditResult) -> Table:
     if before.accuracy is not None or after.accuracy is not None:
         table.add_section()
         cells: list[RenderableType] = [
-            Text("accuracy", style="bold"), Text(""),
-            _pair(fmt_pct(before.accuracy), fmt_pct(after.accuracy)), Text(""),
+            _Plain("accuracy", style="bold"), _Plain(""),
+            _pair(fmt_pct(before.accuracy), fmt_pct(after.accuracy)), _Plain(""),
         ]
         if perm:
-            cells.append(Text(""))
+            cells.append(_Plain(""))
         table.add_row(*cells)
     return table
