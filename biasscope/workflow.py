@@ -109,13 +109,13 @@ def _guard_gates(result: FixResult) -> list[Gate] | None:
     g = result.guard
     if g is None or g["start"] is None or "val_accuracy" not in g["start"]:
         return None
-    last = g["trip"] or next((h for h in reversed(result.history) if "val_accuracy" in h), g["start"])
+    trip = g["trip"] if g["trip"] is not None and "val_accuracy" in g["trip"] else None
+    last = trip or next((h for h in reversed(result.history) if "val_accuracy" in h), g["start"])
     s = g["start"]
-    detail = (
-        f"in-distribution accuracy {s['val_accuracy']:.4f} -> {last['val_accuracy']:.4f}; "
-        f"decorrelated accuracy ({g['modality']} permuted) {s['val_proxy_accuracy']:.4f} -> "
-        f"{last['val_proxy_accuracy']:.4f}"
-    )
+    detail = f"in-distribution accuracy {s['val_accuracy']:.4f} -> {last['val_accuracy']:.4f}"
+    if "val_proxy_accuracy" in s and "val_proxy_accuracy" in last:
+        detail += (f"; decorrelated accuracy ({g['modality']} permuted) {s['val_proxy_accuracy']:.4f} -> "
+                   f"{last['val_proxy_accuracy']:.4f}")
     gates = []
     if g["enabled"] and not g["shifted"]:  # with shifted data the shifted accuracy decides
         no_gain = g["trip"] is not None and g["trip"]["reason"] == "no_gain"

@@ -77,8 +77,8 @@ def _interrupt_after_the_step_2_checkpoint(monkeypatch_target) -> None:
     """A Ctrl-C on every rank (torchrun forwards SIGINT to all) right after step 2's checkpoint."""
     save = monkeypatch_target._save
 
-    def save_then_stop(store, trainer, settings, every):
-        save(store, trainer, settings, every)
+    def save_then_stop(store, trainer, settings, every, *rest):
+        save(store, trainer, settings, every, *rest)
         if trainer.step_count == 2:
             raise KeyboardInterrupt
 

@@ -90,6 +90,18 @@ def test_shift_data_refuses_a_fix_in_the_wrong_direction():
     assert "kept the input's weights" in result.guard["message"]
 
 
+def test_the_comparison_gates_of_a_fix_that_kept_the_input_weights():
+    """The workflow's gates read a no-gain trip (it has no in-distribution accuracy of its
+    own; this raised KeyError 'val_accuracy' through `biasscope fix --shift-data`)."""
+    from biasscope.workflow import _guard_gates
+
+    train, val, shifted = _data()
+    result = fix(TwoPath("x"), train, MODS, val_data=val, shift_data=shifted, **OPTS)
+    assert "val_accuracy" not in result.guard["trip"]
+    for gate in _guard_gates(result) or []:
+        assert "in-distribution accuracy" in gate.detail
+
+
 def test_without_shift_data_a_swap_of_reliance_is_a_failure():
     """The same wrong-direction fix without shifted data: the assumption is stated, and the
     reliance moving from `x` onto `s` makes the result a failure that says how to check."""
