@@ -14,9 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import DataLoadError
-from .results import SCHEMA_VERSION
 
-__all__ = ["READABLE_SCHEMAS", "migrate_audit"]
+__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "migrate_audit"]
+
+#: the audit JSON's version; 3: ``example_ids``. The JSON Schema:
+#: biasscope/schemas/audit.schema.json.
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:

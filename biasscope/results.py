@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._files import write_atomic
+from .migrations import SCHEMA_VERSION, migrate_audit
 
 if TYPE_CHECKING:  # insight_results imports Estimate from here
     from .insight_results import Attribution, ProbeResult
@@ -32,9 +33,6 @@ __all__ = [
     "Agreement",
 ]
 
-#: 3: ``example_ids``; older files are migrated on reading (biasscope/migrations.py, which
-#: says what each version added); the JSON Schema: biasscope/schemas/audit.schema.json.
-SCHEMA_VERSION = 3
 MEASURES = ("functional_entropy", "fisher_bound", "variance", "poincare_bound")
 VERDICTS = ("ignored", "unused", "weak", "ok", "dominant")
 #: the verdicts of a modality the model does not use for its predictions (``AuditResult.ignored``)
@@ -292,7 +290,6 @@ class AuditResult:
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
         """Read the JSON form of any readable schema version (older ones migrated first)."""
         from .insight_results import attribution_from_dict, probe_from_dict
-        from .migrations import migrate_audit
 
         data = migrate_audit(data)
         joint = data.get("joint")
