@@ -9,9 +9,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import BiasscopeError
+
 __all__ = [
     "MANIFEST_NAME", "atomic_path", "check_output_file", "check_output_folder", "clean_stale",
-    "file_digests", "manifest_names", "utf8", "write_atomic", "write_outputs",
+    "file_digests", "manifest_names", "utf8", "write_atomic", "write_outputs", "check_regular",
+    "read_json_object",
 ]
 
 
@@ -285,3 +288,65 @@ def check_output_file(
         )
     _writable_ancestor(path.parent if str(path.parent) else Path("."), parameter)
     return path
+
+
+def check_regular(path: Path, *, what: str, error: type[BiasscopeError], folder_ok: bool = False) -> None:
+    """Refuse, before opening it, a path that is not a regular file (a named pipe, a device
+    such as /dev/zero, a socket: reading one may block or never end), or a folder where a file
+    is expected; inside a folder (a Hugging Face model) every entry must be a file or folder."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: the caller says so in its own words
+    if stat.S_ISDIR(mode) and folder_ok:
+        for entry in path.rglob("*"):
+            check_regular(entry, what=what, error=error, folder_ok=True)
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else (
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise error(
+        f"The {what} {str(path)!r} is {kind}; biasscope reads {what} from regular files only "
+        f"(reading {kind} could block or never end). Give the path of a {what} file."
+    )
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e400``) is an error, not inf."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def read_json_object(path: str | os.PathLike[str], *, what: str, made_by: str,
+                     error: type[BiasscopeError]) -> dict:
+    """The JSON object in ``path`` (a ``what`` written by ``made_by``), with a specific message
+    for a folder, a file that is not regular, invalid JSON (also ``1e400``, a 5,000-digit
+    integer, deep nesting) and a JSON that is not an object."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        name = what.split()[-2] + ".json" if what.endswith(" JSON") else what
+        hint = f" (it holds an {name}: give that file)" if (path / name).is_file() else ""
+        raise error(f"{path} is a folder, not an {what}{hint}; give the {name} file.")
+    check_regular(path, what=what, error=error)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"No {what} at {path}; run `{made_by}` first.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"Cannot read {path} as an {what} ({exc}).") from None
+    try:
+        data = json.loads(text, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{path} is not valid JSON for an {what.removesuffix(' JSON')} ({type(exc).__name__}: "
+                    f"{str(exc)[:160]}); give a file written by `{made_by}`.") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object: give one file written "
+                    f"by `{made_by}` (not a list of them).")
+    return data

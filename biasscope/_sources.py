@@ -16,33 +16,10 @@ from typing import Any
 
 from torch import Tensor
 
+from ._files import check_regular
 from .errors import BiasscopeError, DataLoadError
 
 __all__ = ["check_regular", "fingerprint", "split_spec", "call_factory", "first_line", "describe_obj"]
-
-
-def check_regular(path: Path, *, what: str, error: type[BiasscopeError], folder_ok: bool = False) -> None:
-    """Refuse, before opening it, a path that is not a regular file (a named pipe, a device
-    such as /dev/zero, a socket: reading one may block or never end), or a folder where a file
-    is expected; inside a folder (a Hugging Face model) every entry must be a file or folder."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # missing: the caller says so in its own words
-    if stat.S_ISDIR(mode) and folder_ok:
-        for entry in path.rglob("*"):
-            check_regular(entry, what=what, error=error, folder_ok=True)
-        return
-    if stat.S_ISREG(mode):
-        return
-    kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else (
-        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-    raise error(
-        f"The {what} {str(path)!r} is {kind}; biasscope reads {what} from regular files only "
-        f"(reading {kind} could block or never end). Give the path of a {what} file."
-    )
 
 
 def _sha256(path: Path) -> str:

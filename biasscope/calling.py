@@ -14,14 +14,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ._batch import Batch, run_model
-from ._device import model_device
+from ._batch import Batch
 from ._sources import _import_callable
 from .errors import ConfigError, ModalityError
-from .modality import Modality, is_compiled
+from .modality import Modality, embedding_layer, is_compiled
 
 __all__ = ["CALLS", "call_as", "default_modalities", "describe_default", "embedding_layer", "load_adapter"]
 
@@ -80,33 +78,6 @@ def _forward_parameters(model: nn.Module) -> tuple[list[str], bool, bool]:
         return [], True, True
     names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return names, any(p.kind == p.VAR_POSITIONAL for p in params), any(p.kind == p.VAR_KEYWORD for p in params)
-
-
-def embedding_layer(model: nn.Module, batch: Batch, key: str | int) -> str | None:
-    """The path of the layer that embeds the integer input ``key``: the innermost submodule
-    that receives that very tensor and returns floats shaped like it plus feature dimensions
-    (found in one forward pass); None when no layer does."""
-    batch = batch.to(model_device(model))
-    ids = batch.get_input(key)
-    found: list[str] = []
-
-    def hook(name: str):
-        def fn(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            takes = any(a is ids for a in (*args, *kwargs.values()))
-            if takes and isinstance(output, Tensor) and output.is_floating_point() \
-                    and output.shape[: ids.dim()] == ids.shape and output.dim() > ids.dim():
-                found.append(name)  # post-hooks complete innermost first
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            run_model(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return found[0] if found else None
 
 
 def _refuse(reason: str, batch: Batch) -> ModalityError:

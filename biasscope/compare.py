@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DataLoadError
+from .errors import ConfigError
 from .results import AuditResult
 from .verdict import reliance_shares
 
@@ -60,51 +60,9 @@ class Headline:
     ungated: dict[str, str] = field(default_factory=dict)
 
 
-def finite_float(text: str) -> float:
-    """A JSON number as a float; one too large for a float (``1e400``) is an error, not inf."""
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
-
-
 def load_audit(path: str | os.PathLike[str]) -> AuditResult:
-    """Read an audit.json, with a specific message for a folder, a JSON that is not an
-    object, and a file that is not a biasscope audit."""
-    from ._sources import check_regular
-
-    path = Path(path)
-    if path.is_dir():
-        hint = " (it holds an audit.json: give that file)" if (path / "audit.json").is_file() else ""
-        raise DataLoadError(f"{path} is a folder, not an audit JSON{hint}; give the audit.json file.")
-    check_regular(path, what="audit JSON", error=DataLoadError)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataLoadError(f"No audit JSON at {path}; run `biasscope audit` first.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"Cannot read {path} as an audit JSON ({exc}).") from None
-    try:
-        data = json.loads(text, parse_float=finite_float)
-    except (ValueError, RecursionError) as exc:  # bad syntax, 1e400, a 5,000-digit integer, deep nesting
-        raise DataLoadError(
-            f"{path} is not valid JSON for an audit ({type(exc).__name__}: {str(exc)[:160]}); give an "
-            "audit.json written by `biasscope audit`."
-        ) from None
-    if not isinstance(data, dict):
-        raise DataLoadError(
-            f"{path} holds a JSON {type(data).__name__}, not an object: give one audit.json "
-            "written by `biasscope audit` (not a list of audits)."
-        )
-    try:
-        return AuditResult.from_dict(data)
-    except DataLoadError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
-        raise DataLoadError(
-            f"{path} is not a biasscope audit result ({type(exc).__name__}: {str(exc)[:160]}); give an "
-            "audit.json written by `biasscope audit`."
-        ) from None
+    """Read an audit.json (:meth:`AuditResult.load`)."""
+    return AuditResult.load(path)
 
 
 def parse_min_share(specs: Sequence[str], *, parameter: str = "min_share") -> dict[str, float]:

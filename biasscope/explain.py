@@ -196,7 +196,7 @@ def input_site(model: nn.Module, batch: Batch, modality: Modality, output: Outpu
     several inputs reach it, or the model takes no gradient."""
     if modality.input is not None:
         return modality
-    from .calling import embedding_layer
+    from .modality import embedding_layer
 
     candidates = {}  # probe names of their own: a layer's hook counts its calls by name
     for i, key in enumerate(batch.input_names):

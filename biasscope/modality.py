@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._batch import Batch
+from ._batch import Batch, run_model
+from ._device import model_device
 from .errors import ModalityError
 
 __all__ = [
     "Modality", "check_distinct_sites", "intervene", "is_compiled", "tensor_elements",
-    "validate_modalities",
+    "validate_modalities", "embedding_layer",
 ]
 
 Transform = Callable[[Tensor], Tensor]
@@ -310,3 +311,30 @@ def validate_modalities(
                 "them instead: Modality(name, layer='path.to.embeddings') or "
                 f"--modality {m.name}=layer:path.to.embeddings."
             )
+
+
+def embedding_layer(model: nn.Module, batch: Batch, key: str | int) -> str | None:
+    """The path of the layer that embeds the integer input ``key``: the innermost submodule
+    that receives that very tensor and returns floats shaped like it plus feature dimensions
+    (found in one forward pass); None when no layer does."""
+    batch = batch.to(model_device(model))
+    ids = batch.get_input(key)
+    found: list[str] = []
+
+    def hook(name: str):
+        def fn(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            takes = any(a is ids for a in (*args, *kwargs.values()))
+            if takes and isinstance(output, Tensor) and output.is_floating_point() \
+                    and output.shape[: ids.dim()] == ids.shape and output.dim() > ids.dim():
+                found.append(name)  # post-hooks complete innermost first
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            run_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None

@@ -160,7 +160,7 @@ class Monitor:
 
     def figure(self, *, title: str | None = None) -> Any:
         """The trajectory of shares over steps (a plotly Figure)."""
-        from .render.trajectory import trajectory_figure
+        from .trajectory import trajectory_figure
 
         return trajectory_figure(self.history, title=title)
 

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._files import write_atomic
+from ._files import read_json_object, write_atomic
+from .errors import DataLoadError
 from .migrations import SCHEMA_VERSION, migrate_audit
 
 if TYPE_CHECKING:  # insight_results imports Estimate from here
@@ -317,9 +318,14 @@ class AuditResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> AuditResult:
         """Read an audit.json (every malformed file is a DataLoadError naming it)."""
-        from .compare import load_audit
-
-        return load_audit(path)
+        data = read_json_object(path, what="audit JSON", made_by="biasscope audit", error=DataLoadError)
+        try:
+            return cls.from_dict(data)
+        except DataLoadError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
+            raise DataLoadError(f"{path} is not a biasscope audit result ({type(exc).__name__}: {str(exc)[:160]}); "
+                                "give an audit.json written by `biasscope audit`.") from None
 
 
 _JOINT_FIELDS = ("functional_entropy", "variance", "sum_functional_entropy", "sum_variance", "entropy_gap",

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from .figures import FONT, INK, MUTED, _style
+from .render.figures import FONT, INK, MUTED, _style
 
 if TYPE_CHECKING:
-    from ..monitor import MonitorRecord
+    from .monitor import MonitorRecord
 
 __all__ = ["trajectory_figure"]
 
