@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import plotly.graph_objects as go
 
 from .render.figures import FONT, INK, MUTED, _style
-
-if TYPE_CHECKING:
-    from .monitor import MonitorRecord
 
 __all__ = ["trajectory_figure"]
 
@@ -21,8 +18,9 @@ __all__ = ["trajectory_figure"]
 PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#f0e442", "#000000")
 
 
-def trajectory_figure(history: Sequence[MonitorRecord], *, title: str | None = None) -> go.Figure:
-    """Shares over steps; hovering a point shows that step's verdict."""
+def trajectory_figure(history: Sequence[Any], *, title: str | None = None) -> go.Figure:
+    """Shares over steps of a monitor's ``history`` (its ``MonitorRecord`` list); hovering a
+    point shows that step's verdict."""
     fig = go.Figure()
     names = list(history[0].shares) if history else []
     steps = [r.step for r in history]
