@@ -382,5 +382,7 @@ def test_redundant_modalities_when_the_joint_shuffle_costs_more_than_the_single_
     found = [d for d in audit_diagnostics([mod("a"), mod("b")], reliance=Reliance(True), labelled=True, shapley=shapley)
              if d.code == "redundant_modalities"]
     assert len(found) == 1 and "costs 50.0% accuracy" in found[0].message and "`a` and `b`" in found[0].message
-    verdicts = bs.verdict.modality_verdicts([mod("a"), mod("b")], reliance=Reliance(True), shapley=shapley)
+    from biasscope.verdict import modality_verdicts
+
+    verdicts = modality_verdicts([mod("a"), mod("b")], reliance=Reliance(True), shapley=shapley)
     assert "ignored" not in verdicts.values()  # each costs nothing alone, yet the pair is used
