@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import biasscope  # noqa: E402
 from biasscope import Modality  # noqa: E402
 from biasscope.datasets import TwoModalityNet, accuracy, benchmark_data, train_plain  # noqa: E402
-from biasscope.options import FixOptions  # noqa: E402
+from biasscope.runtime.options import FixOptions  # noqa: E402
 
 MODALITIES = [Modality("image", input="image"), Modality("color", input="color")]
 _REGULARIZER_ONLY = ("detach_clean", "term_examples", "term_every")
@@ -37,7 +37,7 @@ def run_fix(model, data, modalities, *, val_data=None, **overrides):
     }
     if not extra:
         return biasscope.fix(model, data, modalities, val_data=val_data, **overrides)
-    fix_module = sys.modules["biasscope.fix"]  # the module (biasscope.fix is the function)
+    fix_module = sys.modules["biasscope.fixing.fix"]  # the module (biasscope.fix is the function)
     original = fix_module.FunctionalEntropyRegularizer
     fix_module.FunctionalEntropyRegularizer = functools.partial(original, **extra)
     try:

@@ -98,7 +98,7 @@ def load_back(arch: Arch, path: str | Path) -> Any:
 def api_modalities(arch: Arch, module: nn.Module) -> tuple[list[Any], Any]:
     """The modalities (and output spec) the CLI flags of ``arch.sites`` name, for the Python API."""
     import biasscope as bs
-    from biasscope.presets import preset_modalities, preset_output
+    from biasscope.io.presets import preset_modalities, preset_output
 
     if arch.sites[0] == "--preset":
         return preset_modalities(arch.sites[1], module), preset_output(arch.sites[1])

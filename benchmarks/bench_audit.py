@@ -28,9 +28,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import biasscope as bs  # noqa: E402
-from biasscope._batch import OutputSpec, call_model, split_batch  # noqa: E402
-from biasscope._device import autocast_for, resolve_device  # noqa: E402
-from biasscope.modality import intervene  # noqa: E402
+from biasscope.runtime._batch import OutputSpec, call_model, split_batch  # noqa: E402
+from biasscope.runtime._device import autocast_for, resolve_device  # noqa: E402
+from biasscope.measuring.modality import intervene  # noqa: E402
 
 
 class Net(nn.Module):
@@ -160,8 +160,8 @@ def noise_seconds(model, batches, modalities, *, samples: int, device) -> dict:
     """The audit's perturbation noise for every example and modality, drawn per example
     (:func:`biasscope._noise.example_noise`) and with one ``torch.randn`` of the same size:
     the cost of noise that belongs to the example, beside the audit's time."""
-    from biasscope._noise import example_noise
-    from biasscope._perturbation import capture
+    from biasscope.measuring._noise import example_noise
+    from biasscope.measuring._perturbation import capture
 
     shapes = []
     for j, raw in enumerate(batches):

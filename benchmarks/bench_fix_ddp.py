@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from biasscope import Modality
-from biasscope._distributed import is_writer, process_group, world_size
-from biasscope.fix import fix
+from biasscope.runtime._distributed import is_writer, process_group, world_size
+from biasscope.fixing.fix import fix
 
 
 class Net(nn.Module):

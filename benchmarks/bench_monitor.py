@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from biasscope import Modality, Monitor  # noqa: E402
 from biasscope.datasets import TwoModalityNet, colored_digits  # noqa: E402
-from biasscope.monitor import DEFAULT_EVERY, MONITOR_OPTIONS  # noqa: E402
+from biasscope.monitoring.monitor import DEFAULT_EVERY, MONITOR_OPTIONS  # noqa: E402
 
 MODALITIES = [Modality("image", input="image"), Modality("color", input="color")]
 

@@ -33,8 +33,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from biasscope import Modality  # noqa: E402
-from biasscope.options import FixOptions  # noqa: E402
-from biasscope.regularizer import FunctionalEntropyRegularizer  # noqa: E402
+from biasscope.runtime.options import FixOptions  # noqa: E402
+from biasscope.fixing.regularizer import FunctionalEntropyRegularizer  # noqa: E402
 
 DEFAULTS = FixOptions()
 

@@ -144,8 +144,8 @@ def _best(fn, repeats: int) -> float:
 @contextmanager
 def _full_passes():
     """The audit with downstream-only recomputation turned off (every pass runs the model)."""
-    from biasscope import _audit_state
-    from biasscope._downstream import DownstreamPlan
+    from biasscope.auditing import _state as _audit_state
+    from biasscope.measuring._downstream import DownstreamPlan
 
     _audit_state.DownstreamPlan = lambda *a, **k: DownstreamPlan(*a, **{**k, "enabled": False})
     try:
@@ -264,8 +264,8 @@ def regularized_step(n: int, repeats: int, samples: int = 4) -> dict:
     """fix's training step on the late fusion at its encoders: cross-entropy alone, and with
     the regularizer's term on the whole batch (FixOptions' K = 4, every step), with and
     without downstream-only recomputation."""
-    from biasscope._downstream import DownstreamPlan
-    from biasscope.regularizer import FunctionalEntropyRegularizer
+    from biasscope.measuring._downstream import DownstreamPlan
+    from biasscope.fixing.regularizer import FunctionalEntropyRegularizer
 
     model, data, mods = late_fusion().train(), _data("late_fusion", n), _modalities("late_fusion")
     batch = {**{k: v[:BATCH] for k, v in data.items()}, "label": torch.randint(0, 10, (BATCH,))}

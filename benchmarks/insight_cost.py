@@ -26,15 +26,15 @@ import time
 
 import torch
 
-from biasscope.audit import audit, collect_batches
-from biasscope.data_checks import data_checks
+from biasscope.auditing.audit import audit, collect_batches
+from biasscope.auditing.data_checks import data_checks
 from biasscope.datasets import ThreeModalityNet, train_plain
 from biasscope.datasets.colored_digits import three_modality_digits
 from biasscope.demo import batches_of
-from biasscope.explain import choose_examples, explain_examples
-from biasscope.modality import Modality
-from biasscope.perception import AuditSet, permutation_scores
-from biasscope.probe import probe_diagnostics, probe_modalities
+from biasscope.measuring.explain import choose_examples, explain_examples
+from biasscope.measuring.modality import Modality
+from biasscope.measuring.perception import AuditSet, permutation_scores
+from biasscope.measuring.probe import probe_diagnostics, probe_modalities
 
 MODS = [Modality("image", input="image"), Modality("color", input="color"), Modality("noise", input="noise")]
 
@@ -106,7 +106,7 @@ def main() -> None:
         probes = probe_modalities(model, batches, MODS, seed=args.seed, data=data, permutation=perms)
         return probes, time.perf_counter() - start
 
-    from biasscope._batch import OutputSpec
+    from biasscope.runtime._batch import OutputSpec
 
     result_output = OutputSpec()
     probes, t_shared = integrated()

@@ -22,7 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from biasscope import Modality, fix  # noqa: E402
-from biasscope.shift import shift_accuracy, shift_batches  # noqa: E402
+from biasscope.measuring.shift import shift_accuracy, shift_batches  # noqa: E402
 
 MODS = [Modality("s", input="s"), Modality("x", input="x")]
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import biasscope as bs  # noqa: E402
 from biasscope.datasets import TwoModalityNet, benchmark_data, train_plain  # noqa: E402
 from biasscope.demo import DEMO_MODALITIES, batches_of  # noqa: E402
-from biasscope.options import AUDIT_PROFILES  # noqa: E402
+from biasscope.runtime.options import AUDIT_PROFILES  # noqa: E402
 
 
 def _relative(e) -> float:

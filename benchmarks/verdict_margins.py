@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import biasscope as bs
-    from biasscope.verdict import accuracy_margin
+    from biasscope.auditing.verdict import accuracy_margin
     from permutation_repeats import AUDIT, USED, _builders
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

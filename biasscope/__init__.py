@@ -7,52 +7,50 @@ import, so the command line starts fast; ``biasscope.audit`` imports what it nee
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 
 #: public name -> the module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {
-    "AuditOptions": "options",
+    "AuditOptions": "runtime.options",
     "AuditReport": "report",
-    "AuditResult": "results",
-    "Attribution": "insight_results",
+    "AuditResult": "results._audit",
+    "Attribution": "results._insight",
     "BiasscopeError": "errors",
-    "Calibration": "regularizer",
+    "Calibration": "fixing.calibration",
     "ConfigError": "errors",
     "DataLoadError": "errors",
-    "Diagnostic": "results",
-    "Estimate": "results",
-    "FixInterrupted": "fix",
-    "FixOptions": "options",
+    "Diagnostic": "results._audit",
+    "Estimate": "results._audit",
+    "FixInterrupted": "fixing.fix",
+    "FixOptions": "runtime.options",
     "FixReport": "workflow",
-    "FixResult": "fix",
-    "FunctionalEntropyRegularizer": "regularizer",
+    "FixResult": "fixing.fix",
+    "FunctionalEntropyRegularizer": "fixing.regularizer",
     "Gate": "compare",
-    "HFMonitor": "hf_monitor",
-    "LightningMonitor": "lightning_monitor",
-    "LoadedModel": "loading",
-    "Modality": "modality",
+    "HFMonitor": "monitoring.hf_monitor",
+    "LightningMonitor": "monitoring.lightning_monitor",
+    "LoadedModel": "io.loading",
+    "Modality": "measuring.modality",
     "ModalityError": "errors",
-    "ModalityResult": "results",
+    "ModalityResult": "results._audit",
     "ModelLoadError": "errors",
     "ModelOutputError": "errors",
-    "Monitor": "monitor",
-    "MonitorRecord": "monitor",
-    "OutputSpec": "_batch",
-    "ProbeResult": "insight_results",
-    "Thresholds": "verdict",
-    "audit": "audit",
+    "Monitor": "monitoring.monitor",
+    "MonitorRecord": "monitoring.monitor",
+    "OutputSpec": "runtime._batch",
+    "ProbeResult": "results._insight",
+    "Thresholds": "auditing.verdict",
+    "audit": "auditing.audit",
     "audit_report": "report",
-    "calibrate_lambda": "regularizer",
+    "calibrate_lambda": "fixing.calibration",
     "compare_gates": "compare",
-    "fix": "fix",
+    "fix": "fixing.fix",
     "fix_and_audit": "workflow",
-    "load_data": "data",
-    "load_model": "loading",
-    "save_model": "loading",
+    "load_data": "io.data",
+    "load_model": "io.loading",
+    "save_model": "io.loading",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])
@@ -70,20 +68,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
-
-class _Package(types.ModuleType):
-    """Keeps ``biasscope.audit`` / ``biasscope.fix`` the functions once their modules load:
-    importing a submodule binds it on the package, and these names are both."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, types.ModuleType)
-            and _EXPORTS.get(name) == name
-            and value.__name__ == f"{__name__}.{name}"
-            and hasattr(value, name)
-        ):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

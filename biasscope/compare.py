@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .results import AuditResult
-from .verdict import reliance_shares
+from .auditing.verdict import reliance_shares
 
 __all__ = [
     "FAIL_ON",
@@ -143,7 +143,7 @@ def fail_on_gate(result: AuditResult, level: str) -> Gate:
 
 
 def _check_gate_values(**drops: float | None) -> None:
-    from .options import check_number
+    from .runtime.options import check_number
 
     for name, value in drops.items():
         try:
@@ -272,7 +272,7 @@ def comparison_document(
     and shares, every gate, the headline's status and the warnings; nan/inf as None."""
     import dataclasses
 
-    from .results import _finite
+    from .results._audit import _finite
 
     return _finite({
         "schema_version": COMPARE_SCHEMA_VERSION,
@@ -284,6 +284,6 @@ def comparison_document(
 
 def write_comparison_json(path: str | os.PathLike[str], document: Mapping[str, object]) -> Path:
     """Write :func:`comparison_document`'s output to ``path`` atomically; returns the path."""
-    from ._files import write_atomic
+    from .runtime._files import write_atomic
 
     return write_atomic(Path(path), json.dumps(document, indent=2, allow_nan=False) + "\n")

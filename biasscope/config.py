@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BiasscopeError, ConfigError
-from .verdict import Thresholds
+from .auditing.verdict import Thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +48,7 @@ _TYPES: dict[str, Any] = {"int": (int,), "float": _NUMBER, "str": (str,), "bool"
 
 
 def _options_class(table: str) -> type:
-    from .options import AuditOptions, FixOptions
+    from .runtime.options import AuditOptions, FixOptions
 
     return {"audit": AuditOptions, "fix": FixOptions}[table]
 
@@ -152,7 +152,7 @@ def load_config(path: str | Path) -> ProjectConfig:
         options[key] = _resolve(base, options[key])
     mods_raw = raw.get("modalities", {})
     _check_table(f"{path} [modalities]", mods_raw, {name: str for name in mods_raw})
-    from .modality import Modality  # imports torch: only when a file names modalities
+    from .measuring.modality import Modality  # imports torch: only when a file names modalities
 
     try:
         modalities = [Modality.parse(f"{name}={site}") for name, site in mods_raw.items()]
@@ -210,7 +210,7 @@ def resolve_options(
     else the default of AuditOptions / FixOptions. Invalid values raise ConfigError naming
     the parameter (and the config file, when the value came from it).
     """
-    from .options import options_from_mapping
+    from .runtime.options import options_from_mapping
 
     cls = _options_class(table)
     names = {f.name for f in fields(cls)} | ({"profile"} if table == "audit" else set())

@@ -11,10 +11,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .audit import audit
+from .auditing.audit import audit
 from .datasets import TwoModalityNet, accuracy, benchmark_data, train_plain
-from .fix import fix
-from .modality import Modality
+from .fixing.fix import fix
+from .measuring.modality import Modality
 from .results import AuditResult
 
 __all__ = ["DEMO_MODALITIES", "DemoResult", "batches_of", "run_demo"]
@@ -68,7 +68,7 @@ class DemoResult:
 
     def write(self, out: str | Path, *, plotlyjs: str = "inline") -> dict[str, Path]:
         """Write :meth:`files` into ``out`` as one unit (with a manifest)."""
-        from ._files import write_outputs
+        from .runtime._files import write_outputs
 
         return write_outputs(Path(out), self.files(plotlyjs=plotlyjs), run={"command": "demo", **self.settings})
 

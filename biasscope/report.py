@@ -11,9 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._files import MANIFEST_NAME, check_output_file, check_output_folder, write_atomic, write_outputs
+from .runtime._files import (
+    MANIFEST_NAME, check_output_file, check_output_folder, write_atomic, write_outputs,
+)
 from .compare import Gate, fail_on_gate
-from .options import AuditOptions
+from .runtime.options import AuditOptions
 from .results import AuditResult
 
 __all__ = [
@@ -66,7 +68,7 @@ def _run_audit(
     options: AuditOptions,
     **kw: Any,
 ) -> AuditResult:
-    from .audit import audit
+    from .auditing.audit import audit
 
     return audit(model, data, modalities, options=options, **kw)
 
@@ -100,7 +102,7 @@ def audit_report(
     Returns:
         An :class:`AuditReport`; ``.write(out_dir)`` writes it.
     """
-    from .options import check_choice
+    from .runtime.options import check_choice
     from .render import render_html
 
     check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))
@@ -134,7 +136,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 def data_provenance(source: str | os.PathLike[str]) -> dict[str, Any]:
     """What an audit records of its data: the path (or factory string) and, for a file or
     folder, its sha256 (the fingerprint ``compare`` checks)."""
-    from ._sources import fingerprint
+    from .io._sources import fingerprint
 
     info: dict[str, Any] = {"path": str(source)}
     if Path(source).exists():
@@ -149,7 +151,7 @@ def torchrun_group(device: str = "auto") -> Iterator[bool]:
 
     Every process runs the audit on its share of the examples and holds the whole result;
     only the writer writes the report (:func:`writing_stage`)."""
-    from ._distributed import is_writer, process_group
+    from .runtime._distributed import is_writer, process_group
 
     with process_group(device=device):
         yield is_writer()
@@ -159,7 +161,7 @@ def torchrun_group(device: str = "auto") -> Iterator[bool]:
 def writing_stage(stage: str = "writing the report") -> Iterator[None]:
     """Around the writer's output: a failure there (or on any process) raises on every
     process (the others with a ``RemoteRankError``), so all exit with the same code."""
-    from ._distributed import sync_point
+    from .runtime._distributed import sync_point
 
     with sync_point(stage):
         yield

@@ -19,22 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._batch import OutputSpec
-from ._distributed import all_reduce_sum, is_distributed, is_writer, join_group, local_only, sync_point
-from ._files import MANIFEST_NAME, write_outputs
-from ._sources import fingerprint
-from .audit import audit
+from .runtime._batch import OutputSpec
+from .runtime._distributed import (
+    all_reduce_sum, is_distributed, is_writer, join_group, local_only, sync_point,
+)
+from .runtime._files import MANIFEST_NAME, write_outputs
+from .io._sources import fingerprint
+from .auditing.audit import audit
 from .compare import Gate
-from .fix_folder import (
-    STATUS_NAME, check_fix_output, check_not_model_folder, fix_output_names, model_dest_name, undo_on_error,
-    write_status,
+from .fixing.fix_folder import (
+    STATUS_NAME, check_fix_output, check_not_model_folder, fix_output_names, model_dest_name,
+    undo_on_error, write_status,
 )
 from .errors import ConfigError
-from .fix import FixInterrupted, FixResult, check_fix_setup, fix, resolve_fix_options
-from .loading import LoadedModel, save_model
-from .modality import Modality
-from .options import FixOptions
-from .results import AuditResult, _finite
+from .fixing.fix import FixInterrupted, FixResult, check_fix_setup, fix, resolve_fix_options
+from .io.loading import LoadedModel, save_model
+from .measuring.modality import Modality
+from .runtime.options import FixOptions
+from .results._audit import AuditResult, _finite
 
 __all__ = ["STATUS_NAME", "FixReport", "check_fix_output", "check_not_model_folder", "fix_and_audit",
            "fix_output_names"]
@@ -221,7 +223,7 @@ class FixReport:
 def _uninformative(before: AuditResult) -> list:
     """``push_uninformative`` warnings: modalities whose probe (in the before-audit) is at
     chance, which the fix would push the model to depend on."""
-    from .probe import uninformative_warnings
+    from .measuring.probe import uninformative_warnings
 
     return uninformative_warnings(before.probes)
 
@@ -279,8 +281,8 @@ def _check_before_work(opts: FixOptions, modalities: Sequence[Modality], data: A
                        audit_options: dict[str, Any] | None, out: Path, resume: bool) -> None:
     """What can be checked before the first step: the fix's options against the modalities,
     the audits' options (``audit_samples`` on the command line), at least 2 examples."""
-    from ._batch import split_batch
-    from .options import AuditOptions, check_passes
+    from .runtime._batch import split_batch
+    from .runtime.options import AuditOptions, check_passes
 
     check_fix_setup(opts, modalities, out / "checkpoints", resume)
     known = {k: v for k, v in (audit_options or {}).items() if k in AuditOptions.__dataclass_fields__}

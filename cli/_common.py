@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from biasscope.errors import BiasscopeError, ConfigError
-from biasscope.options import AuditOptions
-from biasscope.terminal_text import plain
+from biasscope.runtime.options import AuditOptions
+from biasscope.runtime.terminal_text import plain
 
 from ._messages import error_text
 
@@ -246,7 +246,7 @@ def resolve_modalities(
     """The modalities from the flags, a preset, or the config; None when none is named and
     they are not ``required`` (the audit then takes them from the data's keys)."""
     from biasscope import Modality
-    from biasscope.presets import preset_modalities
+    from biasscope.io.presets import preset_modalities
 
     if flags:
         return [Modality.parse(spec) for spec in flags]
@@ -295,7 +295,7 @@ def load_inputs(
     """Load the model (called as ``call`` or through ``adapter``) and resolve the modalities
     and the output spec; with ``modalities_from_data``, no modality named means None."""
     from biasscope import OutputSpec
-    from biasscope.loading import load_model
+    from biasscope.io.loading import load_model
 
     path = model_source(model, config)
     factory = pick(factory, config, "factory")
@@ -315,7 +315,7 @@ def load_inputs(
     key = pick(label_key, config, "label_key", AuditOptions().label_key)
     preset_name = preset or config.get("preset")
     if preset_name:  # a preset carries where its models' logits are; flags and config win
-        from biasscope.presets import preset_output
+        from biasscope.io.presets import preset_output
 
         output = preset_output(
             preset_name, key=pick(output_key, config, "output_key"),
@@ -338,7 +338,7 @@ def _called_as(loaded: Any, call: str, adapter: Optional[str]) -> Any:
     """The loaded model, re-wired when it is called as ``call`` or through ``adapter``."""
     from dataclasses import replace
 
-    from biasscope.calling import call_as, load_adapter
+    from biasscope.io.calling import call_as, load_adapter
 
     if call == "kwargs" and adapter is None:
         return loaded
@@ -374,7 +374,7 @@ def batch_size_setting(flag: Optional[int], config: Any, table: Optional[dict]) 
 
 
 def read_data(source: Optional[str], *, label_key: Optional[str], batch_size: int, limit: Optional[int], what: str = "data") -> tuple[list, dict]:
-    from biasscope.data import load_data
+    from biasscope.io.data import load_data
     from biasscope.report import data_provenance
 
     if source is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from biasscope.options import AuditOptions, FixOptions, flag_name
+from biasscope.runtime.options import AuditOptions, FixOptions, flag_name
 
 __all__ = ["error_text"]
 

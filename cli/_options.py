@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from biasscope.options import AuditOptions
+from biasscope.runtime.options import AuditOptions
 
 _AUDIT = AuditOptions()
 

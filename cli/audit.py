@@ -6,14 +6,13 @@ from typing import List, Optional
 import typer
 
 from biasscope.errors import ConfigError
-from biasscope.options import ATTRIBUTIONS, AuditOptions, check_choice
+from biasscope.runtime.options import ATTRIBUTIONS, AuditOptions, check_choice
 
 from . import _options as o
 from ._common import (
     EXIT_GATE, ProgressDisplay, batch_size_setting, console, guarded, input_paths, load_inputs, model_source,
     pick, read_config, read_data, set_stage, shown,
 )
-from .main import app
 
 _D = AuditOptions()
 
@@ -41,7 +40,6 @@ def _run_settings(cfg: object, fail_on: Optional[str], plotlyjs: Optional[str], 
     return fail_on, plotlyjs, batch_size_setting(batch_size, cfg, table)
 
 
-@app.command("audit")
 def audit_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = o.Data,
@@ -137,7 +135,7 @@ def _tokenizer(path: Optional[str]) -> object:
     """The tokenizer that decodes token ids in the attributions (None: ids are shown)."""
     if path is None:
         return None
-    from biasscope.explain import load_tokenizer
+    from biasscope.measuring.explain import load_tokenizer
 
     set_stage(f"loading the tokenizer {path!r} (--tokenizer)")
     return load_tokenizer(path)

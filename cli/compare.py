@@ -7,7 +7,6 @@ import typer
 
 from . import _options as o
 from ._common import EXIT_GATE, console, err_console, guarded, set_stage, shown
-from .main import app
 
 
 def _headline_text(status: str, failed: list, ungated: dict) -> str:
@@ -25,7 +24,6 @@ def _headline_text(status: str, failed: list, ungated: dict) -> str:
     return "[green]PASSED[/]: every gate passed and no modality is ignored or weak"
 
 
-@app.command("compare")
 def compare_command(
     before: Path = typer.Argument(..., help="audit.json before (e.g. of the original model)."),
     after: Path = typer.Argument(..., help="audit.json after (e.g. of the fixed model)."),
@@ -45,7 +43,7 @@ def compare_command(
     with guarded(debug):
         from biasscope.errors import DataLoadError
         from biasscope.compare import check_comparable, compare_gates, headline, load_audit, parse_min_share
-        from biasscope.options import check_choice
+        from biasscope.runtime.options import check_choice
         from biasscope.report import check_output_file
 
         check_choice("plotlyjs", plotlyjs, ("inline", "cdn"))

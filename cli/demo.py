@@ -6,10 +6,8 @@ import typer
 
 from . import _options as o
 from ._common import ProgressDisplay, console, guarded, shown
-from .main import app
 
 
-@app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("biasscope-demo"), "--out", "-o", help="Output folder (the gallery is reports/demo)."),
     benchmark: str = typer.Option("colored", "--benchmark", help="colored (the colour is a pure shortcut) or both (the colour also carries part of the label: a brightness bit)."),

@@ -9,14 +9,13 @@ from typing import Any, List, Optional
 
 import typer
 
-from biasscope.options import AuditOptions, FixOptions
+from biasscope.runtime.options import AuditOptions, FixOptions
 
 from . import _options as o
 from ._common import (
     ProgressDisplay, batch_size_setting, console, err_console, guarded, input_paths, load_inputs, pick, read_config,
     read_data, shown,
 )
-from .main import app
 
 D = FixOptions()
 
@@ -78,7 +77,6 @@ def _lambda(value: Any) -> Any:
         raise ConfigError(f"--lambda must be a number or auto, got {value!r}.") from None
 
 
-@app.command("fix")
 def fix_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (file or factory)."),
@@ -195,7 +193,7 @@ def _fix_options(cfg: Any, table: dict, flags: dict) -> FixOptions:
 def _run(inputs: Any, train: list, held: tuple, out_dir: Path, options: FixOptions, audit_options: dict,
          provenance: dict, *, resume: bool, quiet: bool, force: bool) -> Any:
     """fix_and_audit with the progress display; an interrupt exits 130 with where to resume."""
-    from biasscope.fix import FixInterrupted
+    from biasscope.fixing.fix import FixInterrupted
     from biasscope.workflow import fix_and_audit
 
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 alone shows progress

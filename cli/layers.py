@@ -5,7 +5,6 @@ from typing import Any, Optional
 
 from . import _options as o
 from ._common import console, guarded, load_inputs, pick, read_config, read_data, shown
-from .main import app
 
 _COLUMNS = ("type", "output shape", "dtype", "params", "can be a modality?")
 
@@ -33,7 +32,6 @@ def _rows(table: list) -> list[tuple[str, ...]]:
     return rows
 
 
-@app.command("layers")
 def layers_command(
     model: Optional[str] = o.Model,
     data: Optional[str] = o.Data,
@@ -56,8 +54,8 @@ def layers_command(
     from rich.table import Table
     from rich.text import Text
 
-    from biasscope.layers import layer_table
-    from biasscope.modality import is_compiled
+    from biasscope.io.layers import layer_table
+    from biasscope.measuring.modality import is_compiled
 
     with guarded(debug):
         cfg = read_config(config)

@@ -58,10 +58,13 @@ def main(
     """Modality-bias diagnostics for multimodal PyTorch classifiers."""
 
 
-from . import audit as _audit  # noqa: E402  (the commands register themselves on ``app``)
-from . import compare as _compare  # noqa: E402
-from . import demo as _demo  # noqa: E402
-from . import fix as _fix  # noqa: E402
-from . import layers as _layers  # noqa: E402
+
+from . import audit, compare, demo, fix, layers  # noqa: E402
+
+app.command("audit")(audit.audit_command)
+app.command("compare")(compare.compare_command)
+app.command("demo")(demo.demo_command)
+app.command("fix")(fix.fix_command)
+app.command("layers")(layers.layers_command)
 
 __all__ = ["app"]

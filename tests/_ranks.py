@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, folder: str, work: Callable[[int],
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from biasscope._distributed import process_group
+    from biasscope.runtime._distributed import process_group
 
     with process_group(device="cpu", timeout=timedelta(seconds=60)):
         result = work(rank)

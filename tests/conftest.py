@@ -43,9 +43,9 @@ def _perception_by_hand(result, model, a, b, label, repeats: int = 10, seed: int
     """Fill the permutation and Shapley fields when ``biasscope.perception`` is absent."""
     import numpy as np
 
-    from biasscope._stats import mean_interval
+    from biasscope.measuring._stats import mean_interval
     from biasscope.results import PermutationScore, ShapleyValues
-    from biasscope.verdict import Thresholds, modality_verdicts, verdict_sentence
+    from biasscope.auditing.verdict import Thresholds, modality_verdicts, verdict_sentence
 
     g = torch.Generator().manual_seed(seed)
     ce = nn.functional.cross_entropy
@@ -121,7 +121,7 @@ def planted_audit_result():
         for i in range(0, len(label), 32)
     ]
     try:
-        import biasscope.perception  # noqa: F401
+        import biasscope.measuring.perception  # noqa: F401
     except ImportError:
         unlabelled = [{"a": x["a"], "b": x["b"]} for x in batches]
         result = audit(model, unlabelled, mods, samples=16, seed=0, label_key=None, device="cpu", tensorization=True)
@@ -159,7 +159,7 @@ def _outputs_follow_the_schema(request):
 
     if importlib.util.find_spec("jsonschema") is None:
         return
-    from biasscope.json_schema import SCHEMAS, validate
+    from biasscope.results.json_schema import SCHEMAS, validate
 
     for name, schema in SCHEMA_OF_FILE.items():
         for path in root.rglob(name):

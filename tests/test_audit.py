@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import biasscope as bs
-from biasscope._stats import mean_interval
-from biasscope.audit import collect_batches
+from biasscope.measuring._stats import mean_interval
+from biasscope.auditing.audit import collect_batches
 from biasscope.results import MEASURES, Estimate
 
 from planted import Branches, DictBranches, dict_data, labelled_by, tuple_data

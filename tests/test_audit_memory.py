@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import biasscope as bs
-from biasscope import _audit_state
+from biasscope.auditing import _state as _audit_state
 from biasscope.errors import ConfigError
 from _audit_compare import differences
 from planted import Branches

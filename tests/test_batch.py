@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from biasscope import DataLoadError, ModelOutputError, OutputSpec
-from biasscope._batch import logits_from_output, split_batch
+from biasscope.runtime._batch import logits_from_output, split_batch
 
 
 def test_dict_batch_label_key():

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from biasscope import Modality
-from biasscope._batch import split_batch
-from biasscope.calling import call_as, default_modalities
+from biasscope.runtime._batch import split_batch
+from biasscope.io.calling import call_as, default_modalities
 from biasscope.cli.main import app
 from biasscope.errors import ConfigError, ModalityError
 

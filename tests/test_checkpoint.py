@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from biasscope._checkpoint import LEGACY_CHECKPOINT_NAME, CheckpointStore, pack, unpack
+from biasscope.fixing._checkpoint import LEGACY_CHECKPOINT_NAME, CheckpointStore, pack, unpack
 from biasscope.errors import ConfigError
 
 

@@ -212,12 +212,12 @@ UP_FRONT = [
 def test_options_and_outputs_checked_before_any_work(project, monkeypatch, args, needle):
     """Each bad value: exit 2, a specific message naming the flag, no traceback, no
     "unexpected" fallback, and the model is never loaded (nothing ran)."""
-    import biasscope.loading
+    import biasscope.io.loading
 
     def never(*a, **k):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(biasscope.loading, "load_model", never)
+    monkeypatch.setattr(biasscope.io.loading, "load_model", never)
     snapshot = {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()}
     res = runner.invoke(app, ["audit", *BASE, *FAST, *args])
     text = " ".join(res.output.split())

@@ -110,7 +110,7 @@ def test_resume_continues_to_the_same_model(project):
     part = runner.invoke(app, ["fix", *common, "--steps", "6", "--out", "part"], catch_exceptions=False)
     assert part.exit_code == 0
     # simulate an interruption after step 4: keep the step-4 checkpoint, resume from it
-    from biasscope._checkpoint import CheckpointStore
+    from biasscope.fixing._checkpoint import CheckpointStore
 
     ckpt = CheckpointStore(project / "part" / "checkpoints").load()["trainer"]
     assert ckpt["step"] == 6

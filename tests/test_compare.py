@@ -167,7 +167,7 @@ def test_headline_states():
 def test_min_reliance_share(audit_result):
     """`b` is ignored by construction: its reliance share is ~0, `a`'s ~1."""
     from biasscope.compare import compare_gates
-    from biasscope.verdict import reliance_shares
+    from biasscope.auditing.verdict import reliance_shares
 
     shares = reliance_shares(audit_result.modalities)
     assert shares["a"] > 0.9 and shares["b"] < 0.1

@@ -78,7 +78,7 @@ def test_schema_has_every_option():
     from dataclasses import fields
 
     from biasscope.config import config_key, table_schema
-    from biasscope.options import AuditOptions, FixOptions
+    from biasscope.runtime.options import AuditOptions, FixOptions
 
     for table, cls in (("audit", AuditOptions), ("fix", FixOptions)):
         schema = table_schema(table)
@@ -91,7 +91,7 @@ def test_schema_has_every_option():
 def test_resolve_options_precedence(tmp_path):
     """flags > [audit] table > top level > AuditOptions defaults."""
     from biasscope.config import resolve_options
-    from biasscope.options import AuditOptions
+    from biasscope.runtime.options import AuditOptions
 
     cfg = load_config(_write(tmp_path, 'limit = 50\nlabel_key = "none"\n[audit]\nsamples = 8\nseed = 3\n'))
     opts = resolve_options("audit", {"seed": 7, "scale": None}, cfg)

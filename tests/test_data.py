@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _loading_factories as fx  # noqa: E402
 
-from biasscope._batch import split_batch  # noqa: E402
+from biasscope.runtime._batch import split_batch  # noqa: E402
 from biasscope.errors import ConfigError, DataLoadError  # noqa: E402
-from biasscope.data import load_data  # noqa: E402
+from biasscope.io.data import load_data  # noqa: E402
 
 FACTORY = "_loading_factories:make_net"
 FACTORY_FILE = str(Path(fx.__file__).resolve()) + ":make_net"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biasscope._batch import split_batch
-from biasscope.data_checks import data_checks, duplicate_checks, feature_checks, label_checks, std_checks
+from biasscope.runtime._batch import split_batch
+from biasscope.auditing.data_checks import (
+    data_checks, duplicate_checks, feature_checks, label_checks, std_checks,
+)
 from biasscope.errors import DataLoadError
-from biasscope.modality import Modality
+from biasscope.measuring.modality import Modality
 from biasscope.results import SEVERITIES
 
 MODS = [Modality("img", input="img"), Modality("tab", input="tab")]

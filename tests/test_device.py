@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from biasscope._device import auto_max_rows, autocast_for, is_out_of_memory, run_with_oom_retry
+from biasscope.runtime._device import (
+    auto_max_rows, autocast_for, is_out_of_memory, run_with_oom_retry,
+)
 from biasscope.errors import ConfigError, ModelOutputError
-from biasscope.options import AuditOptions
+from biasscope.runtime.options import AuditOptions
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import pytest
 from _ranks import free_port, spawn
 import torch
 
-from biasscope import _distributed as bd
+from biasscope.runtime import _distributed as bd
 
 WORLD = 2
 DEADLINE_S = 90  # the whole 2-process run; a hang fails the test instead of CI

@@ -40,7 +40,7 @@ def _all_tests() -> list:
 
 
 def test_there_are_public_modules_and_examples() -> None:
-    assert "biasscope.regularizer" in MODULES and "biasscope.options" in MODULES
+    assert "biasscope.fixing.regularizer" in MODULES and "biasscope.runtime.options" in MODULES
     assert len(_all_tests()) >= 3
 
 

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 import biasscope as bs
-from biasscope._batch import OutputSpec
-from biasscope._downstream import DownstreamPlan
-from biasscope._perturbation import CleanPass, ExampleNoise, perturbation_samples, representation_std
-from biasscope.audit import collect_batches
+from biasscope.runtime._batch import OutputSpec
+from biasscope.measuring._downstream import DownstreamPlan
+from biasscope.measuring._perturbation import (
+    CleanPass, ExampleNoise, perturbation_samples, representation_std,
+)
+from biasscope.auditing.audit import collect_batches
 from tests import _tiny_hf as hf
 from tests.zoo import cases
 
@@ -139,7 +141,7 @@ def _off(monkeypatch, module):
 
 
 def test_permutation_and_shapley_passes_give_the_full_passes_numbers(monkeypatch):
-    from biasscope import perception
+    from biasscope.measuring import perception
 
     model, data, mods, _ = next(c for c in cases() if c.name == "three_modalities").build()
     batches = collect_batches(data)
@@ -152,7 +154,7 @@ def test_permutation_and_shapley_passes_give_the_full_passes_numbers(monkeypatch
 
 
 def test_the_regularizer_term_and_its_gradient_match_full_passes():
-    from biasscope.regularizer import FunctionalEntropyRegularizer
+    from biasscope.fixing.regularizer import FunctionalEntropyRegularizer
 
     model, data, mods, _ = next(c for c in cases() if c.name == "layer_sites").build()
     results = []

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from biasscope.estimators import (
-    fisher_bound,
-    functional_entropy,
-    kl_divergence,
-    official_divergence,
-    plugin_entropy,
-    poincare_bound,
-    quadratic_form,
-    variance,
+from biasscope.measuring.estimators import (
+    fisher_bound, functional_entropy, kl_divergence, official_divergence, plugin_entropy,
+    poincare_bound, quadratic_form, variance,
 )
 
 EULER_GAMMA = 0.5772156649015329
@@ -150,7 +144,7 @@ def _coverage(k: int, *, reps: int = 200, n: int = 64, seed: int = 0) -> tuple[f
     """Share of ``reps`` simulated audits whose reported 95% interval (mean over ``n``
     examples of the per-example estimate from ``k`` samples) covers the true mean, on
     f = exp(a.z), z ~ N(0, I): Ent = |a|^2/2 e^{|a|^2/2}, Var = e^{2|a|^2} - e^{|a|^2}."""
-    from biasscope._stats import mean_interval
+    from biasscope.measuring._stats import mean_interval
 
     norm = torch.linspace(0.2, 0.75, n, dtype=torch.float64)  # |a| per example
     ent_true = float((norm**2 / 2 * torch.exp(norm**2 / 2)).mean())
@@ -174,7 +168,7 @@ def test_reported_interval_covers_the_closed_form_truth(k):
 
 def test_plugin_entropy_alone_would_not_cover():
     # the check above can fail: the plug-in estimator's bias at K = 8 sinks its coverage
-    from biasscope._stats import mean_interval
+    from biasscope.measuring._stats import mean_interval
 
     norm = torch.linspace(0.2, 0.75, 256, dtype=torch.float64)
     truth = float((norm**2 / 2 * torch.exp(norm**2 / 2)).mean())

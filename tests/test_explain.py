@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from biasscope._batch import split_batch
+from biasscope.runtime._batch import split_batch
 from biasscope.errors import ConfigError, DataLoadError
-from biasscope.explain import choose_examples, explain_examples, input_site, load_tokenizer
-from biasscope.modality import Modality
+from biasscope.measuring.explain import (
+    choose_examples, explain_examples, input_site, load_tokenizer,
+)
+from biasscope.measuring.modality import Modality
 
 torch.set_num_threads(1)
 
@@ -230,7 +232,7 @@ def test_choose_examples_alternates_highest_and_lowest_with_the_main_modality():
 
 @pytest.mark.parametrize("bad", [-1, 51, 2.0, True, None])
 def test_explain_option_validates(bad):
-    from biasscope.options import AuditOptions
+    from biasscope.runtime.options import AuditOptions
 
     assert AuditOptions().explain == 3 and AuditOptions(explain=0).explain == 0
     with pytest.raises(ConfigError, match=r"explain must be an integer in \[0, 50\]"):

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from biasscope import ConfigError, Modality
-from biasscope._checkpoint import CheckpointStore
-from biasscope.fix import CHECKPOINT_NAME, FixInterrupted, FixResult, fix
-from biasscope.regularizer import FunctionalEntropyRegularizer
+from biasscope.fixing._checkpoint import CheckpointStore
+from biasscope.fixing.fix import CHECKPOINT_NAME, FixInterrupted, FixResult, fix
+from biasscope.fixing.regularizer import FunctionalEntropyRegularizer
 
 MODS = [Modality("a", input="a"), Modality("b", input="b")]
 

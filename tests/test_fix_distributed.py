@@ -23,13 +23,13 @@ from torch import nn
 
 import importlib
 from biasscope import Modality
-from biasscope._batch import OutputSpec
-from biasscope._checkpoint import CheckpointStore
-from biasscope._ddp import rank_seed, rank_shard
-from biasscope._fixdata import TrainingData
-from biasscope._trainer import _regularizer
-from biasscope.fix import FixInterrupted, fix
-from biasscope.options import FixOptions
+from biasscope.runtime._batch import OutputSpec
+from biasscope.fixing._checkpoint import CheckpointStore
+from biasscope.fixing._ddp import rank_seed, rank_shard
+from biasscope.fixing._fixdata import TrainingData
+from biasscope.fixing._trainer import _regularizer
+from biasscope.fixing.fix import FixInterrupted, fix
+from biasscope.runtime.options import FixOptions
 
 WORLD = 2
 DEADLINE_S = 120
@@ -95,7 +95,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     progress = lambda stage, done, total, info: calls.append(done)  # noqa: E731
     exact = fix(Net(), TRAIN, MODS, val_data=VAL, checkpoint_dir=out / f"exact{rank}", progress=progress, **EXACT)
     regularized = fix(Net(), TRAIN, MODS, **REGULARIZED)
-    _interrupt_after_the_step_2_checkpoint(importlib.import_module("biasscope.fix"))  # this child only
+    _interrupt_after_the_step_2_checkpoint(importlib.import_module("biasscope.fixing.fix"))  # this child only
     try:
         fix(Net(), TRAIN, MODS, val_data=VAL, checkpoint_dir=out / f"cut{rank}", **EXACT)
         interrupted = None
@@ -213,7 +213,7 @@ def test_world_size_1_under_torchrun_is_the_plain_run_bit_for_bit(monkeypatch):
 
 
 def test_a_batch_smaller_than_the_world_leaves_a_rank_a_zero_share():
-    from biasscope._batch import split_batch
+    from biasscope.runtime._batch import split_batch
 
     one = split_batch(batches(1, 1, seed=2)[0], label_key="label")
     assert [rank_shard(one, r, 2)[1] for r in range(2)] == [1.0, 0.0]

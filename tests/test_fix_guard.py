@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from biasscope import Modality
-from biasscope.fix import fix
-from biasscope.regularizer import FunctionalEntropyRegularizer
+from biasscope.fixing.fix import fix
+from biasscope.fixing.regularizer import FunctionalEntropyRegularizer
 
 torch.set_num_threads(1)
 
@@ -130,7 +130,7 @@ def test_max_drop_accuracy_is_a_hard_bound():
 def test_warning_when_a_pushed_modality_gains_sensitivity_but_no_reliance():
     from types import SimpleNamespace
 
-    from biasscope.fix import FixResult, _diagnostics
+    from biasscope.fixing.fix import FixResult, _diagnostics
 
     history = [{"scores": {"s": 1.0, "x": 0.01}}, {"scores": {"s": 0.5, "x": 0.4}}]
     trainer = SimpleNamespace(history=history, guard=SimpleNamespace(pushed=["x"]), val=[object()], validated=True)

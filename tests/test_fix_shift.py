@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from biasscope import Modality
-from biasscope._moddrop import TIE_MARGIN, ModDrop, choose_target
-from biasscope._batch import split_batch
+from biasscope.fixing._moddrop import TIE_MARGIN, ModDrop, choose_target
+from biasscope.runtime._batch import split_batch
 from biasscope.errors import ConfigError
-from biasscope.fix import fix
-from biasscope.shift import shift_accuracy, shift_batches
+from biasscope.fixing.fix import fix
+from biasscope.measuring.shift import shift_accuracy, shift_batches
 
 torch.set_num_threads(1)
 MODS = [Modality("s", input="s"), Modality("x", input="x")]
@@ -117,7 +117,7 @@ def test_without_shift_data_a_swap_of_reliance_is_a_failure():
 
 def test_a_balancing_fix_is_not_a_swap():
     """ModDrop p 0.5 on a model on both paths keeps both in use: no swap."""
-    from biasscope._guard import reliance_swap
+    from biasscope.fixing._guard import reliance_swap
 
     target = {"reliance": {"s": 1.0, "x": 0.2}, "relied_upon": "s"}
     assert reliance_swap(target, {"s": 0.6, "x": 0.5}) is None  # kept over half

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _loading_factories as fx  # noqa: E402
 
-from biasscope.data import load_data  # noqa: E402
+from biasscope.io.data import load_data  # noqa: E402
 from biasscope.errors import DataLoadError, ModelLoadError  # noqa: E402
-from biasscope.loading import load_model  # noqa: E402
+from biasscope.io.loading import load_model  # noqa: E402
 
 FACTORY = "_loading_factories:make_net"
 

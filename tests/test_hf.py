@@ -20,7 +20,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from biasscope import Modality, audit  # noqa: E402
 from biasscope.cli.main import app  # noqa: E402
-from biasscope.loading import load_model  # noqa: E402
+from biasscope.io.loading import load_model  # noqa: E402
 
 import _tiny_hf as H  # noqa: E402
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 from biasscope import ConfigError, HFMonitor, Modality  # noqa: E402
-from biasscope.monitor import verdict_code  # noqa: E402
+from biasscope.monitoring.monitor import verdict_code  # noqa: E402
 
 from planted import DictBranches, dict_data  # noqa: E402
 

@@ -8,8 +8,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from biasscope.insight_results import Attribution
-from biasscope.insight_results import ProbeResult
+from biasscope.results import Attribution
+from biasscope.results import ProbeResult
 from biasscope.render.insight_figures import (
     AGAINST, FOR, MAX_BARS, attribution_caption, attribution_figure, probe_figure, token_html,
 )

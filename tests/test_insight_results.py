@@ -8,14 +8,10 @@ from dataclasses import asdict
 
 import pytest
 
-from biasscope.insight_results import (
-    Attribution,
-    ProbeResult,
-    above_chance,
-    attribution_from_dict,
-    probe_from_dict,
+from biasscope.results import (
+    Attribution, ProbeResult, above_chance, attribution_from_dict, probe_from_dict,
 )
-from biasscope.results import Estimate, _finite
+from biasscope.results._audit import Estimate, _finite
 
 
 def _probe(permuted=Estimate(0.55, 0.5, 0.6)):

@@ -17,8 +17,8 @@ jsonschema = pytest.importorskip("jsonschema")
 from biasscope import ConfigError, DataLoadError  # noqa: E402
 from biasscope.cli.main import app  # noqa: E402
 from biasscope.compare import COMPARE_SCHEMA_VERSION, load_audit  # noqa: E402
-from biasscope.json_schema import SCHEMAS, load_schema, schema_text, validate  # noqa: E402
-from biasscope.migrations import READABLE_SCHEMAS, migrate_audit  # noqa: E402
+from biasscope.results.json_schema import SCHEMAS, load_schema, schema_text, validate  # noqa: E402
+from biasscope.results._migrations import READABLE_SCHEMAS, migrate_audit  # noqa: E402
 from biasscope.results import SCHEMA_VERSION, VERDICTS, AuditResult  # noqa: E402
 from biasscope.workflow import FIX_LOG_SCHEMA_VERSION  # noqa: E402
 

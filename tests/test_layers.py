@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _loading_factories as fx  # noqa: E402
 
 from biasscope import Modality, OutputSpec  # noqa: E402
-from biasscope._batch import split_batch  # noqa: E402
+from biasscope.runtime._batch import split_batch  # noqa: E402
 from biasscope.errors import ModelOutputError  # noqa: E402
-from biasscope.layers import LayerInfo, layer_table, reachable_layers  # noqa: E402
+from biasscope.io.layers import LayerInfo, layer_table, reachable_layers  # noqa: E402
 
 
 def batch(n: int = 5) -> dict[str, torch.Tensor]:

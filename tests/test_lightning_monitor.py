@@ -12,7 +12,7 @@ import torch.nn.functional as F
 pl = pytest.importorskip("lightning.pytorch")
 
 from biasscope import LightningMonitor, Modality  # noqa: E402
-from biasscope.monitor import verdict_code  # noqa: E402
+from biasscope.monitoring.monitor import verdict_code  # noqa: E402
 
 from planted import DictBranches, dict_data  # noqa: E402
 

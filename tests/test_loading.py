@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _loading_factories as fx  # noqa: E402
 
 from biasscope.errors import DataLoadError, ModelLoadError  # noqa: E402
-from biasscope._sources import fingerprint  # noqa: E402
-from biasscope.loading import LoadedModel, load_model, save_model  # noqa: E402
+from biasscope.io._sources import fingerprint  # noqa: E402
+from biasscope.io.loading import LoadedModel, load_model, save_model  # noqa: E402
 
 FACTORY = "_loading_factories:make_net"
 FACTORY_FILE = str(Path(fx.__file__).resolve()) + ":make_net"
@@ -443,7 +443,7 @@ def test_export_with_static_batch_runs_any_batch_size(tmp_path):
     """torch.export traces a fixed batch size; the audit repeats batches K times, so the
     loaded program runs in slices of its traced size and gives the module's own numbers."""
     import biasscope as bs
-    from biasscope._exported import ExportedModule
+    from biasscope.io._exported import ExportedModule
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 import biasscope as bs
-from biasscope._batch import split_batch
-from biasscope.modality import check_distinct_sites, intervene, is_compiled, validate_modalities
+from biasscope.runtime._batch import split_batch
+from biasscope.measuring.modality import (
+    check_distinct_sites, intervene, is_compiled, validate_modalities,
+)
 
 from planted import Branches, tuple_data
 
@@ -259,7 +261,7 @@ def test_compiled_models_are_recognised_without_importing_the_loaders():
     with pytest.raises(bs.ModalityError, match="compiled graphs"):
         with intervene(Tagged(), split_batch(tuple_data((5, 3))[0]), {bs.Modality("a", layer="x"): lambda h: h}):
             pass
-    tree = ast.parse((Path(bs.__file__).parent / "modality.py").read_text())
+    tree = ast.parse((Path(bs.__file__).parent / "measuring" / "modality.py").read_text())
     imported = {
         node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
     } | {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from biasscope import ConfigError, Modality, Monitor
-from biasscope.monitor import MONITOR_OPTIONS, MonitorRecord, batch_to_device, verdict_code
+from biasscope.monitoring.monitor import (
+    MONITOR_OPTIONS, MonitorRecord, batch_to_device, verdict_code,
+)
 
 from planted import DictBranches, dict_data
 
@@ -110,7 +112,7 @@ def test_the_callback_modules_import_no_framework_until_used():
     import subprocess
     import sys
 
-    code = ("import sys, biasscope, biasscope.monitor, biasscope.lightning_monitor, biasscope.hf_monitor; "
+    code = ("import sys, biasscope, biasscope.monitoring.monitor, biasscope.monitoring.lightning_monitor, biasscope.monitoring.hf_monitor; "
             "print(sorted({'lightning', 'pytorch_lightning', 'transformers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
@@ -119,7 +121,7 @@ def test_the_callback_modules_import_no_framework_until_used():
 def test_a_missing_framework_says_which_extra_to_install(monkeypatch):
     import sys
 
-    from biasscope import hf_monitor, lightning_monitor
+    from biasscope.monitoring import hf_monitor, lightning_monitor
 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ConfigError, match=r"biasscope\[hf\]"):

@@ -8,7 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-from biasscope._noise import STREAMS, _mix_int, _signed, example_noise, example_permutation, mix64, stream_id
+from biasscope.measuring._noise import (
+    STREAMS, _mix_int, _signed, example_noise, example_permutation, mix64, stream_id,
+)
 
 torch.set_num_threads(1)
 

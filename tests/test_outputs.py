@@ -16,7 +16,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from biasscope import Modality, ModelOutputError, OutputSpec, audit
-from biasscope._batch import logits_from_output
+from biasscope.runtime._batch import logits_from_output
 from biasscope.cli.main import app
 
 import _tiny_hf as H  # one_thread (importing it does not import transformers)

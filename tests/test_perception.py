@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from biasscope import Modality, OutputSpec
-from biasscope._batch import split_batch
+from biasscope.runtime._batch import split_batch
 from biasscope.errors import ConfigError, DataLoadError
-from biasscope.perception import modality_shapley, permutation_scores
+from biasscope.measuring.perception import modality_shapley, permutation_scores
 from biasscope.results import PermutationScore
 
 from planted import Branches, DictBranches, dict_data, tuple_data
@@ -43,7 +43,7 @@ def _onehot_data(n=60, classes=3, batch=20, seed=1):
 
 def _perms(n, count, seed=0):
     """The audit's permutations: repeat r keyed by (seed, r) only."""
-    from biasscope._noise import example_permutation, stream_id
+    from biasscope.measuring._noise import example_permutation, stream_id
 
     return [example_permutation(n, seed=seed, stream=stream_id("permutation", 0, r)) for r in range(count)]
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from biasscope import ConfigError, OutputSpec, audit  # noqa: E402
 from biasscope.cli.main import app  # noqa: E402
-from biasscope.layers import layer_table  # noqa: E402
-from biasscope.presets import PRESETS, preset_modalities, preset_output  # noqa: E402
+from biasscope.io.layers import layer_table  # noqa: E402
+from biasscope.io.presets import PRESETS, preset_modalities, preset_output  # noqa: E402
 
 import _tiny_hf as H  # noqa: E402
 

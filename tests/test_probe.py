@@ -11,15 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from biasscope._batch import split_batch
+from biasscope.runtime._batch import split_batch
 from biasscope.errors import DataLoadError
-from biasscope.modality import Modality
-from biasscope.probe import (
-    ProbeResult,
-    probe_diagnostics,
-    probe_modalities,
-    uninformative_warnings,
-    wilson_interval,
+from biasscope.measuring.modality import Modality
+from biasscope.measuring.probe import (
+    ProbeResult, probe_diagnostics, probe_modalities, uninformative_warnings, wilson_interval,
 )
 from biasscope.results import Estimate, PermutationScore
 
@@ -160,7 +156,7 @@ def test_wilson_interval_covers_at_95_percent():
 
 def test_probe_option_defaults_on_and_validates():
     from biasscope.errors import ConfigError
-    from biasscope.options import AuditOptions
+    from biasscope.runtime.options import AuditOptions
 
     assert AuditOptions().probe is True and AuditOptions(probe=False).probe is False
     with pytest.raises(ConfigError, match="probe must be True or False"):
@@ -170,9 +166,9 @@ def test_probe_option_defaults_on_and_validates():
 def test_classes_with_one_example_are_left_out_of_the_probe():
     """Stratified folds cannot hold a class seen once: such classes are dropped, and with
     fewer than two classes of two examples there is no probe at all (no crash)."""
-    from biasscope._batch import split_batch
-    from biasscope.modality import Modality
-    from biasscope.probe import probe_modalities
+    from biasscope.runtime._batch import split_batch
+    from biasscope.measuring.modality import Modality
+    from biasscope.measuring.probe import probe_modalities
 
     model = torch.nn.Linear(3, 4)
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(0))

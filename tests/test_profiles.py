@@ -9,7 +9,7 @@ import pytest
 import biasscope as bs
 from biasscope.config import resolve_options
 from biasscope.errors import ConfigError
-from biasscope.options import AUDIT_PROFILES, AuditOptions
+from biasscope.runtime.options import AUDIT_PROFILES, AuditOptions
 from tests.zoo import cases
 
 

@@ -141,7 +141,7 @@ def _written(value: object) -> set[str]:
 
 @pytest.mark.parametrize("section, cls_name", [("audit", "AuditOptions"), ("fix", "FixOptions")])
 def test_documented_defaults_are_the_options(section: str, cls_name: str) -> None:
-    import biasscope.options as options
+    import biasscope.runtime.options as options
 
     defaults = {f.name: f.default for f in fields(getattr(options, cls_name))}
     shared = _sections((ROOT / "docs" / "cli.md").read_text())["Options every model-loading command shares"]

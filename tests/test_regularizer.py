@@ -12,15 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasscope import ConfigError, Modality, audit
-from biasscope._batch import split_batch
-from biasscope._perturbation import perturbation_samples, representation_std
-from biasscope.estimators import fisher_bound, poincare_bound
-from biasscope.regularizer import (
-    FORMS,
-    FunctionalEntropyRegularizer,
-    calibrate_lambda,
-    regularizer_term,
-)
+from biasscope.runtime._batch import split_batch
+from biasscope.measuring._perturbation import perturbation_samples, representation_std
+from biasscope.measuring.estimators import fisher_bound, poincare_bound
+from biasscope.fixing.calibration import calibrate_lambda
+from biasscope.fixing.regularizer import FORMS, FunctionalEntropyRegularizer, regularizer_term
 
 MODS = [Modality("a", input="a"), Modality("b", input="b")]
 LAYER_MODS = [Modality("a", layer="enc_a"), Modality("b", layer="enc_b")]
@@ -71,8 +67,8 @@ def test_scores_equal_the_audit(estimator, mods):
     checked against the engine with its own noise."""
     from dataclasses import replace
 
-    from biasscope._noise import stream_id
-    from biasscope._perturbation import ExampleNoise
+    from biasscope.measuring._noise import stream_id
+    from biasscope.measuring._perturbation import ExampleNoise
 
     model = GatedNet().eval()
     batch = make_data()
@@ -421,7 +417,7 @@ def test_term_examples_scores_a_subset():
 
 
 def test_min_dominant_form_is_the_dominant_score_and_its_gradient_only():
-    from biasscope.regularizer import MAXIMISING_FORMS, regularizer_term
+    from biasscope.fixing.regularizer import MAXIMISING_FORMS, regularizer_term
 
     scores = torch.tensor([1.0, 3.0, 2.0], requires_grad=True)
     term = regularizer_term(scores, form="min_dominant")

@@ -13,7 +13,7 @@ import pytest
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from rich.console import Console
 
-from biasscope import verdict as verdict_module
+from biasscope.auditing import verdict as verdict_module
 from biasscope.errors import ConfigError
 from biasscope.render import (
     audit_summary,
@@ -26,7 +26,7 @@ from biasscope.render import (
 )
 from biasscope.render.figures import compare_figure
 from biasscope.results import AuditResult, Estimate, JointCheck
-from biasscope.verdict import Thresholds, modality_verdicts, verdict_sentence
+from biasscope.auditing.verdict import Thresholds, modality_verdicts, verdict_sentence
 
 SECTIONS = [
     "Measures per modality",
@@ -78,8 +78,8 @@ def _expected_figures(r: AuditResult) -> int:
 
 
 def _reverdict(r: AuditResult) -> AuditResult:
-    from biasscope.agreement import analyse_agreement
-    from biasscope.verdict import reliance_shares
+    from biasscope.auditing.agreement import analyse_agreement
+    from biasscope.auditing.verdict import reliance_shares
 
     verdicts = modality_verdicts(r.modalities, Thresholds())
     rel = reliance_shares(r.modalities)
@@ -549,7 +549,7 @@ def test_report_renders_in_chromium(tmp_path, audit_result):
 
 def _insight_result(r: AuditResult) -> AuditResult:
     """``r`` with an image attribution (over its input picture) and a tokens attribution."""
-    from biasscope.insight_results import Attribution
+    from biasscope.results import Attribution
 
     r = copy.deepcopy(r)
     heat = [[0.0] * 6 for _ in range(6)]
@@ -643,7 +643,7 @@ def test_diagnostics_lead_the_page_and_the_terminal(audit_result):
 
 
 def test_agreement_section_compares_sizes(audit_result):
-    from biasscope.agreement import analyse_agreement
+    from biasscope.auditing.agreement import analyse_agreement
 
     r = copy.deepcopy(audit_result)
     # same order everywhere, but a's sensitivity share is 99% against a reliance share of 55%

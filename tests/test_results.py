@@ -7,7 +7,7 @@ import json
 import pytest
 
 import biasscope as bs
-from biasscope._files import write_atomic
+from biasscope.runtime._files import write_atomic
 from biasscope.results import SCHEMA_VERSION
 
 from planted import Branches, labelled_by, tuple_data

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _loading_factories as fx  # noqa: E402,F401
 
-from biasscope._sources import call_factory  # noqa: E402
-from biasscope.data import load_data  # noqa: E402
+from biasscope.io._sources import call_factory  # noqa: E402
+from biasscope.io.data import load_data  # noqa: E402
 from biasscope.errors import DataLoadError, ModelLoadError  # noqa: E402
-from biasscope.loading import load_model  # noqa: E402
+from biasscope.io.loading import load_model  # noqa: E402
 
 
 @pytest.fixture
@@ -89,9 +89,9 @@ def test_cli_like_process_survives_abort_and_exit_factories(tmp_path: Path, weig
     """In a fresh process (os.abort would kill this one): each builtin is refused with an
     error, and the process reaches its end (exit 0 from the script, not 134 or sys.exit's)."""
     script = textwrap.dedent(f"""
-        from biasscope.data import load_data
+        from biasscope.io.data import load_data
         from biasscope.errors import BiasscopeError
-        from biasscope.loading import load_model
+        from biasscope.io.loading import load_model
         for call in (lambda: load_model({str(weights)!r}, factory="os:abort"),
                      lambda: load_data("os:abort"), lambda: load_data("sys:exit")):
             try:

@@ -50,7 +50,7 @@ def test_help_shows_defaults_from_the_options():
     from typer.testing import CliRunner
 
     from biasscope.cli.main import app
-    from biasscope.options import AuditOptions
+    from biasscope.runtime.options import AuditOptions
 
     res = CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
     text = " ".join(res.output.split())
@@ -67,7 +67,7 @@ def test_public_names_sorted_complete_and_lazy():
         assert not isinstance(value, types.ModuleType), name  # no module re-exported
     for name in ("AuditOptions", "FixOptions", "Diagnostic", "Calibration", "AuditReport"):
         assert name in biasscope.__all__
-    import biasscope.audit  # noqa: F401  (binds the submodule on the package)
+    import biasscope.auditing.audit  # noqa: F401  (binds the submodule on the package)
 
     assert callable(biasscope.audit) and not isinstance(biasscope.audit, types.ModuleType)
     assert not isinstance(biasscope.fix, types.ModuleType)

@@ -6,20 +6,10 @@ import pytest
 
 from biasscope import ConfigError, Estimate, ModalityResult, Thresholds
 from biasscope.results import PermutationScore
-from biasscope.diagnostics import audit_diagnostics
-from biasscope.verdict import (
-    Reliance,
-    modality_verdicts,
-    NOT_RELIED,
-    RELIED,
-    UNDECIDED,
-    accuracy_margin,
-    relied_upon,
-    reliance_effect,
-    reliance_status,
-    shares_disagree,
-    undecided,
-    verdict_sentence,
+from biasscope.auditing.diagnostics import audit_diagnostics
+from biasscope.auditing.verdict import (
+    Reliance, modality_verdicts, NOT_RELIED, RELIED, UNDECIDED, accuracy_margin, relied_upon,
+    reliance_effect, reliance_status, shares_disagree, undecided, verdict_sentence,
 )
 
 

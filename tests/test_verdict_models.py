@@ -238,7 +238,7 @@ def test_one_output_column_is_a_bernoulli_logit():
 
 
 def test_multilabel_heads_sum_per_label_bernoulli_kls():
-    from biasscope.estimators import bernoulli_divergence, kl_divergence
+    from biasscope.measuring.estimators import bernoulli_divergence, kl_divergence
 
     c, p = torch.randn(6, 5), torch.randn(6, 5)
     per_label = sum(kl_divergence(torch.stack([torch.zeros(6), c[:, j]], 1), torch.stack([torch.zeros(6), p[:, j]], 1))
@@ -335,7 +335,7 @@ def test_unavailable_bounds_are_said_in_every_view():
     assert row.count("unavailable") == 2
     loaded = bs.AuditResult.from_dict(r.to_dict())
     assert math.isnan(loaded["b"].fisher_bound.mean) and math.isfinite(loaded["a"].fisher_bound.mean)
-    from biasscope.json_schema import validate
+    from biasscope.results.json_schema import validate
 
     validate(json.loads(r.to_json()), "audit")  # null bounds, flip rates and shares fit the schema
 
@@ -368,9 +368,9 @@ def test_label_key_none_audits_without_labels_even_with_a_label_in_the_file(tmp_
 
 
 def test_redundant_modalities_when_the_joint_shuffle_costs_more_than_the_single_ones():
-    from biasscope.diagnostics import audit_diagnostics
+    from biasscope.auditing.diagnostics import audit_diagnostics
     from biasscope.results import Estimate, ModalityResult, PermutationScore, ShapleyValues
-    from biasscope.verdict import Reliance
+    from biasscope.auditing.verdict import Reliance
 
     zero = Estimate(0.0, 0.0, 0.0)
 
@@ -382,7 +382,7 @@ def test_redundant_modalities_when_the_joint_shuffle_costs_more_than_the_single_
     found = [d for d in audit_diagnostics([mod("a"), mod("b")], reliance=Reliance(True), labelled=True, shapley=shapley)
              if d.code == "redundant_modalities"]
     assert len(found) == 1 and "costs 50.0% accuracy" in found[0].message and "`a` and `b`" in found[0].message
-    from biasscope.verdict import modality_verdicts
+    from biasscope.auditing.verdict import modality_verdicts
 
     verdicts = modality_verdicts([mod("a"), mod("b")], reliance=Reliance(True), shapley=shapley)
     assert "ignored" not in verdicts.values()  # each costs nothing alone, yet the pair is used

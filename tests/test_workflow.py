@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from biasscope import AuditResult, Modality, load_model
 from biasscope.cli.main import app
-from biasscope.fix import FixInterrupted
+from biasscope.fixing.fix import FixInterrupted
 from biasscope.workflow import STATUS_NAME, fix_and_audit
 
 torch.set_num_threads(1)

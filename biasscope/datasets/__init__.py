@@ -6,6 +6,8 @@ carries part of the label, small late-fusion models and a plain trainer.
 ``(split, *, n=None, seed=0, decorrelated=None) -> {"image", "color", "label"}`` where
 ``decorrelated`` picks the shortcut-free colours (True), the biased ones (False) or the
 split's default (None: biased for train/val, decorrelated for test).
+
+May import: errors.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Renderers of audit results: a self-contained HTML report (plotly figures in a Jinja2
 template) and rich tables for the terminal. Renderers return strings or renderables, or
-write files atomically; they never print."""
+write files atomically; they never print.
+
+May import: errors, runtime, results, auditing.
+"""
 
 from __future__ import annotations
 

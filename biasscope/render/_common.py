@@ -52,7 +52,7 @@ def accuracy_shares_of(result: AuditResult) -> dict[str, float] | None:
     """Each modality's share of the summed permutation accuracy drop, or None."""
     if not has_permutation(result):
         return None
-    from ..verdict import accuracy_shares
+    from ..auditing.verdict import accuracy_shares
 
     return accuracy_shares(result.modalities)
 
@@ -82,7 +82,7 @@ def agreement_of(result: AuditResult) -> Agreement:
     """The result's agreement analysis (computed for results read from schema 1 files)."""
     if result.agreement is not None:
         return result.agreement
-    from ..agreement import analyse_agreement
+    from ..auditing.agreement import analyse_agreement
 
     return analyse_agreement(result.modalities, result.shapley,
                              reliance_measurable=result.reliance_measurable is not False)
@@ -95,7 +95,7 @@ def reliance_of(result: AuditResult) -> dict[str, float] | None:
     stored = {m.name: m.reliance_share for m in result.modalities}
     if all(v is not None for v in stored.values()):
         return stored  # type: ignore[return-value]
-    from ..verdict import reliance_shares
+    from ..auditing.verdict import reliance_shares
 
     return reliance_shares(result.modalities)
 

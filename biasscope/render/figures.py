@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..results import MEASURES, AuditResult, Estimate
-from ..verdict import Thresholds
+from ..auditing.verdict import Thresholds
 from ._common import MEASURE_LABELS, VERDICT_COLORS, fmt, fmt_ci, has_permutation, reliance_of
 
 __all__ = [

@@ -14,9 +14,9 @@ import plotly.io as pio
 from markupsafe import Markup, escape
 
 from .. import __version__
-from .. import verdict as _verdict
+from ..auditing import verdict as _verdict
 from ..errors import ConfigError
-from .._files import write_atomic
+from ..runtime._files import write_atomic
 from ..results import MEASURES, AuditResult
 from . import figures as _figures
 from ._common import (

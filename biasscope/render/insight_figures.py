@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from ..insight_results import ProbeResult, probe_from_dict
+from ..results import ProbeResult, probe_from_dict
 
 __all__ = ["probe_figure", "attribution_figure", "attribution_caption", "token_html", "MAX_BARS"]
 

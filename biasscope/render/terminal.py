@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import NOT_USED, AuditResult, Estimate, ModalityResult
-from ..terminal_text import plain
+from ..runtime.terminal_text import plain
 from ._common import (
     DASH, SEVERITY_STYLES, VERDICT_STYLES, accuracy_shares_of, fmt, fmt_bound, fmt_ci, fmt_pct, has_permutation,
     reliance_of,
