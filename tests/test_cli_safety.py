@@ -40,7 +40,8 @@ def test_trust_pickle_in_the_config_is_refused_naming_the_flag(project):
         (project / "biasscope.toml").write_text('model = "pickled.pt"\ndata = "train.pt"\n' + text)
         res = runner.invoke(app, ["audit", *MODS, "--out", "r"])
         assert res.exit_code == 2, res.output
-        assert "--trust-pickle" in res.output and "biasscope.toml" in res.output and "did not foresee" not in res.output
+        flat = res.output.replace("\n", "")  # the terminal wraps long tmp paths anywhere
+        assert "--trust-pickle" in flat and "biasscope.toml" in flat and "did not foresee" not in flat
         assert not (project / "r").exists()
 
 
@@ -203,7 +204,7 @@ def test_markup_and_escape_sequences_in_names_and_paths_are_shown_not_run(projec
     assert "\x1b" not in res.output and "\\x1b" in res.output and MARKUP in res.output
     assert read_manifest(project / out) is not None
     res = runner.invoke(app, [*FIX, "--data", "train.pt", "--steps", "2", "--out", out + "2"])
-    assert res.exit_code == 0 and f"o{MARKUP}ut2" in res.output, res.output
+    assert res.exit_code == 0 and f"o{MARKUP}ut2" in res.output.replace("\n", ""), res.output
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.int32])
