@@ -158,7 +158,7 @@ def _full(model, b, m, k: int, output):
 
 def noise_seconds(model, batches, modalities, *, samples: int, device) -> dict:
     """The audit's perturbation noise for every example and modality, drawn per example
-    (:func:`biasscope._noise.example_noise`) and with one ``torch.randn`` of the same size:
+    (:func:`biasscope.measuring._noise.example_noise`) and with one ``torch.randn`` of the same size:
     the cost of noise that belongs to the example, beside the audit's time."""
     from biasscope.measuring._noise import example_noise
     from biasscope.measuring._perturbation import capture

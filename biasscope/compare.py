@@ -33,7 +33,7 @@ __all__ = [
 #: ``fail_on`` level -> the verdicts that fail it (the top-level ``ignored`` list covers
 #: every sense of ignored, e.g. ``unused``)
 FAIL_ON = ("ignored", "weak")
-#: version of the JSON that ``compare --json`` writes (biasscope/schemas/compare.schema.json)
+#: version of the JSON that ``compare --json`` writes (biasscope/results/schemas/compare.schema.json)
 COMPARE_SCHEMA_VERSION = 1
 
 

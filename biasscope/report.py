@@ -94,7 +94,7 @@ def audit_report(
     Args:
         modalities: as for :func:`biasscope.audit` (None: the inputs the forward takes).
         options: the audit's options; ``overrides`` (AuditOptions fields) change some of them.
-        tokenizer: decodes token ids in the attributions (e.g. :func:`biasscope.explain.load_tokenizer`).
+        tokenizer: decodes token ids in the attributions (e.g. :func:`biasscope.measuring.explain.load_tokenizer`).
         provenance: added to the result's provenance (e.g. the model's and data's paths and
             sha256).
         plotlyjs: ``"inline"`` (the page works offline) or ``"cdn"``.

@@ -41,7 +41,7 @@ from .results._audit import AuditResult, _finite
 __all__ = ["STATUS_NAME", "FixReport", "check_fix_output", "check_not_model_folder", "fix_and_audit",
            "fix_output_names"]
 
-#: version of training_log.json (biasscope/schemas/fix.schema.json)
+#: version of training_log.json (biasscope/results/schemas/fix.schema.json)
 FIX_LOG_SCHEMA_VERSION = 1
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
@@ -168,7 +168,7 @@ class FixReport:
     def training_log(self) -> dict[str, Any]:
         r = self.fix
         return {
-            "schema_version": FIX_LOG_SCHEMA_VERSION,  # biasscope/schemas/fix.schema.json
+            "schema_version": FIX_LOG_SCHEMA_VERSION,  # biasscope/results/schemas/fix.schema.json
             "lambda": r.lambda_value, "calibration": r.calibration, "steps": r.steps,
             "best_step": r.best_step, "stopped_early": r.stopped_early, "device": r.device,
             "target": r.target, "guard": r.guard, "reliance_after": r.reliance_after,
@@ -310,7 +310,7 @@ def _fix_and_audit(loaded: LoadedModel, data: Iterable[Any], modalities: Sequenc
                    resume_hint: str, progress: Progress | None) -> FixReport:
     """:func:`fix_and_audit` inside the process group (if any): every rank trains, rank 0
     alone audits and writes. Checked before any work; on a late error what the run wrote is
-    removed (:func:`~biasscope.fix_folder.undo_on_error`)."""
+    removed (:func:`~biasscope.fixing.fix_folder.undo_on_error`)."""
     audited = val_data if val_data is not None else data
     if not isinstance(audited, (list, tuple)):
         audited = list(audited)

@@ -202,7 +202,7 @@ class Inputs:
     """The resolved inputs of a command: the model, data and modalities to use."""
 
     config: Any  # biasscope.config.ProjectConfig
-    loaded: Any  # biasscope.loading.LoadedModel
+    loaded: Any  # biasscope.io.loading.LoadedModel
     modalities: list[Any]
     output: Any  # biasscope.OutputSpec
     label_key: Optional[str]

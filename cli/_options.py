@@ -1,5 +1,5 @@
 """Typer options shared by the commands that load a model and data. Defaults shown in the
-help come from :mod:`biasscope.options` (torch-free), never written here."""
+help come from :mod:`biasscope.runtime.options` (torch-free), never written here."""
 
 from pathlib import Path
 from typing import Any, List, Optional

@@ -36,7 +36,7 @@ def compare_command(
     allow_different_data: bool = typer.Option(False, "--allow-different-data", help="Compare audits whose data differ (their sha256); refused otherwise."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the side-by-side HTML page here (e.g. compare.html)."),
     plotlyjs: str = typer.Option("inline", "--plotlyjs", help="inline or cdn."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the gates and both audits' verdicts and shares as JSON here (schema: biasscope/schemas/compare.schema.json)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the gates and both audits' verdicts and shares as JSON here (schema: biasscope/results/schemas/compare.schema.json)."),
     debug: bool = o.Debug,
 ) -> None:
     """Compare BEFORE and AFTER audits; exit 1 when a gate fails, 2 on bad input."""

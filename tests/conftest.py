@@ -40,7 +40,7 @@ def _planted_data(n: int = 96, dim: int = 4, classes: int = 3, seed: int = 0):
 
 
 def _perception_by_hand(result, model, a, b, label, repeats: int = 10, seed: int = 0):
-    """Fill the permutation and Shapley fields when ``biasscope.perception`` is absent."""
+    """Fill the permutation and Shapley fields when ``biasscope.measuring.perception`` is absent."""
     import numpy as np
 
     from biasscope.measuring._stats import mean_interval
@@ -140,7 +140,7 @@ def planted_audit_result():
     return audit(model, batches, mods, samples=16, seed=0, permutation_repeats=10, device="cpu", tensorization=True)
 
 
-#: output file name -> the shipped JSON Schema it follows (biasscope/schemas/)
+#: output file name -> the shipped JSON Schema it follows (biasscope/results/schemas/)
 SCHEMA_OF_FILE = {"audit.json": "audit", "training_log.json": "fix", "compare.json": "compare"}
 
 

@@ -1,4 +1,4 @@
-"""The audit with the steps of issue #14 (biasscope/_audit_insight.py): data checks first,
+"""The audit with the steps of issue #14 (biasscope/auditing/_insight.py): data checks first,
 the probe's two planted readings end to end, the attributions, the options that skip them."""
 
 from __future__ import annotations

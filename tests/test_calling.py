@@ -1,4 +1,4 @@
-"""How a model is called (biasscope/calling.py) and zero-flag audits: modalities taken from
+"""How a model is called (biasscope/io/calling.py) and zero-flag audits: modalities taken from
 the data's keys, call conventions, adapters, nested dict inputs; through the CLI and the API."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""biasscope.data: every data route gives the exact batches; every bad input names its fix."""
+"""biasscope.io.data: every data route gives the exact batches; every bad input names its fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Downstream-only recomputation (biasscope._downstream): a perturbed pass that reuses the
+"""Downstream-only recomputation (biasscope.measuring._downstream): a perturbed pass that reuses the
 clean pass's values for what does not depend on the site gives the full pass's f and q, on
 every zoo model and on tiny Hugging Face models, and falls back to full passes (with the
 reason) where that cannot be established."""

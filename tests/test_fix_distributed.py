@@ -1,7 +1,7 @@
 """fix under torchrun: two CPU processes over gloo (forked, with the environment torchrun
 sets), compared with one process.
 
-The invariants (biasscope/_ddp.py): at every step the ranks' shards make up the single
+The invariants (biasscope/fixing/_ddp.py): at every step the ranks' shards make up the single
 process's global batch; the gradient is that of CE(global batch) + lambda * sum_r (n_r/n)
 term(shard_r); the position counts global batches, so checkpoints resume at any world size;
 only rank 0 writes."""

@@ -1,4 +1,4 @@
-"""The Hugging Face callback (biasscope.hf_monitor) in a real ``transformers`` Trainer: it
+"""The Hugging Face callback (biasscope.monitoring.hf_monitor) in a real ``transformers`` Trainer: it
 audits a fixed batch during ``train()`` and its metrics reach the TensorBoard event files
 through ``Trainer.log`` (as every ``report_to`` integration gets them)."""
 

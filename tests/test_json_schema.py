@@ -1,7 +1,7 @@
-"""The shipped JSON Schemas (biasscope/json_schema.py, biasscope/schemas/): valid draft
+"""The shipped JSON Schemas (biasscope/results/json_schema.py, biasscope/results/schemas/): valid draft
 2020-12, versioned like the outputs; every output follows its schema (here, and after every
 test through conftest's ``_outputs_follow_the_schema``); stored audits of older versions stay
-readable by ``compare`` (biasscope/migrations.py)."""
+readable by ``compare`` (biasscope/results/_migrations.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""biasscope.layers: the layer table of a small two-branch model."""
+"""biasscope.io.layers: the layer table of a small two-branch model."""
 
 from __future__ import annotations
 

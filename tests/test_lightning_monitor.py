@@ -1,4 +1,4 @@
-"""The Lightning callback (biasscope.lightning_monitor) in a real ``lightning`` Trainer: it
+"""The Lightning callback (biasscope.monitoring.lightning_monitor) in a real ``lightning`` Trainer: it
 audits a fixed batch during ``fit`` and its metrics land in the CSV logger's metrics.csv."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""biasscope.loading: every model route round-trips, every bad input names its fix."""
+"""biasscope.io.loading: every model route round-trips, every bad input names its fix."""
 
 from __future__ import annotations
 

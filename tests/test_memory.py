@@ -68,7 +68,7 @@ def _per_example_bytes() -> int:
     return data + pool + measured + lists + result + permutation  # 616 B with the values above
 
 
-# scipy's bootstrap (biasscope._stats) resamples in batches of 4,000,000 values whatever n is;
+# scipy's bootstrap (biasscope.measuring._stats) resamples in batches of 4,000,000 values whatever n is;
 # its transient peak (~100-130 MB) moves by up to ~32 MB with how n divides 4,000,000
 # (measured: 100 MB at n=2,000, 132 MB at 20,000, 109 MB at 60,000): a fixed allowance, not
 # growth per example.

@@ -1,4 +1,4 @@
-"""The training-time monitor (biasscope.monitor): audits a fixed batch every N steps; a
+"""The training-time monitor (biasscope.monitoring.monitor): audits a fixed batch every N steps; a
 modality ignored by construction keeps share 0 and the verdict ``ignored`` at every step."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
   ```bash block's commands then run too), compared with numbers normalised; the runner is
   docs/regenerate_outputs.py, which rewrites those blocks.
 - Every flag of every command appears in docs/cli.md, in its command's section, and the default
-  written there for an option of AuditOptions / FixOptions is the one biasscope.options gives.
+  written there for an option of AuditOptions / FixOptions is the one biasscope.runtime.options gives.
 - Every relative link of the README and the docs points at a file that exists.
 """
 

@@ -1,4 +1,4 @@
-"""biasscope._sources: factory strings. Whatever a factory does (sys.exit, Ctrl-C, a crash)
+"""biasscope.io._sources: factory strings. Whatever a factory does (sys.exit, Ctrl-C, a crash)
 ends as an error naming it, and builtins (os.abort, sys.exit) are refused before any call."""
 
 from __future__ import annotations

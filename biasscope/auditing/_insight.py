@@ -1,7 +1,7 @@
 """The audit's steps of issue #14, called from :func:`biasscope.audit`: the data checks
 before any measuring, the probe (label information available vs used) and the
-attributions inside a modality (captum). The logic lives in :mod:`biasscope.data_checks`,
-:mod:`biasscope.probe` and :mod:`biasscope.explain`; this module decides when each runs."""
+attributions inside a modality (captum). The logic lives in :mod:`biasscope.auditing.data_checks`,
+:mod:`biasscope.measuring.probe` and :mod:`biasscope.measuring.explain`; this module decides when each runs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The audit over ``torchrun`` processes: each process measures a contiguous share of the
-examples (:func:`biasscope._distributed.shard`), and the per-example arrays are gathered
+examples (:func:`biasscope.runtime._distributed.shard`), and the per-example arrays are gathered
 in global order before the summary, so the intervals are computed on the global arrays and
 every process holds the single-process result (the noise belongs to the example)."""
 

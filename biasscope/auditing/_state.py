@@ -1,6 +1,6 @@
 """The per-batch part of the audit: K-sample estimates per example and modality, the joint
 (tensorization) check and the clean predictions, accumulated batch by batch and handed on
-as arrays. The summary (intervals, shares, verdicts) lives in :mod:`biasscope._audit_summary`."""
+as arrays. The summary (intervals, shares, verdicts) lives in :mod:`biasscope.auditing._summary`."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class EntropyState:
         return f.detach().double(), None
 
     def diagnostics(self) -> list[Diagnostic]:
-        """Why bounds are unavailable, where they are (:mod:`biasscope.bounds`)."""
+        """Why bounds are unavailable, where they are (:mod:`biasscope.measuring.bounds`)."""
         gaps = self._gaps.values()
         blocked = self._blocked
         if blocked is None and all(g.examples and g.blind == g.examples for g in gaps):

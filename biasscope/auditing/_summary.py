@@ -71,7 +71,7 @@ def _modality_results(
 
 def _interval(values: np.ndarray, seed: int) -> Estimate:
     """The bootstrap interval of the mean; nan (unavailable) when any value is (a bound
-    that some example cannot give, :mod:`biasscope.bounds`)."""
+    that some example cannot give, :mod:`biasscope.measuring.bounds`)."""
     if not np.isfinite(values).all():
         return Estimate(math.nan, math.nan, math.nan)
     return mean_interval(values, method="bootstrap", seed=seed)

@@ -4,8 +4,8 @@ check, the performance-grounded checks, the verdict, the agreement analysis and 
 diagnostics.
 
 The work is split in three: checks before any measuring (options, data, the output check),
-the per-batch update (:class:`biasscope._audit_state.EntropyState`) and the summary
-(:func:`biasscope._audit_summary.summarise`)."""
+the per-batch update (:class:`biasscope.auditing._state.EntropyState`) and the summary
+(:func:`biasscope.auditing._summary.summarise`)."""
 
 from __future__ import annotations
 
@@ -193,15 +193,15 @@ def audit(
             or tuples (``model(*batch[:-1])``, label last). A DataLoader works.
         modalities: the :class:`Modality` specs (1..M); None: the inputs the model's forward
             takes by name (dict batches) or position (tuple batches), see
-            :func:`biasscope.calling.default_modalities`, with an info diagnostic saying so.
-        options: an :class:`~biasscope.options.AuditOptions` (defaults and meaning of every
+            :func:`biasscope.io.calling.default_modalities`, with an info diagnostic saying so.
+        options: an :class:`~biasscope.runtime.options.AuditOptions` (defaults and meaning of every
             option); ``overrides`` are its fields (``samples=8``) or ``profile="quick"``.
         output: which entry of the model's output holds the logits.
-        thresholds: the verdict thresholds (:class:`~biasscope.verdict.Thresholds`).
+        thresholds: the verdict thresholds (:class:`~biasscope.auditing.verdict.Thresholds`).
         progress: ``progress(stage, done, total, info)`` for a progress display.
         tokenizer: decodes token ids in the attributions (``convert_ids_to_tokens`` or
             ``decode``); without it tokens are shown as ids.
-        shift_data: labelled shifted data: the result's ``shift_accuracy`` (:mod:`biasscope.shift`).
+        shift_data: labelled shifted data: the result's ``shift_accuracy`` (:mod:`biasscope.measuring.shift`).
     Raises:
         ModelOutputError: the output cannot be the logits of the label classes (its width
             changes with the batch size, is below the label range, or its accuracy is below
@@ -267,7 +267,7 @@ def _with_shift_accuracy(result: AuditResult, model: nn.Module, shift_data: Iter
 def _without_unusable_labels(batches: list[Batch], requested: str) -> tuple[list[Batch], tuple[str, int] | None]:
     """The batches without their labels when these are multi-hot or real-valued (or the
     requested output kind says so): the reliance checks need one class per example. Also
-    the labels' kind (:func:`biasscope.output_kinds.label_kind`) and width, if any."""
+    the labels' kind (:func:`biasscope.measuring.output_kinds.label_kind`) and width, if any."""
     found = label_kind([b.label for b in batches])
     if requested in SENSITIVITY_ONLY or (requested == "auto" and found is not None):
         label = batches[0].label
@@ -280,7 +280,7 @@ def _resolve_output(model, first: Batch, options: AuditOptions, output: OutputSp
                     found: tuple[str, int] | None) -> tuple[OutputSpec, str, list[Diagnostic]]:
     """The output spec with its kind (given, or detected on the first batch and the labels'
     kind ``found``), the divergence it calls for, and what the reader is told about it
-    (:mod:`biasscope.output_kinds`)."""
+    (:mod:`biasscope.measuring.output_kinds`)."""
     kind, detected = options.output_kind, options.output_kind == "auto"
     if detected:
         with torch.no_grad():

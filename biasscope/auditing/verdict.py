@@ -99,7 +99,7 @@ class Thresholds:
     (1.0 = a uniform share), ``disagree_factor`` and ``disagree_gap`` on the sensitivity and
     reliance shares of one modality, ``margin_accuracy`` and ``margin_flip`` the practical
     margins of the accuracy drop and the prediction-flip rate, ``margin_confidence`` that of
-    the mean change of the top-class probability under a shuffle (see :mod:`biasscope.verdict`)."""
+    the mean change of the top-class probability under a shuffle (see :mod:`biasscope.auditing.verdict`)."""
 
     ignored: float = 0.1
     weak: float = 0.5

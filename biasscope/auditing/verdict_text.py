@@ -1,5 +1,5 @@
 """The verdict in words: the sentence that leads the report, and what shuffling an unused
-modality does (the rule itself lives in :mod:`biasscope.verdict`)."""
+modality does (the rule itself lives in :mod:`biasscope.auditing.verdict`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def shuffle_effect(name: str, score: PermutationScore | None, *, margin_flip: fl
     """What shuffling a modality does, in words: "shuffling `b` changes 0.0% of the
     predictions and moves the top-class probability by 0.09 on average: the confidence
     moves, not the decisions" ("" for older results). The margins are the verdict's
-    (:class:`biasscope.verdict.Thresholds`)."""
+    (:class:`biasscope.auditing.verdict.Thresholds`)."""
     if score is None or score.flip_rate is None or score.confidence_change is None:
         return ""
     moves, flips = score.confidence_change.mean, score.flip_rate.mean
@@ -49,7 +49,7 @@ def verdict_sentence(
     `image`.", then the modalities whose reliance cannot be told (``undecided``), those whose
     sensitivity and reliance shares ``disagree``, then ``note`` (e.g. why reliance is not
     measurable). ``about`` holds, per ignored or unused modality, what the probe says of it
-    (:func:`biasscope.probe.probe_clauses`); ``moves`` per unused modality what shuffling it
+    (:func:`biasscope.measuring.probe.probe_clauses`); ``moves`` per unused modality what shuffling it
     does (:func:`shuffle_effect`). ``relied=False`` (labels, but a model at chance): the
     dominant modality is where the output moves most, not what the model leans on."""
     about, moves = about or {}, moves or {}

@@ -2,7 +2,7 @@
 
 The contract (tested in tests/test_fix_distributed.py):
 
-- Data: every rank builds the same global batches (:class:`~biasscope._fixdata.TrainingData`'s
+- Data: every rank builds the same global batches (:class:`~biasscope.fixing._fixdata.TrainingData`'s
   seeded per-epoch order); at step s rank r trains on the contiguous shard
   ``shard_bounds(n_s, r, W)`` of global batch s. The union over the ranks is, at every step
   and any world size W, the batch one process would train on; the training position
@@ -19,13 +19,13 @@ The contract (tested in tests/test_fix_distributed.py):
   the same.
 - Agreement: calibration runs on every rank over the whole calibration batches
   (replicated). The reliance behind the ModDrop target and validation use
-  :class:`~biasscope.perception.AuditSet`: every rank makes the clean pass over the whole
+  :class:`~biasscope.measuring.perception.AuditSet`: every rank makes the clean pass over the whole
   held set, the permuted passes are sharded by batch across the ranks and their
   per-example scores gathered in global order, so the numbers equal one process's. Rank 0's
   numbers are then broadcast so that the target, early stopping and the guard decide the
   same everywhere.
 
-World size 1 never comes here: :class:`~biasscope._trainer.Trainer` runs as in one process.
+World size 1 never comes here: :class:`~biasscope.fixing._trainer.Trainer` runs as in one process.
 """
 
 from __future__ import annotations

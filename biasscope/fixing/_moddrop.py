@@ -47,7 +47,7 @@ class ModDrop:
     def transforms(
         self, batch: Batch, target: str | Sequence[str], generator: torch.Generator
     ) -> dict[Modality, Any]:
-        """``{modality: transform}`` for :func:`biasscope.modality.intervene` (empty when off).
+        """``{modality: transform}`` for :func:`biasscope.measuring.modality.intervene` (empty when off).
 
         ``target``: one modality name, or several (symmetric ModDrop: each row, with
         probability ``dropout``, has one of them, drawn uniformly, permuted)."""

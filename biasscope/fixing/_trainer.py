@@ -106,7 +106,7 @@ class Trainer:
         self.stopped_early = False
         self.held: list[Batch] = []
         # under torchrun (world size > 1): the step's update and the ranks' agreement on
-        # numbers that steer the run (set by biasscope._ddp.DistributedUpdate)
+        # numbers that steer the run (set by biasscope.fixing._ddp.DistributedUpdate)
         self.distributed: Any = None
         self.agree: Callable[[dict[str, float]], dict[str, float]] | None = None
         self.agree_scores: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None

@@ -1,5 +1,5 @@
 """The adapter that makes a ``torch.export`` program's module callable like the original
-model (no file I/O here: :mod:`biasscope.formats.export` reads and writes ``.pt2`` files)."""
+model (no file I/O here: :mod:`biasscope.io.formats.export` reads and writes ``.pt2`` files)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def load_data(
     batch_size: int = 64,
     limit: int | None = None,
 ) -> list[Any]:
-    """Load a dataset as a list of batches for :func:`biasscope._batch.split_batch`.
+    """Load a dataset as a list of batches for :func:`biasscope.runtime._batch.split_batch`.
 
     Args:
         source: a ``.pt``/``.pth`` file (dict of tensors, or tuple/list of tensors with the label

@@ -275,7 +275,7 @@ def layer_table(
 
     Args:
         model: the model (its train/eval mode is left as it is).
-        batch: a dict batch, a tuple batch (label last) or a :class:`~biasscope._batch.Batch`.
+        batch: a dict batch, a tuple batch (label last) or a :class:`~biasscope.runtime._batch.Batch`.
         label_key: the label's key in a dict batch (None: the batch has no label).
         output: where the logits are in the model's output (default: ``OutputSpec()``); when
             none are found there, ``reaches_output`` is None.

@@ -3,7 +3,7 @@ factory, pickled modules (opt-in), Hugging Face directories. Every failure raise
 :class:`~biasscope.errors.ModelLoadError` whose message names the problem and the fix; the
 input file is never modified, and a fine-tuned model is saved back in the input's format.
 
-Each format lives in its own module under :mod:`biasscope.formats` (the registry); no
+Each format lives in its own module under :mod:`biasscope.io.formats` (the registry); no
 file's pickled content is run unless ``trust_pickle=True``."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .formats._base import SUPPORTED_MODELS, naming, set_eval
 
 __all__ = ["LoadedModel", "load_model", "save_model", "ExportedModule", "MODEL_KINDS"]
 
-#: the model formats load_model reads (the keys of biasscope.formats.FORMATS)
+#: the model formats load_model reads (the keys of biasscope.io.formats.FORMATS)
 MODEL_KINDS = tuple(FORMATS)
 
 

@@ -193,7 +193,7 @@ class CleanPass:
     built on it is differentiated through p_clean too (the regularizer); by default the
     pass runs under no_grad (the audit).
 
-    ``downstream`` (a :class:`~biasscope._downstream.DownstreamPlan`) records the B-row clean
+    ``downstream`` (a :class:`~biasscope.measuring._downstream.DownstreamPlan`) records the B-row clean
     pass so that every pass at k * B rows (perturbed, or the expanded reference) recomputes
     only what depends on the perturbed site (:meth:`replay`)."""
 
@@ -255,7 +255,7 @@ FP16_LOSS_SCALE = 2.0**16
 
 @dataclass(frozen=True)
 class ExampleNoise:
-    """Per-example noise keys (:mod:`biasscope._noise`): the audit's draws depend on (seed,
+    """Per-example noise keys (:mod:`biasscope.measuring._noise`): the audit's draws depend on (seed,
     stream, example index, sample), never on the batch, chunk or process. ``streams`` gives
     each perturbed modality its stream (``stream_id("perturb", j)`` and the like)."""
 

@@ -224,7 +224,7 @@ def permutation_scores(
     whole audit set (perceptual score), with a 95% interval over ``repeats`` permutations.
 
     Repeat ``r`` uses the permutation ``example_permutation(n, seed=seed,
-    stream=stream_id("permutation", 0, r))`` (:mod:`biasscope._noise`: the same on every
+    stream=stream_id("permutation", 0, r))`` (:mod:`biasscope.measuring._noise`: the same on every
     process, whatever the batches) for every modality (common random numbers, so modalities are compared on the same
     shuffles). A modality whose representation shape varies between batches is permuted
     within each batch instead (recorded as its scope).

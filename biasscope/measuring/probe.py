@@ -13,7 +13,7 @@ information destroyed, its marginal kept), as in the permutation score.
 
 Cost is bounded: at most ``max_examples`` examples (seeded subsample) and ``max_dims``
 features reach the classifier; the representations come from one clean pass, shared with
-the audit's permutation checks when an :class:`~biasscope.perception.AuditSet` is given.
+the audit's permutation checks when an :class:`~biasscope.measuring.perception.AuditSet` is given.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class _TrainerHooks:
         every: audit every this many optimizer steps (and at the start of training); None
             audits after each evaluation instead.
         html: write the trajectory figure here at the end of training.
-        overrides: audit options on top of :data:`~biasscope.monitor.MONITOR_OPTIONS`.
+        overrides: audit options on top of :data:`~biasscope.monitoring.monitor.MONITOR_OPTIONS`.
     """
 
     def __init__(

@@ -42,7 +42,7 @@ class _MonitorHooks:
         submodule: audit ``pl_module.<submodule>`` (e.g. ``"model"``) instead of the
             LightningModule itself (whose ``forward`` must then take the batch).
         html: write the trajectory figure here at the end of ``fit``.
-        overrides: audit options on top of :data:`~biasscope.monitor.MONITOR_OPTIONS`.
+        overrides: audit options on top of :data:`~biasscope.monitoring.monitor.MONITOR_OPTIONS`.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Training-time monitoring: audit one fixed held-out batch every N steps and keep the
 trajectory of per-modality shares, reliance and verdicts (the paper's Figure 3, for your run).
 
-The framework callbacks (:mod:`biasscope.lightning_monitor`, :mod:`biasscope.hf_monitor`)
+The framework callbacks (:mod:`biasscope.monitoring.lightning_monitor`, :mod:`biasscope.monitoring.hf_monitor`)
 wrap a :class:`Monitor` and send :meth:`MonitorRecord.metrics` to the trainer's loggers.
 """
 

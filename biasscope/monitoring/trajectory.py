@@ -1,4 +1,4 @@
-"""The training trajectory of a :class:`~biasscope.monitor.Monitor`: each modality's share
+"""The training trajectory of a :class:`~biasscope.monitoring.monitor.Monitor`: each modality's share
 of the sensitivity (solid) and of the reliance (dashed) over training steps, against the
 uniform share 1/M (the picture of the paper's Figure 3, for the user's own run)."""
 

@@ -1,8 +1,8 @@
 """Plotly figures of the probe (information available vs used, per modality) and of the
 attributions inside a modality (an image heatmap, highlighted tokens, feature bars).
 
-Pure builders: each takes results (:class:`~biasscope.insight_results.ProbeResult`,
-:class:`~biasscope.insight_results.Attribution`, or their ``dataclasses.asdict`` dicts as read back
+Pure builders: each takes results (:class:`~biasscope.results.ProbeResult`,
+:class:`~biasscope.results.Attribution`, or their ``dataclasses.asdict`` dicts as read back
 from audit.json) and returns a ``plotly.graph_objects.Figure``; :func:`token_html` returns
 an HTML fragment of highlighted tokens (escaped).
 """
@@ -52,7 +52,7 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
 def probe_figure(probes: Sequence[Any]) -> go.Figure:
     """Grouped bars per modality: information *available* ((probe - chance) / (1 - chance))
     and *used* (the share of the model's above-chance accuracy lost when it is permuted),
-    both in [0, 1] (:class:`~biasscope.insight_results.ProbeResult` ``available``/``used``);
+    both in [0, 1] (:class:`~biasscope.results.ProbeResult` ``available``/``used``);
     the hover gives the raw accuracies."""
     rows = [p if isinstance(p, ProbeResult) else probe_from_dict(dict(p)) for p in probes]
     names = [html.escape(r.modality, quote=False) for r in rows]

@@ -77,7 +77,7 @@ class Attribution:
         convergence_delta: IG's completeness error (sum of attributions minus the logit
             difference to the baseline); None for feature ablation.
         selected: why the example was chosen (``"highest"`` or ``"lowest"`` functional
-            entropy, from :func:`~biasscope.explain.choose_examples`), or None.
+            entropy, from :func:`~biasscope.measuring.explain.choose_examples`), or None.
         image: for an image-like input site, the example itself as H x W x 3 values in
             [0, 1] (min-max scaled; grey repeated), drawn under the heatmap; else None.
     """

@@ -4,7 +4,7 @@ into version v + 1's, so that a baseline stored by any earlier biasscope stays r
 
 When a change to :class:`~biasscope.results.AuditResult` changes its JSON form: raise
 ``SCHEMA_VERSION``, add the step from the previous version here, ship the new schema in
-``biasscope/schemas/`` and store a file of the old version under ``tests/fixtures/``.
+``biasscope/results/schemas/`` and store a file of the old version under ``tests/fixtures/``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..errors import DataLoadError
 __all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "migrate_audit"]
 
 #: the audit JSON's version; 3: ``example_ids``. The JSON Schema:
-#: biasscope/schemas/audit.schema.json.
+#: biasscope/results/schemas/audit.schema.json.
 SCHEMA_VERSION = 3
 
 

@@ -22,7 +22,7 @@ __all__ = [
 class Batch:
     """Model inputs of one batch: positional ``args``, keyword ``kwargs``, optional ``label``,
     and optionally ``index``: the examples' global positions in the dataset (int64 (size,),
-    on CPU), which key their random draws (:mod:`biasscope._noise`)."""
+    on CPU), which key their random draws (:mod:`biasscope.measuring._noise`)."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -88,7 +88,7 @@ class Batch:
 @dataclass(frozen=True)
 class OutputSpec:
     """Where the logits are in the model's output (a tensor, a dict/ModelOutput, a tuple),
-    and what they hold (``kind``: :data:`biasscope.output_kinds.OUTPUT_KINDS`)."""
+    and what they hold (``kind``: :data:`biasscope.measuring.output_kinds.OUTPUT_KINDS`)."""
 
     key: str = "logits"
     index: int | None = None
@@ -186,7 +186,7 @@ def logits_from_output(output: Any, spec: OutputSpec = OutputSpec()) -> Tensor:
     """The (N, C) logits in ``output``; a single logit (N,) or (N, 1) becomes two classes
     ``[0, x]`` so that softmax gives ``[1 - sigmoid(x), sigmoid(x)]``; probabilities
     (``spec.kind == "probs"``) become their log; multi-label and regression outputs are kept
-    as (N, C) (:mod:`biasscope.output_kinds`)."""
+    as (N, C) (:mod:`biasscope.measuring.output_kinds`)."""
     found = _find_logits(output, spec)
     if not isinstance(found, Tensor) or not found.is_floating_point():
         raise ModelOutputError(

@@ -34,7 +34,7 @@ DIVERGENCES = ("kl", "official")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: the captum methods an audit's attributions use, by name (``auto``: integrated gradients,
 #: feature ablation where the site holds integers)
-#: what a model's output holds (biasscope.output_kinds)
+#: what a model's output holds (biasscope.measuring.output_kinds)
 OUTPUT_KINDS = ("auto", "logits", "probs", "log_probs", "binary", "multilabel", "regression")
 ATTRIBUTIONS = ("auto", "integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -163,7 +163,7 @@ class AuditOptions:
             used; needs labels, skipped without them).
         explain: attribute this many examples inside the modality each depends on most
             (highest and lowest functional entropy, alternately; 0 skips).
-        output_kind: what the output holds (:mod:`biasscope.output_kinds`): ``"auto"``
+        output_kind: what the output holds (:mod:`biasscope.measuring.output_kinds`): ``"auto"``
             (detected), ``"logits"``, ``"probs"``, ``"log_probs"``, ``"binary"``,
             ``"multilabel"`` or ``"regression"``.
         attribution: the captum method: ``"auto"`` (integrated gradients; feature ablation

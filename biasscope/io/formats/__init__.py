@@ -1,7 +1,7 @@
 """The model-format registry: one module per format, each with ``load(path, LoadRequest)``
 and ``save(loaded, module, out, SaveRequest)``, registered under its kind.
 
-Use :func:`biasscope.loading.load_model` / :func:`~biasscope.loading.save_model`; this
+Use :func:`biasscope.io.loading.load_model` / :func:`~biasscope.io.loading.save_model`; this
 package is their private machinery."""
 
 from __future__ import annotations

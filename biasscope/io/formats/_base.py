@@ -40,9 +40,9 @@ class LoadedModel:
 
     Attributes:
         module: the model.
-        kind: one of :data:`biasscope.loading.MODEL_KINDS`.
+        kind: one of :data:`biasscope.io.loading.MODEL_KINDS`.
         path: the file or directory it came from.
-        sha256: :func:`biasscope._sources.fingerprint` of ``path``.
+        sha256: :func:`biasscope.io._sources.fingerprint` of ``path``.
         factory: the factory string (state dicts only).
         hf_class: the transformers class used (Hugging Face directories only).
         wrapper_key: the checkpoint key holding the state dict (None: the file is the state dict).
@@ -70,7 +70,7 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """The options of :func:`biasscope.loading.load_model`, handed to a format's ``load``.
+    """The options of :func:`biasscope.io.loading.load_model`, handed to a format's ``load``.
 
     ``forced`` is True when the caller chose the kind (``kind=...``) instead of detection."""
 
@@ -84,7 +84,7 @@ class LoadRequest:
 
 @dataclass(frozen=True)
 class SaveRequest:
-    """The export inputs of :func:`biasscope.loading.save_model` (used by ``.pt2`` only)."""
+    """The export inputs of :func:`biasscope.io.loading.save_model` (used by ``.pt2`` only)."""
 
     example_inputs: tuple[Any, ...] | None = None
     example_kwargs: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """``torch.export`` programs (``.pt2``): inspected for pickles first (see
 :mod:`._pt2_safety`), loaded from memory with ``torch.export.load`` and wrapped in
-:class:`~biasscope._exported.ExportedModule`; saved by re-exporting the fine-tuned module."""
+:class:`~biasscope.io._exported.ExportedModule`; saved by re-exporting the fine-tuned module."""
 
 from __future__ import annotations
 
