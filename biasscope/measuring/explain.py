@@ -38,10 +38,9 @@ from ..results import Attribution
 from .modality import Modality, intervene
 from ..runtime.options import ATTRIBUTIONS
 
-__all__ = ["KINDS", "METHODS", "Attribution", "choose_examples", "explain_examples", "input_site", "load_tokenizer"]
+__all__ = ["KINDS", "Attribution", "choose_examples", "explain_examples", "input_site", "load_tokenizer"]
 
 KINDS = ("image", "tokens", "vector")
-METHODS = ATTRIBUTIONS
 
 
 def choose_examples(per_example: Mapping[str, Sequence[float]], n: int) -> list[tuple[int, str, str]]:
@@ -265,8 +264,8 @@ def explain_examples(
     Returns:
         One :class:`Attribution` per example, in order.
     """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r}).")
+    if method not in ATTRIBUTIONS:
+        raise ConfigError(f"method must be one of {', '.join(ATTRIBUTIONS)} (got {method!r}).")
     dev = torch.device(device) if device is not None else model_device(model)
     out = []
     reasons = list(selected) if selected is not None else [None] * len(examples)

@@ -282,7 +282,7 @@ class AuditResult:
         joint = data.get("joint")
         return cls(
             modalities=[_modality_from_dict(m) for m in data["modalities"]],
-            joint=None if joint is None else JointCheck(**{k: _est(joint[k]) for k in _JOINT_FIELDS}),
+            joint=None if joint is None else JointCheck(**{k: Estimate.from_dict(joint[k]) for k in _JOINT_FIELDS}),
             classes=list(data["classes"]),
             class_source=data["class_source"],
             n_examples=int(data["n_examples"]),
@@ -304,7 +304,8 @@ class AuditResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> AuditResult:
         """Read an audit.json (every malformed file is a DataLoadError naming it)."""
-        data = read_json_object(path, what="audit JSON", made_by="biasscope audit", error=DataLoadError)
+        data = read_json_object(path, what="audit JSON", file_name="audit.json", made_by="biasscope audit",
+                                error=DataLoadError)
         try:
             return cls.from_dict(data)
         except DataLoadError:
@@ -322,10 +323,6 @@ def _num(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _est(d: dict[str, Any]) -> Estimate:
-    return Estimate(_num(d["mean"]), _num(d["ci_low"]), _num(d["ci_high"]))
-
-
 def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
     perm = d.get("permutation")
     return ModalityResult(
@@ -337,17 +334,17 @@ def _modality_from_dict(d: dict[str, Any]) -> ModalityResult:
         permutation=None
         if perm is None
         else PermutationScore(
-            accuracy_drop=_est(perm["accuracy_drop"]),
-            relative_accuracy_drop=_est(perm["relative_accuracy_drop"]),
-            loss_increase=_est(perm["loss_increase"]),
+            accuracy_drop=Estimate.from_dict(perm["accuracy_drop"]),
+            relative_accuracy_drop=Estimate.from_dict(perm["relative_accuracy_drop"]),
+            loss_increase=Estimate.from_dict(perm["loss_increase"]),
             repeats=int(perm["repeats"]),
             scope=perm.get("scope", "global"),
-            **{k: _est(perm[k]) for k in ("flip_rate", "confidence_change") if perm.get(k) is not None},
+            **{k: Estimate.from_dict(perm[k]) for k in ("flip_rate", "confidence_change") if perm.get(k) is not None},
         ),
         verdict=d.get("verdict", "ok"),
         reliance_share=d.get("reliance_share"),
         accuracy_share=d.get("accuracy_share"),
-        **{m: _est(d[m]) for m in MEASURES},
+        **{m: Estimate.from_dict(d[m]) for m in MEASURES},
     )
 
 

@@ -4,7 +4,6 @@ renderers can import them."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,10 +99,6 @@ class Attribution:
         return np.asarray(self.values, dtype=np.float64)
 
 
-def _est(d: dict[str, Any]) -> Estimate:
-    return Estimate(*(math.nan if d[k] is None else float(d[k]) for k in ("mean", "ci_low", "ci_high")))
-
-
 #: derived keys written beside a probe's fields in audit.json (for JSON readers)
 DERIVED = ("informative", "available", "used")
 
@@ -113,7 +108,7 @@ def probe_from_dict(d: dict[str, Any]) -> ProbeResult:
     derived keys ignored)."""
     d = {k: v for k, v in d.items() if k not in DERIVED}
     return ProbeResult(**{
-        **d, "accuracy": _est(d["accuracy"]), "model_accuracy_permuted": _est(d["model_accuracy_permuted"]),
+        **d, "accuracy": Estimate.from_dict(d["accuracy"]), "model_accuracy_permuted": Estimate.from_dict(d["model_accuracy_permuted"]),
     })
 
 

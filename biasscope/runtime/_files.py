@@ -322,7 +322,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def read_json_object(path: str | os.PathLike[str], *, what: str, made_by: str,
+def read_json_object(path: str | os.PathLike[str], *, what: str, file_name: str, made_by: str,
                      error: type[BiasscopeError]) -> dict:
     """The JSON object in ``path`` (a ``what`` written by ``made_by``), with a specific message
     for a folder, a file that is not regular, invalid JSON (also ``1e400``, a 5,000-digit
@@ -331,9 +331,8 @@ def read_json_object(path: str | os.PathLike[str], *, what: str, made_by: str,
 
     path = Path(path)
     if path.is_dir():
-        name = what.split()[-2] + ".json" if what.endswith(" JSON") else what
-        hint = f" (it holds an {name}: give that file)" if (path / name).is_file() else ""
-        raise error(f"{path} is a folder, not an {what}{hint}; give the {name} file.")
+        hint = f" (it holds an {file_name}: give that file)" if (path / file_name).is_file() else ""
+        raise error(f"{path} is a folder, not an {what}{hint}; give the {file_name} file.")
     check_regular(path, what=what, error=error)
     try:
         text = path.read_text(encoding="utf-8")
